@@ -1,0 +1,13 @@
+"""Audio constants of the outgoing stream."""
+
+from __future__ import annotations
+
+from typing import Final
+
+SAMPLE_RATE_HZ: Final = 48_000
+"""Opus RTP clock and the rate every stream is resampled to."""
+
+FRAME_MS: Final = 20
+FRAME_S: Final = FRAME_MS / 1000
+FRAME_SAMPLES: Final = SAMPLE_RATE_HZ * FRAME_MS // 1000
+"""960 samples of mono audio in one 20 ms frame."""

@@ -1,0 +1,121 @@
+"""Server settings: a frozen dataclass read from the environment (CLI flags override)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from media_server.opus import OpusSettings
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    engine: str = "piper"
+    ice_servers: tuple[IceServer, ...] = ()
+    """STUN/TURN servers for the server's peer connections; none by default."""
+    ice_host_addresses: tuple[str, ...] = ()
+    """Offer only these host addresses as ICE candidates (default: every non-loopback one)."""
+    max_sessions: int = 100
+    max_text_chars: int = 2000
+    max_queued_utterances: int = 16
+    say_rate_per_s: float = 5.0
+    say_burst: int = 10
+    idle_timeout_s: float = 300.0
+    connect_timeout_s: float = 30.0
+    disconnect_grace_s: float = 10.0
+    synthesis_workers: int = 4
+    opus: OpusSettings = field(default_factory=OpusSettings)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be 1..65535, got {self.port}")
+        for name in (
+            "max_sessions",
+            "max_text_chars",
+            "max_queued_utterances",
+            "say_burst",
+            "synthesis_workers",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        for name in ("say_rate_per_s", "idle_timeout_s", "connect_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+ENV_PREFIX = "VMS_"
+
+
+def _parse_ice_servers(raw: str) -> tuple[IceServer, ...]:
+    """``VMS_ICE_SERVERS``: comma-separated URLs, or a JSON list of RTCIceServer objects."""
+    raw = raw.strip()
+    if not raw:
+        return ()
+    if raw.startswith("["):
+        try:
+            items = json.loads(raw)
+            return tuple(
+                IceServer(
+                    urls=tuple([item["urls"]] if isinstance(item["urls"], str) else item["urls"]),
+                    username=item.get("username"),
+                    credential=item.get("credential"),
+                )
+                for item in items
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"VMS_ICE_SERVERS is not a valid JSON list of servers: {exc}"
+            ) from exc
+    return (IceServer(urls=tuple(u.strip() for u in raw.split(",") if u.strip())),)
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``VMS_*`` variables (e.g. ``VMS_PORT=9000``); unknown ones are ignored."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        key = ENV_PREFIX + f.name.upper()
+        if key not in env or f.name == "opus":
+            continue
+        raw = env[key]
+        try:
+            if f.name == "ice_servers":
+                values[f.name] = _parse_ice_servers(raw)
+            elif f.name == "ice_host_addresses":
+                values[f.name] = tuple(a.strip() for a in raw.split(",") if a.strip())
+            elif f.type in ("int",):
+                values[f.name] = int(raw)
+            elif f.type in ("float",):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        except ValueError as exc:
+            raise ConfigError(f"{key}={raw!r}: {exc}") from exc
+    opus: dict[str, Any] = {}
+    for f in fields(OpusSettings):
+        key = f"{ENV_PREFIX}OPUS_{f.name.upper()}"
+        if key in env:
+            raw = env[key]
+            opus[f.name] = raw.lower() in ("1", "true", "yes") if f.type == "bool" else int(raw)
+    if opus:
+        values["opus"] = OpusSettings(**opus)
+    return Settings(**values)

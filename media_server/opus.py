@@ -1,0 +1,109 @@
+"""Opus encoding through opuslib, with bitrate, complexity, FEC, loss and DTX under our control."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from media_server.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ
+
+MAX_PACKET_BYTES: Final = 1275
+
+
+@dataclass(frozen=True, slots=True)
+class OpusSettings:
+    """Encoder settings for every outgoing stream."""
+
+    bitrate_bps: int = 32_000
+    complexity: int = 10
+    inband_fec: bool = True
+    expected_loss_pct: int = 10
+    """In-band FEC is only produced when libopus is told to expect loss."""
+    dtx: bool = False
+
+    def __post_init__(self) -> None:
+        if not 6_000 <= self.bitrate_bps <= 510_000:
+            raise ValueError("opus bitrate_bps must be within 6000..510000")
+        if not 0 <= self.complexity <= 10:
+            raise ValueError("opus complexity must be within 0..10")
+        if not 0 <= self.expected_loss_pct <= 100:
+            raise ValueError("opus expected_loss_pct must be within 0..100")
+
+
+def _load_opuslib() -> tuple[ModuleType, ModuleType, ModuleType]:
+    """Import opuslib, pointing it at the libopus that PyAV's wheel ships if none is installed.
+
+    opuslib resolves the library with ``ctypes.util.find_library('opus')`` at import
+    time; no system libopus exists on a fresh machine, but ``av.libs`` has one.
+    """
+    original = ctypes.util.find_library
+    if original("opus") is None:
+        import av
+
+        candidates = sorted(
+            glob.glob(os.path.join(os.path.dirname(av.__file__), os.pardir, "av.libs", "libopus*"))
+        )
+        if candidates:
+            bundled = os.path.abspath(candidates[0])
+
+            def find_library(name: str) -> str | None:
+                return bundled if name == "opus" else original(name)
+
+            ctypes.util.find_library = find_library
+    try:
+        import opuslib
+        import opuslib.api.ctl as ctl
+        import opuslib.api.encoder as encoder_api
+    finally:
+        ctypes.util.find_library = original
+    return opuslib, ctl, encoder_api
+
+
+class OpusEncoder:
+    """A mono 48 kHz, 20 ms Opus encoder. Not thread-safe: one owner at a time."""
+
+    def __init__(self, settings: OpusSettings) -> None:
+        opuslib, ctl, encoder_api = _load_opuslib()
+        self.settings = settings
+        self._encoder: Any = opuslib.Encoder(SAMPLE_RATE_HZ, 1, opuslib.APPLICATION_VOIP)
+        state = self._encoder.encoder_state
+        encoder_api.encoder_ctl(state, ctl.set_bitrate, settings.bitrate_bps)
+        encoder_api.encoder_ctl(state, ctl.set_complexity, settings.complexity)
+        # opuslib 3.0.1's ``inband_fec`` property setter is broken: use the ctl directly.
+        encoder_api.encoder_ctl(state, ctl.set_inband_fec, int(settings.inband_fec))
+        encoder_api.encoder_ctl(state, ctl.set_packet_loss_perc, settings.expected_loss_pct)
+        encoder_api.encoder_ctl(state, ctl.set_dtx, int(settings.dtx))
+        self._ctl = ctl
+        self._api = encoder_api
+
+    def get(self, request: Any) -> int:
+        """Read an encoder ctl back (e.g. ``ctl.get_inband_fec``), for checks and stats."""
+        return int(self._api.encoder_ctl(self._encoder.encoder_state, request))
+
+    @property
+    def ctl(self) -> ModuleType:
+        return self._ctl
+
+    def encode(self, frame: npt.NDArray[np.int16]) -> bytes:
+        """Encode exactly one 20 ms frame of 960 mono samples."""
+        if frame.shape != (FRAME_SAMPLES,):
+            raise ValueError(f"an Opus frame is {FRAME_SAMPLES} samples, got {frame.shape}")
+        return bytes(self._encoder.encode(frame.tobytes(), FRAME_SAMPLES))
+
+
+def encode_silence(settings: OpusSettings) -> bytes:
+    """An Opus packet of 20 ms digital silence, sent while a stream is idle."""
+    encoder = OpusEncoder(settings)
+    zeros = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+    packet = b""
+    for _ in range(5):  # the first packets of a fresh encoder carry start-up state
+        packet = encoder.encode(zeros)
+    return packet

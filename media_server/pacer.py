@@ -1,0 +1,106 @@
+"""One 20 ms clock per outgoing stream, on absolute monotonic deadlines."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from media_server.audio import FRAME_S, FRAME_SAMPLES
+from media_server.clock import Clock
+from media_server.stats import PacingStats
+
+logger = logging.getLogger(__name__)
+
+MAX_CATCH_UP_FRAMES: Final = 3
+"""After a stall, at most this many overdue frames go out back to back; older ticks are skipped."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingFrame:
+    """One encoded 20 ms frame with its RTP position (in 48 kHz samples)."""
+
+    payload: bytes
+    pts: int
+    speech: bool
+
+
+class FrameSource(Protocol):
+    def next_payload(self, pts: int) -> bytes | None:
+        """The speech packet for the tick at ``pts``, or None when idle (silence goes out)."""
+        ...
+
+
+class FrameSink(Protocol):
+    def send(self, frame: OutgoingFrame) -> None: ...
+
+
+class Pacer:
+    """Emits exactly one frame per 20 ms tick.
+
+    Deadlines are absolute (``start + n * 20 ms``), so sleep error never
+    accumulates. When the loop stalls, up to :data:`MAX_CATCH_UP_FRAMES` overdue
+    frames are sent at once and older ticks are skipped (their RTP timestamps
+    too, so timestamps keep tracking the clock). While the source is idle the
+    pacer sends the silence packet, so RTP timestamps stay continuous, and
+    speech that arrives while idle goes out on the very next tick.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        sink: FrameSink,
+        clock: Clock,
+        silence_payload: bytes,
+        *,
+        max_catch_up_frames: int = MAX_CATCH_UP_FRAMES,
+        stats: PacingStats | None = None,
+    ) -> None:
+        self._source = source
+        self._sink = sink
+        self._clock = clock
+        self._silence = silence_payload
+        self._max_catch_up = max_catch_up_frames
+        self.stats = stats or PacingStats()
+        self._start: float | None = None
+        self._tick = 0
+        self._pts = 0
+
+    @property
+    def pts(self) -> int:
+        """RTP position of the next frame to go out."""
+        return self._pts
+
+    def tick_deadline(self, tick: int) -> float:
+        assert self._start is not None
+        return self._start + tick * FRAME_S
+
+    def emit_due(self) -> None:
+        """Send the frame for the current tick; called at or after its deadline."""
+        now = self._clock.now()
+        if self._start is None:
+            self._start = now
+        deadline = self.tick_deadline(self._tick)
+        overdue = int((now - deadline) / FRAME_S)
+        if overdue > self._max_catch_up:
+            skip = overdue - self._max_catch_up
+            self._tick += skip
+            self._pts += skip * FRAME_SAMPLES
+            self.stats.skipped_frames += skip
+            logger.debug("pacer stalled: skipped %d ticks", skip)
+            deadline = self.tick_deadline(self._tick)
+        payload = self._source.next_payload(self._pts)
+        speech = payload is not None
+        self._sink.send(
+            OutgoingFrame(payload if payload is not None else self._silence, self._pts, speech)
+        )
+        self.stats.record(max(0.0, now - deadline), speech)
+        self._tick += 1
+        self._pts += FRAME_SAMPLES
+
+    async def run(self) -> None:
+        """Tick until cancelled."""
+        self.emit_due()
+        while True:
+            await self._clock.sleep_until(self.tick_deadline(self._tick))
+            self.emit_due()

@@ -1,0 +1,160 @@
+"""PeerSession: one RTCPeerConnection, its negotiation and its data channel. Knows no text."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+from media_server.config import IceServer
+
+logger = logging.getLogger(__name__)
+
+
+class OfferError(ValueError):
+    """An SDP offer (or trickle fragment) that cannot be used."""
+
+    def __init__(self, message: str, solution: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.solution = solution
+
+
+class IceRestartUnsupported(OfferError):
+    pass
+
+
+_MEDIA = re.compile(r"^m=(\w+) ", re.MULTILINE)
+
+
+def check_offer(sdp: str) -> None:
+    """Cheap structural checks before any WebRTC work is done."""
+    if not sdp.lstrip().startswith("v=0"):
+        raise OfferError("the body is not an SDP offer", "send the offer SDP, starting with 'v=0'")
+    kinds = _MEDIA.findall(sdp)
+    if "audio" not in kinds:
+        raise OfferError(
+            "the offer has no audio section",
+            "add a recvonly audio transceiver before creating the offer",
+        )
+
+
+class PeerSession:
+    """Owns one ``RTCPeerConnection``.
+
+    It answers an offer with ``track`` as the outgoing audio, takes trickled
+    candidates, forwards data-channel text to ``on_message`` and connection
+    state changes to ``on_state``. It never sees PCM or text semantics.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        ice_servers: tuple[IceServer, ...],
+        on_message: Callable[[str | bytes], None],
+        on_state: Callable[[str], None],
+    ) -> None:
+        self.label = label
+        self._on_message = on_message
+        self._on_state = on_state
+        config = RTCConfiguration(
+            iceServers=[
+                RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+                for s in ice_servers
+            ]
+        )
+        self.pc = RTCPeerConnection(configuration=config)
+        self.channel: RTCDataChannel | None = None
+        self._remote_ufrag: str | None = None
+        self.pc.on("connectionstatechange", self._state_changed)
+        self.pc.on("datachannel", self._channel_opened)
+
+    @property
+    def connection_state(self) -> str:
+        return str(self.pc.connectionState)
+
+    def _state_changed(self) -> None:
+        logger.debug("PeerSession(%s) connection %s", self.label, self.pc.connectionState)
+        self._on_state(self.pc.connectionState)
+
+    def _channel_opened(self, channel: RTCDataChannel) -> None:
+        if self.channel is not None:
+            logger.info("PeerSession(%s) ignoring extra data channel %s", self.label, channel.label)
+            return
+        self.channel = channel
+        channel.on("message", self._on_message)
+
+    async def answer(self, offer_sdp: str, track: MediaStreamTrack) -> str:
+        """Apply the offer, attach ``track`` to its audio transceiver, return the answer SDP."""
+        check_offer(offer_sdp)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise OfferError(
+                f"the SDP offer could not be parsed: {exc}",
+                "send the unmodified offer SDP from RTCPeerConnection.createOffer()",
+            ) from exc
+        audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
+        if not audio:
+            raise OfferError("the offer has no usable audio section", "offer an audio transceiver")
+        self.pc.addTrack(track)
+        if audio[0].direction == "recvonly" or audio[0].direction == "inactive":
+            audio[0].direction = "sendonly"
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        ufrag = re.search(r"^a=ice-ufrag:(\S+)", offer_sdp, re.MULTILINE)
+        self._remote_ufrag = ufrag.group(1) if ufrag else None
+        return str(self.pc.localDescription.sdp)
+
+    async def add_trickle(self, sdpfrag: str) -> int:
+        """Apply an ``application/trickle-ice-sdpfrag`` body; returns candidates added."""
+        ufrag = re.search(r"^a=ice-ufrag:(\S+)", sdpfrag, re.MULTILINE)
+        if ufrag and self._remote_ufrag and ufrag.group(1) != self._remote_ufrag:
+            raise IceRestartUnsupported(
+                "ICE restart is not supported by this server",
+                "DELETE this session and POST a new offer",
+            )
+        mid_match = re.search(r"^a=mid:(\S+)", sdpfrag, re.MULTILINE)
+        transceivers = self.pc.getTransceivers()
+        default_mid = (
+            mid_match.group(1) if mid_match else (transceivers[0].mid if transceivers else "0")
+        )
+        added = 0
+        for line in sdpfrag.splitlines():
+            line = line.strip()
+            if line.startswith("a=mid:"):
+                default_mid = line[len("a=mid:") :]
+            elif line.startswith("a=candidate:"):
+                try:
+                    candidate = candidate_from_sdp(line[len("a=candidate:") :])
+                except (ValueError, IndexError) as exc:
+                    raise OfferError(
+                        f"bad candidate line {line!r}: {exc}",
+                        "send candidates as 'a=candidate:...' lines (RFC 8840)",
+                    ) from exc
+                candidate.sdpMid = default_mid
+                await self.pc.addIceCandidate(candidate)
+                added += 1
+            elif line == "a=end-of-candidates":
+                await self.pc.addIceCandidate(None)
+        return added
+
+    def send(self, text: str) -> bool:
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
+            return False
+        channel.send(text)
+        return True
+
+    async def close(self) -> None:
+        await self.pc.close()

@@ -1,0 +1,136 @@
+"""SessionRegistry: creates, finds, limits and reaps voice sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import secrets
+from typing import Final
+
+from media_server.clock import Clock, MonotonicClock
+from media_server.config import Settings
+from media_server.opus import encode_silence
+from media_server.session import VoiceSession
+from synthesis import Engine
+
+logger = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S: Final = 1.0
+
+
+class SessionLimitReached(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the server already has {limit} sessions")
+        self.limit = limit
+
+
+class SessionRegistry:
+    """All live sessions of one server.
+
+    Sessions ask to be closed through :meth:`request_close`; the registry's
+    reaper task does the closing, so nothing is fire-and-forget. A sweeper
+    closes sessions idle longer than ``idle_timeout_s``. :meth:`aclose` closes
+    everything and stops both tasks.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        clock: Clock | None = None,
+        synthesis_executor: concurrent.futures.Executor | None = None,
+        encode_executor: concurrent.futures.Executor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self._clock = clock or MonotonicClock()
+        self._synthesis_executor = synthesis_executor
+        self._encode_executor = encode_executor
+        self._silence = encode_silence(settings.opus)
+        self._sessions: dict[str, VoiceSession] = {}
+        self._pending = 0
+        self._to_close: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.closed_total = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._reap(), name="session-reaper"),
+            loop.create_task(self._sweep(), name="session-sweeper"),
+        ]
+
+    def get(self, session_id: str) -> VoiceSession | None:
+        return self._sessions.get(session_id)
+
+    def sessions(self) -> list[VoiceSession]:
+        return list(self._sessions.values())
+
+    async def create(self, offer_sdp: str, voice_id: str | None = None) -> tuple[VoiceSession, str]:
+        """Create and negotiate a session; returns it and the answer SDP."""
+        if len(self._sessions) + self._pending >= self.settings.max_sessions:
+            raise SessionLimitReached(self.settings.max_sessions)
+        session_id = secrets.token_urlsafe(12)
+        session = VoiceSession(
+            session_id,
+            self.settings,
+            self.engine,
+            self._clock,
+            self._silence,
+            self.request_close,
+            voice_id=voice_id,
+            synthesis_executor=self._synthesis_executor,
+            encode_executor=self._encode_executor,
+        )
+        self._pending += 1
+        try:
+            answer = await session.start(offer_sdp)
+        except BaseException:
+            await session.aclose()
+            raise
+        finally:
+            self._pending -= 1
+        self._sessions[session_id] = session
+        logger.info("session %s created (%d live)", session_id, len(self._sessions))
+        return session, answer
+
+    def request_close(self, session_id: str, reason: str) -> None:
+        if session_id in self._sessions:
+            self._to_close.put_nowait((session_id, reason))
+
+    async def close(self, session_id: str, reason: str = "closed by client") -> bool:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        await session.aclose()
+        self.closed_total += 1
+        logger.info("session %s closed: %s (%d live)", session_id, reason, len(self._sessions))
+        return True
+
+    async def _reap(self) -> None:
+        while True:
+            session_id, reason = await self._to_close.get()
+            try:
+                await self.close(session_id, reason)
+            except Exception:
+                logger.exception("closing session %s failed", session_id)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(SWEEP_INTERVAL_S, self.settings.idle_timeout_s / 4))
+            for session in self.sessions():
+                if session.idle_for() > self.settings.idle_timeout_s:
+                    self.request_close(session.session_id, "idle timeout")
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for session_id in list(self._sessions):
+            await self.close(session_id, "server shutdown")

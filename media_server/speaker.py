@@ -1,0 +1,242 @@
+"""Turns queued text into encoded speech frames for one outgoing stream."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from media_server.audio import FRAME_MS
+from media_server.encoding import UtteranceEncoder
+from media_server.opus import OpusEncoder
+from synthesis import Engine, SynthesisError, SynthesisStream
+
+logger = logging.getLogger(__name__)
+
+MAX_FRAMES_AHEAD: Final = 250
+"""Encoded speech buffered ahead of playout (5 s); synthesis pauses beyond it."""
+
+ENCODE_SLICE_MS: Final = 200
+"""Engine PCM is resampled and encoded this much at a time (one worker hop each)."""
+
+Event = dict[str, Any]
+EventCallback = Callable[[Event], None]
+
+
+@dataclass(eq=False)
+class Utterance:
+    """One ``say`` request, from queued to played."""
+
+    utterance_id: str
+    text: str
+    voice_id: str | None
+    packets: deque[bytes] = field(default_factory=deque)
+    produced: bool = False
+    """Synthesis and encoding finished (or failed): no more packets will come."""
+    cancelled: bool = False
+    frames_played: int = 0
+    first_pts: int | None = None
+    source_samples: int = 0
+    source_rate_hz: int = 0
+
+    @property
+    def played_ms(self) -> int:
+        return self.frames_played * FRAME_MS
+
+    @property
+    def source_ms(self) -> float:
+        return 1000 * self.source_samples / self.source_rate_hz if self.source_rate_hz else 0.0
+
+
+class Speaker:
+    """A queue of utterances for one stream and the task that produces their frames.
+
+    The producer task synthesises (via :class:`SynthesisStream`, off-loop),
+    resamples and Opus-encodes (in ``encode_executor``) one utterance after
+    another, staying at most :data:`MAX_FRAMES_AHEAD` frames ahead of playout.
+    The pacer pulls one packet per tick through :meth:`next_payload`; that is
+    where ``speech.started``/``speech.done`` are emitted, so they describe what
+    was actually sent. :meth:`cancel` takes effect on the next tick.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        encoder: OpusEncoder,
+        on_event: EventCallback,
+        *,
+        voice_id: str | None = None,
+        synthesis_executor: concurrent.futures.Executor | None = None,
+        encode_executor: concurrent.futures.Executor | None = None,
+        max_queued: int = 16,
+    ) -> None:
+        self._engine = engine
+        self._encoder = encoder
+        self._on_event = on_event
+        self._voice_id = voice_id
+        self._synthesis_executor = synthesis_executor
+        self._encode_executor = encode_executor
+        self.max_queued = max_queued
+        self._queue: deque[Utterance] = deque()
+        self._to_produce: deque[Utterance] = deque()
+        self._wakeup = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._task: asyncio.Task[None] | None = None
+        self._next_id = 0
+        self.underruns = 0
+
+    # -- control (event loop) -------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._produce_forever(), name="speaker-producer"
+            )
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    @property
+    def speaking(self) -> bool:
+        return bool(self._queue)
+
+    def say(self, text: str, utterance_id: str | None = None) -> Utterance:
+        """Queue ``text``; raises ``OverflowError`` when the queue is full."""
+        if len(self._queue) >= self.max_queued:
+            raise OverflowError(f"{len(self._queue)} utterances are already queued")
+        if utterance_id is None:
+            self._next_id += 1
+            utterance_id = f"u{self._next_id}"
+        utterance = Utterance(utterance_id, text, self._voice_id)
+        self._queue.append(utterance)
+        self._to_produce.append(utterance)
+        self._wakeup.set()
+        return utterance
+
+    def cancel(self) -> list[Utterance]:
+        """Stop speaking now and drop everything queued; returns what was cancelled."""
+        cancelled = list(self._queue)
+        self._queue.clear()
+        self._to_produce.clear()
+        for utterance in cancelled:
+            utterance.cancelled = True
+            utterance.packets.clear()
+            self._emit(
+                "speech.cancelled",
+                utterance,
+                played_ms=utterance.played_ms,
+                stream_ts=utterance.first_pts,
+            )
+        self._space.set()
+        self._wakeup.set()
+        return cancelled
+
+    async def aclose(self) -> None:
+        for utterance in self._queue:
+            utterance.cancelled = True
+        self._queue.clear()
+        self._to_produce.clear()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    # -- playout (called by the pacer once per tick) --------------------------
+
+    def next_payload(self, pts: int) -> bytes | None:
+        while self._queue:
+            utterance = self._queue[0]
+            if utterance.packets:
+                payload = utterance.packets.popleft()
+                if utterance.first_pts is None:
+                    utterance.first_pts = pts
+                    self._emit("speech.started", utterance, stream_ts=pts)
+                utterance.frames_played += 1
+                if not self._space.is_set() and self._buffered_frames() < MAX_FRAMES_AHEAD:
+                    self._space.set()
+                return payload
+            if not utterance.produced:
+                if utterance.first_pts is not None:
+                    self.underruns += 1
+                return None
+            self._queue.popleft()
+            self._emit(
+                "speech.done",
+                utterance,
+                duration_ms=utterance.played_ms,
+                source_duration_ms=round(utterance.source_ms, 1),
+                stream_ts=utterance.first_pts,
+            )
+        return None
+
+    # -- production (producer task) -------------------------------------------
+
+    def _buffered_frames(self) -> int:
+        return sum(len(u.packets) for u in self._queue)
+
+    def _emit(self, event_type: str, utterance: Utterance, **fields: Any) -> None:
+        self._on_event({"type": event_type, "id": utterance.utterance_id, **fields})
+
+    async def _produce_forever(self) -> None:
+        while True:
+            if not self._to_produce:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            utterance = self._to_produce.popleft()
+            try:
+                await self._produce(utterance)
+            except SynthesisError as exc:
+                logger.warning("synthesis of %s failed: %s", utterance.utterance_id, exc)
+                if not utterance.cancelled:
+                    self._on_event(
+                        {
+                            "type": "error",
+                            "id": utterance.utterance_id,
+                            "error": "synthesis_failed",
+                            "message": exc.message,
+                            "solution": exc.solution or "retry, or check the server log",
+                        }
+                    )
+            finally:
+                utterance.produced = True
+
+    async def _produce(self, utterance: Utterance) -> None:
+        loop = asyncio.get_running_loop()
+        stream = SynthesisStream(
+            self._engine, utterance.text, utterance.voice_id, executor=self._synthesis_executor
+        )
+        encoder = UtteranceEncoder(self._encoder, self._engine.sample_rate_hz)
+        utterance.source_rate_hz = self._engine.sample_rate_hz
+        step = max(1, utterance.source_rate_hz * ENCODE_SLICE_MS // 1000)
+        try:
+            async for chunk in stream:
+                # Encode in slices so the first frames of a long chunk go out early.
+                for start in range(0, chunk.pcm.size, step):
+                    if utterance.cancelled:
+                        return
+                    packets = await loop.run_in_executor(
+                        self._encode_executor, encoder.feed, chunk.pcm[start : start + step]
+                    )
+                    utterance.source_samples = encoder.input_samples
+                    if utterance.cancelled:
+                        return
+                    utterance.packets.extend(packets)
+                    while self._buffered_frames() >= MAX_FRAMES_AHEAD and not utterance.cancelled:
+                        self._space.clear()
+                        await self._space.wait()
+            if not utterance.cancelled:
+                utterance.packets.extend(
+                    await loop.run_in_executor(self._encode_executor, encoder.finish)
+                )
+        finally:
+            await stream.aclose()

@@ -1,0 +1,72 @@
+"""Pacing statistics: how late each frame went out, catch-ups and underruns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+LATENESS_WINDOW_FRAMES: Final = 3000
+"""Percentiles cover the last minute of frames (3000 x 20 ms)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PacingSnapshot:
+    frames_sent: int
+    speech_frames_sent: int
+    underruns: int
+    skipped_frames: int
+    lateness_p50_ms: float
+    lateness_p99_ms: float
+    lateness_max_ms: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "frames_sent": self.frames_sent,
+            "speech_frames_sent": self.speech_frames_sent,
+            "underruns": self.underruns,
+            "skipped_frames": self.skipped_frames,
+            "lateness_p50_ms": round(self.lateness_p50_ms, 3),
+            "lateness_p99_ms": round(self.lateness_p99_ms, 3),
+            "lateness_max_ms": round(self.lateness_max_ms, 3),
+        }
+
+
+class PacingStats:
+    """Per-stream counters plus a ring of recent lateness samples (seconds)."""
+
+    def __init__(self, window: int = LATENESS_WINDOW_FRAMES) -> None:
+        self._ring = np.zeros(window, dtype=np.float64)
+        self._count = 0
+        self.frames_sent = 0
+        self.speech_frames_sent = 0
+        self.underruns = 0
+        self.skipped_frames = 0
+        self.max_lateness_s = 0.0
+
+    def record(self, lateness_s: float, speech: bool) -> None:
+        self._ring[self._count % self._ring.size] = lateness_s
+        self._count += 1
+        self.frames_sent += 1
+        if speech:
+            self.speech_frames_sent += 1
+        if lateness_s > self.max_lateness_s:
+            self.max_lateness_s = lateness_s
+
+    def lateness_s(self) -> np.ndarray:
+        """Recorded lateness samples, oldest first when the ring has not wrapped."""
+        return self._ring[: min(self._count, self._ring.size)].copy()
+
+    def snapshot(self) -> PacingSnapshot:
+        samples = self.lateness_s()
+        p50, p99 = (np.percentile(samples, [50, 99]) * 1000) if samples.size else (0.0, 0.0)
+        return PacingSnapshot(
+            frames_sent=self.frames_sent,
+            speech_frames_sent=self.speech_frames_sent,
+            underruns=self.underruns,
+            skipped_frames=self.skipped_frames,
+            lateness_p50_ms=float(p50),
+            lateness_p99_ms=float(p99),
+            lateness_max_ms=self.max_lateness_s * 1000,
+        )

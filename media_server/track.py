@@ -1,0 +1,62 @@
+"""The outgoing audio track: hands pre-encoded Opus packets to aiortc's sender."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+from typing import Any, Final
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from media_server.audio import SAMPLE_RATE_HZ
+from media_server.pacer import OutgoingFrame
+
+TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE_HZ)
+QUEUE_FRAMES: Final = 10
+"""If the sender falls this many frames behind, the oldest frames are dropped."""
+
+
+class EncodedAudioTrack(MediaStreamTrack):
+    """An audio track whose ``recv`` returns ``av.Packet`` s already encoded by us.
+
+    aiortc's ``RTCRtpSender`` packs a packet as-is (no re-encode, no thread
+    hop); RTP timestamps come from the packet's ``pts``. The pacer decides when
+    a frame exists; this track only queues it for the sender.
+    """
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue(QUEUE_FRAMES)
+        self.dropped_frames = 0
+        self.first_recv = asyncio.Event()
+        """Set when aiortc's sender first asks for a frame: the transport is up."""
+
+    def send(self, frame: OutgoingFrame) -> None:
+        if self.readyState != "live":
+            return
+        packet = av.Packet(frame.payload)
+        packet.pts = frame.pts
+        packet.time_base = TIME_BASE
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped_frames += 1
+        self._queue.put_nowait(packet)
+
+    async def recv(self) -> av.Packet[Any]:
+        if self.readyState != "live":
+            raise MediaStreamError
+        self.first_recv.set()
+        packet = await self._queue.get()
+        if packet is None:
+            raise MediaStreamError
+        return packet
+
+    def stop(self) -> None:
+        if self.readyState == "live":
+            super().stop()
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(None)

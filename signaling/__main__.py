@@ -1,0 +1,50 @@
+"""``voice-media-server`` / ``python -m signaling``: run the server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from media_server.config import ConfigError, settings_from_env
+from signaling.app import create_app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="voice-media-server",
+        description="Real-time WebRTC voice media server (settings also from VMS_* env vars).",
+    )
+    parser.add_argument("--host", help="address to listen on (VMS_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (VMS_PORT, default 8080)")
+    parser.add_argument("--engine", help="TTS engine (VMS_ENGINE, default piper)")
+    parser.add_argument("--max-sessions", type=int, help="session limit (VMS_MAX_SESSIONS)")
+    parser.add_argument(
+        "--ice-host-address",
+        action="append",
+        help="offer only this host address as ICE candidate (repeatable; VMS_ICE_HOST_ADDRESSES)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = settings_from_env().with_overrides(
+            host=args.host,
+            port=args.port,
+            engine=args.engine,
+            max_sessions=args.max_sessions,
+            ice_host_addresses=tuple(args.ice_host_address) if args.ice_host_address else None,
+        )
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    web.run_app(create_app(settings), host=settings.host, port=settings.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

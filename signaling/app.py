@@ -1,0 +1,126 @@
+"""The aiohttp application: routes, typed state and owned background work."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+
+from media_server.clock import Clock
+from media_server.config import Settings
+from media_server.ice import restrict_host_addresses
+from media_server.registry import SessionRegistry
+from signaling import whep
+from signaling.errors import error_middleware
+from signaling.keys import ENGINE_KEY, REGISTRY_KEY, SETTINGS_KEY
+from synthesis import Engine, create_engine
+
+logger = logging.getLogger(__name__)
+
+ENCODE_WORKERS = 2
+
+
+def _web_client_dir() -> Path:
+    return Path(str(resources.files("web_client")))
+
+
+@web.middleware
+async def cors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Let WHEP players on other origins use the API (no cookies are involved)."""
+    if request.method == "OPTIONS":
+        response: web.StreamResponse = web.Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+        response.headers["Accept-Post"] = whep.SDP_TYPE
+    else:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers["Access-Control-Allow-Origin"] = "*"
+            raise
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.headers["Access-Control-Expose-Headers"] = "Location"
+    return response
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(_web_client_dir() / "index.html")
+
+
+async def health(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY_KEY]
+    engine = request.app[ENGINE_KEY]
+    return web.json_response({"status": "ok", "engine": engine.name, "sessions": len(registry)})
+
+
+async def stats(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY_KEY]
+    return web.json_response(
+        {
+            "sessions": len(registry),
+            "max_sessions": registry.settings.max_sessions,
+            "closed_total": registry.closed_total,
+            "per_session": [s.stats() for s in registry.sessions()],
+        }
+    )
+
+
+def create_app(
+    settings: Settings, engine: Engine | None = None, clock: Clock | None = None
+) -> web.Application:
+    """Build the server. ``engine`` defaults to the one named in ``settings`` (loaded off-loop)."""
+    app = web.Application(middlewares=[cors_middleware, error_middleware])
+    app[SETTINGS_KEY] = settings
+    if settings.ice_host_addresses:
+        restrict_host_addresses(settings.ice_host_addresses)
+
+    async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+        owned = engine is None
+        loaded = engine
+        if loaded is None:
+            loaded = await asyncio.get_running_loop().run_in_executor(
+                None, create_engine, settings.engine
+            )
+        app[ENGINE_KEY] = loaded
+        yield
+        if owned:
+            loaded.close()
+
+    async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
+        synthesis_pool = concurrent.futures.ThreadPoolExecutor(
+            settings.synthesis_workers, thread_name_prefix="synthesis"
+        )
+        encode_pool = concurrent.futures.ThreadPoolExecutor(
+            ENCODE_WORKERS, thread_name_prefix="opus-encode"
+        )
+        registry = SessionRegistry(
+            settings,
+            app[ENGINE_KEY],
+            clock=clock,
+            synthesis_executor=synthesis_pool,
+            encode_executor=encode_pool,
+        )
+        registry.start()
+        app[REGISTRY_KEY] = registry
+        try:
+            yield
+        finally:
+            await registry.aclose()
+            synthesis_pool.shutdown(wait=False, cancel_futures=True)
+            encode_pool.shutdown(wait=False, cancel_futures=True)
+
+    app.cleanup_ctx.append(engine_ctx)
+    app.cleanup_ctx.append(registry_ctx)
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/stats", stats)
+    app.router.add_routes(whep.routes)
+    app.router.add_static("/static/", _web_client_dir(), name="static")
+    return app

@@ -1,0 +1,13 @@
+"""Typed application keys."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from media_server.config import Settings
+from media_server.registry import SessionRegistry
+from synthesis import Engine
+
+SETTINGS_KEY = web.AppKey("settings", Settings)
+ENGINE_KEY = web.AppKey("engine", Engine)
+REGISTRY_KEY = web.AppKey("registry", SessionRegistry)

@@ -1,0 +1,130 @@
+"""WHEP: ``POST /whep`` (offer -> 201 + answer), ``PATCH`` trickle, ``DELETE``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from aiohttp import web
+
+from media_server.peer import IceRestartUnsupported, OfferError
+from media_server.registry import SessionLimitReached
+from signaling.errors import json_error
+from signaling.keys import ENGINE_KEY, REGISTRY_KEY
+
+logger = logging.getLogger(__name__)
+
+SDP_TYPE: Final = "application/sdp"
+TRICKLE_TYPE: Final = "application/trickle-ice-sdpfrag"
+MAX_SDP_BYTES: Final = 64 * 1024
+RETRY_AFTER_S: Final = 5
+
+routes = web.RouteTableDef()
+
+
+async def _read_body(request: web.Request, content_type: str) -> str:
+    if request.content_type != content_type:
+        raise json_error(
+            415,
+            "unsupported_media_type",
+            f"expected Content-Type {content_type}, got {request.content_type or 'none'}",
+            f"send the body with 'Content-Type: {content_type}'",
+        )
+    if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
+        raise json_error(
+            413,
+            "body_too_large",
+            f"the body is over {MAX_SDP_BYTES} bytes",
+            "send an ordinary SDP offer",
+        )
+    raw = await request.content.read(MAX_SDP_BYTES + 1)
+    if len(raw) > MAX_SDP_BYTES:
+        raise json_error(
+            413,
+            "body_too_large",
+            f"the body is over {MAX_SDP_BYTES} bytes",
+            "send an ordinary SDP offer",
+        )
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise json_error(
+            400, "invalid_sdp", "the body is not UTF-8 text", "send SDP text"
+        ) from None
+
+
+@routes.post("/whep")
+async def create_session(request: web.Request) -> web.Response:
+    offer = await _read_body(request, SDP_TYPE)
+    registry = request.app[REGISTRY_KEY]
+    voice = request.query.get("voice") or None
+    if voice is not None:
+        voices = {v.voice_id for v in request.app[ENGINE_KEY].voices}
+        if voice not in voices:
+            raise json_error(
+                400,
+                "unknown_voice",
+                f"voice {voice!r} does not exist",
+                f"use one of: {', '.join(sorted(voices))}, or omit ?voice=",
+            )
+    try:
+        session, answer = await registry.create(offer, voice_id=voice)
+    except SessionLimitReached as exc:
+        raise json_error(
+            503,
+            "too_many_sessions",
+            str(exc),
+            f"retry in {RETRY_AFTER_S} s, or raise VMS_MAX_SESSIONS",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
+    except OfferError as exc:
+        raise json_error(400, "invalid_offer", exc.message, exc.solution) from None
+    location = f"/whep/{session.session_id}"
+    return web.Response(
+        status=201,
+        text=answer,
+        content_type=SDP_TYPE,
+        headers={"Location": location},
+    )
+
+
+def _session_id(request: web.Request) -> str:
+    session_id = request.match_info["session_id"]
+    if request.app[REGISTRY_KEY].get(session_id) is None:
+        raise json_error(
+            404,
+            "session_not_found",
+            f"no session {session_id!r}",
+            "the session ended or never existed; POST /whep to start a new one",
+        )
+    return session_id
+
+
+@routes.patch("/whep/{session_id}")
+async def trickle(request: web.Request) -> web.Response:
+    session_id = _session_id(request)
+    fragment = await _read_body(request, TRICKLE_TYPE)
+    session = request.app[REGISTRY_KEY].get(session_id)
+    assert session is not None
+    try:
+        await session.peer.add_trickle(fragment)
+    except IceRestartUnsupported as exc:
+        raise json_error(405, "ice_restart_unsupported", exc.message, exc.solution) from None
+    except OfferError as exc:
+        raise json_error(400, "invalid_candidate", exc.message, exc.solution) from None
+    return web.Response(status=204)
+
+
+@routes.delete("/whep/{session_id}")
+async def delete_session(request: web.Request) -> web.Response:
+    session_id = _session_id(request)
+    await request.app[REGISTRY_KEY].close(session_id)
+    return web.Response(status=200)
+
+
+@routes.get("/whep/{session_id}/stats")
+async def session_stats(request: web.Request) -> web.Response:
+    session_id = _session_id(request)
+    session = request.app[REGISTRY_KEY].get(session_id)
+    assert session is not None
+    return web.json_response(session.stats())

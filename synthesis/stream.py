@@ -1,0 +1,126 @@
+"""Run a blocking engine in a worker thread and read its chunks asynchronously."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Final
+
+from synthesis.base import Engine, SynthesisError
+from synthesis.types import AudioChunk
+
+logger = logging.getLogger(__name__)
+
+MAX_CHUNKS_AHEAD: Final = 4
+"""How many synthesised chunks may wait unread before the worker pauses."""
+
+_PUT_POLL_S: Final = 0.05
+
+
+class _End:
+    pass
+
+
+_END: Final = _End()
+
+
+class SynthesisStream:
+    """One utterance being synthesised off the event loop.
+
+    The engine's blocking generator runs in ``executor`` (a thread). Chunks
+    reach the loop through a bounded queue, so the worker pauses when the reader
+    falls behind. :meth:`aclose` sets the cancel flag, unblocks the worker and
+    awaits it: after it returns no thread is working for this stream.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        text: str,
+        voice_id: str | None = None,
+        *,
+        executor: concurrent.futures.Executor | None = None,
+        max_chunks_ahead: int = MAX_CHUNKS_AHEAD,
+    ) -> None:
+        self._engine = engine
+        self._text = text
+        self._voice_id = voice_id
+        self._executor = executor
+        self._queue: asyncio.Queue[AudioChunk | BaseException | _End] = asyncio.Queue(
+            max_chunks_ahead
+        )
+        self._cancel = threading.Event()
+        self._worker: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done = False
+
+    def start(self) -> None:
+        if self._worker is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._worker = self._loop.run_in_executor(self._executor, self._run)
+
+    def _put(self, item: AudioChunk | BaseException | _End) -> bool:
+        """Hand ``item`` to the loop, waiting for room; False once cancelled."""
+        assert self._loop is not None
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
+        except RuntimeError:  # loop closed
+            return False
+        while True:
+            try:
+                fut.result(timeout=_PUT_POLL_S)
+                return True
+            except concurrent.futures.TimeoutError:
+                if self._cancel.is_set():
+                    fut.cancel()
+                    return False
+            except concurrent.futures.CancelledError:
+                return False
+
+    def _run(self) -> None:
+        try:
+            for chunk in self._engine.synthesize(self._text, self._voice_id, self._cancel):
+                if self._cancel.is_set() or not self._put(chunk):
+                    return
+        except BaseException as exc:  # delivered to the reader, not lost in the thread
+            if not self._cancel.is_set():
+                self._put(exc)
+            return
+        self._put(_END)
+
+    def __aiter__(self) -> AsyncIterator[AudioChunk]:
+        return self
+
+    async def __anext__(self) -> AudioChunk:
+        self.start()
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, _End):
+            self._done = True
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self._done = True
+            if isinstance(item, SynthesisError):
+                raise item
+            raise SynthesisError(
+                f"engine {self._engine.name!r} failed: {item}",
+                "retry the request; if it keeps failing, check the server log",
+            ) from item
+        return item
+
+    async def aclose(self) -> None:
+        """Cancel synthesis and wait until the worker thread has let go."""
+        self._cancel.set()
+        self._done = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        if self._worker is not None:
+            try:
+                await asyncio.shield(self._worker)
+            except Exception:  # already reported to the reader, or irrelevant now
+                logger.debug("synthesis worker ended with an error during close", exc_info=True)

@@ -1,0 +1,104 @@
+"""A real aiortc WHEP client used by the loopback tests and the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+
+@dataclass
+class ReceivedFrame:
+    pts: int
+    """Stream position in 48 kHz samples (0 = first packet received)."""
+    rms: float
+    arrival: float
+
+
+@dataclass
+class WhepClient:
+    base_url: str
+    pc: RTCPeerConnection = field(default_factory=RTCPeerConnection)
+    location: str | None = None
+    frames: list[ReceivedFrame] = field(default_factory=list)
+    events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    _event_queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    _reader: asyncio.Task[None] | None = None
+    _opened: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def connect(self, http: aiohttp.ClientSession, query: str = "") -> None:
+        self.pc.addTransceiver("audio", direction="recvonly")
+        self.channel = self.pc.createDataChannel("control")
+        self.channel.on("open", self._opened.set)
+        self.channel.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with http.post(
+            f"{self.base_url}/whep{query}",
+            data=self.pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp"},
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+            assert resp.content_type == "application/sdp"
+            self.location = resp.headers["Location"]
+            answer = await resp.text()
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await asyncio.wait_for(self._opened.wait(), 10)
+
+    def _on_message(self, message: str | bytes) -> None:
+        event = json.loads(message)
+        self.events.append((time.monotonic(), event))
+        self._event_queue.put_nowait(event)
+
+    def _on_track(self, track: Any) -> None:
+        self._reader = asyncio.ensure_future(self._read(track))
+
+    async def _read(self, track: Any) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                samples = frame.to_ndarray().astype(np.float64)
+                rms = float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
+                self.frames.append(ReceivedFrame(int(frame.pts), rms, time.monotonic()))
+        except MediaStreamError:
+            return
+
+    def say(self, text: str, utterance_id: str | None = None) -> None:
+        message: dict[str, Any] = {"type": "say", "text": text}
+        if utterance_id is not None:
+            message["id"] = utterance_id
+        self.channel.send(json.dumps(message))
+
+    def send_raw(self, raw: str) -> None:
+        self.channel.send(raw)
+
+    def cancel(self) -> None:
+        self.channel.send(json.dumps({"type": "cancel"}))
+
+    async def next_event(self, event_type: str | None = None, wait_s: float = 20) -> dict[str, Any]:
+        while True:
+            event = await asyncio.wait_for(self._event_queue.get(), wait_s)
+            if event_type is None or event["type"] == event_type:
+                return event
+
+    def frames_between(self, start_pts: int, end_pts: int) -> list[ReceivedFrame]:
+        return [f for f in self.frames if start_pts <= f.pts < end_pts]
+
+    async def close(self, http: aiohttp.ClientSession | None = None) -> None:
+        if http is not None and self.location is not None:
+            async with http.delete(f"{self.base_url}{self.location}") as resp:
+                await resp.read()
+        await self.pc.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass

@@ -1,0 +1,1 @@
+"""The browser client served at ``/`` (static files, no build step)."""
