@@ -81,7 +81,7 @@ class Pacer:
         if self._start is None:
             self._start = now
         deadline = self.tick_deadline(self._tick)
-        overdue = int((now - deadline) / FRAME_S)
+        overdue = int((now - deadline) / FRAME_S + 1e-9)  # whole ticks behind
         if overdue > self._max_catch_up:
             skip = overdue - self._max_catch_up
             self._tick += skip

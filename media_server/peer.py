@@ -99,9 +99,9 @@ class PeerSession:
         check_offer(offer_sdp)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except Exception as exc:  # aiortc's parser raises assorted types, AssertionError too
             raise OfferError(
-                f"the SDP offer could not be parsed: {exc}",
+                f"the SDP offer could not be used: {exc or type(exc).__name__}",
                 "send the unmodified offer SDP from RTCPeerConnection.createOffer()",
             ) from exc
         audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
@@ -137,7 +137,7 @@ class PeerSession:
             elif line.startswith("a=candidate:"):
                 try:
                     candidate = candidate_from_sdp(line[len("a=candidate:") :])
-                except (ValueError, IndexError) as exc:
+                except (ValueError, IndexError, AssertionError) as exc:
                     raise OfferError(
                         f"bad candidate line {line!r}: {exc}",
                         "send candidates as 'a=candidate:...' lines (RFC 8840)",

@@ -38,6 +38,8 @@ class Utterance:
     produced: bool = False
     """Synthesis and encoding finished (or failed): no more packets will come."""
     cancelled: bool = False
+    failed: bool = False
+    """Synthesis failed; an ``error`` event was sent. Its played part still ends with done."""
     frames_played: int = 0
     first_pts: int | None = None
     source_samples: int = 0
@@ -169,6 +171,8 @@ class Speaker:
                     self.underruns += 1
                 return None
             self._queue.popleft()
+            if utterance.failed and utterance.first_pts is None:
+                continue  # the error event already ended it; nothing was heard
             self._emit(
                 "speech.done",
                 utterance,
@@ -197,6 +201,7 @@ class Speaker:
                 await self._produce(utterance)
             except SynthesisError as exc:
                 logger.warning("synthesis of %s failed: %s", utterance.utterance_id, exc)
+                utterance.failed = True
                 if not utterance.cancelled:
                     self._on_event(
                         {

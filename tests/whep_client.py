@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 
@@ -25,7 +25,10 @@ class ReceivedFrame:
 @dataclass
 class WhepClient:
     base_url: str
-    pc: RTCPeerConnection = field(default_factory=RTCPeerConnection)
+    pc: RTCPeerConnection = field(
+        # No ICE servers: aiortc's default would contact a public STUN server.
+        default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    )
     location: str | None = None
     frames: list[ReceivedFrame] = field(default_factory=list)
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)

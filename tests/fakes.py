@@ -1,0 +1,88 @@
+"""Test doubles for unit tests of timing only (never used by end-to-end tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from synthesis import AudioChunk, VoiceInfo
+
+
+class FakeClock:
+    """Virtual monotonic time: ``sleep_until`` jumps the clock to the deadline.
+
+    ``oversleep_s`` makes every wake-up late by that much, like a loaded loop.
+    """
+
+    def __init__(self, start: float = 1000.0, oversleep_s: float = 0.0) -> None:
+        self.t = start
+        self.oversleep_s = oversleep_s
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+    async def sleep_until(self, deadline: float) -> None:
+        self.sleeps.append(deadline)
+        if deadline > self.t:
+            self.t = deadline + self.oversleep_s
+        await asyncio.sleep(0)
+
+
+class ScriptedEngine:
+    """Yields scripted chunks (a tone) with optional delays and an injected failure."""
+
+    def __init__(
+        self,
+        chunk_s: float = 0.5,
+        chunks: int = 4,
+        sample_rate_hz: int = 16_000,
+        delay_s: float = 0.0,
+        fail_after: int | None = None,
+    ) -> None:
+        self.chunk_s = chunk_s
+        self.chunks = chunks
+        self._rate = sample_rate_hz
+        self.delay_s = delay_s
+        self.fail_after = fail_after
+        self.produced_chunks = 0
+        self.cancel_seen = threading.Event()
+
+    @property
+    def name(self) -> str:
+        return "scripted"
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self._rate
+
+    @property
+    def voices(self) -> tuple[VoiceInfo, ...]:
+        return (VoiceInfo("tone", "xx", self._rate),)
+
+    def synthesize(
+        self, text: str, voice_id: str | None, cancel: threading.Event
+    ) -> Iterator[AudioChunk]:
+        n = int(self.chunk_s * self._rate)
+        t = np.arange(n) / self._rate
+        tone = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+        for i in range(self.chunks):
+            if cancel.is_set():
+                self.cancel_seen.set()
+                return
+            if self.fail_after is not None and i >= self.fail_after:
+                raise RuntimeError("injected engine failure")
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            self.produced_chunks += 1
+            yield AudioChunk(tone, self._rate)
+
+    def close(self) -> None:
+        pass

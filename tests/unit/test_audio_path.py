@@ -1,0 +1,104 @@
+"""Resampling, framing and Opus encoding of engine PCM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from media_server.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from media_server.encoding import Framer, UtteranceEncoder
+from media_server.opus import OpusEncoder, OpusSettings, _load_opuslib, encode_silence
+from media_server.resampler import StreamResampler
+
+
+def tone(rate: int, seconds: float, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (np.sin(2 * np.pi * freq * t) * 10000).astype(np.int16)
+
+
+@pytest.mark.parametrize("rate", [16_000, 22_050, 24_000, 44_100])
+def test_streaming_resample_has_no_seams(rate: int) -> None:
+    signal = tone(rate, 1.0)
+    whole = StreamResampler(rate)
+    expected = np.concatenate([whole.resample(signal), whole.flush()])
+    chunked = StreamResampler(rate)
+    sizes = [1, 7, 333, 1000, 4410]  # uneven chunk sizes, like an engine's
+    pieces, pos, i = [], 0, 0
+    while pos < signal.size:
+        n = sizes[i % len(sizes)]
+        pieces.append(chunked.resample(signal[pos : pos + n]))
+        pos += n
+        i += 1
+    pieces.append(chunked.flush())
+    got = np.concatenate(pieces)
+    assert got.size == expected.size == SAMPLE_RATE_HZ
+    np.testing.assert_array_equal(got, expected)
+    # and it is a real 440 Hz tone at 48 kHz: the spectrum peaks at 440 Hz
+    spectrum = np.abs(np.fft.rfft(got[2000:-2000].astype(np.float64)))
+    peak_hz = np.argmax(spectrum) * SAMPLE_RATE_HZ / (got.size - 4000)
+    assert peak_hz == pytest.approx(440, abs=2)
+
+
+def test_framer_cuts_960_sample_frames_and_pads_the_last() -> None:
+    framer = Framer()
+    frames = framer.push(np.ones(2000, dtype=np.int16))
+    assert [f.size for f in frames] == [FRAME_SAMPLES, FRAME_SAMPLES]
+    assert framer.pending_samples == 80
+    frames += framer.push(np.ones(900, dtype=np.int16))
+    assert len(frames) == 3 and framer.pending_samples == 20
+    last = framer.flush()
+    assert len(last) == 1 and last[0].size == FRAME_SAMPLES
+    assert last[0][:20].tolist() == [1] * 20 and not last[0][20:].any()
+    assert framer.flush() == []
+
+
+def test_encoder_applies_our_settings() -> None:
+    settings = OpusSettings(bitrate_bps=24_000, complexity=5, inband_fec=True, expected_loss_pct=15)
+    encoder = OpusEncoder(settings)
+    assert encoder.get(encoder.ctl.get_bitrate) == 24_000
+    assert encoder.get(encoder.ctl.get_complexity) == 5
+    assert encoder.get(encoder.ctl.get_inband_fec) == 1
+    assert encoder.get(encoder.ctl.get_packet_loss_perc) == 15
+    off = OpusEncoder(OpusSettings(inband_fec=False))
+    assert off.get(off.ctl.get_inband_fec) == 0
+
+
+def test_encoded_utterance_decodes_to_the_same_tone_and_length() -> None:
+    opuslib, _, _ = _load_opuslib()
+    encoder = UtteranceEncoder(OpusEncoder(OpusSettings()), 22_050)
+    signal = tone(22_050, 1.0)
+    packets = []
+    for start in range(0, signal.size, 4410):
+        packets += encoder.feed(signal[start : start + 4410])
+    packets += encoder.finish()
+    assert encoder.input_samples == signal.size
+    assert len(packets) == 50  # 1 s = 50 frames of 20 ms
+    decoder = opuslib.Decoder(SAMPLE_RATE_HZ, 1)
+    decoded = np.concatenate(
+        [np.frombuffer(decoder.decode(p, FRAME_SAMPLES), dtype=np.int16) for p in packets]
+    ).astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(decoded[4800:-4800]))
+    assert np.argmax(spectrum) * SAMPLE_RATE_HZ / (decoded.size - 9600) == pytest.approx(440, abs=3)
+    rms = np.sqrt(np.mean(decoded[4800:-4800] ** 2))
+    assert rms == pytest.approx(10000 / np.sqrt(2), rel=0.2)
+
+
+def test_silence_packet_decodes_to_silence() -> None:
+    opuslib, _, _ = _load_opuslib()
+    packet = encode_silence(OpusSettings())
+    decoder = opuslib.Decoder(SAMPLE_RATE_HZ, 1)
+    for _ in range(3):
+        pcm = np.frombuffer(decoder.decode(packet, FRAME_SAMPLES), dtype=np.int16)
+        assert pcm.size == FRAME_SAMPLES and np.abs(pcm).max() <= 1
+
+
+def test_encoder_rejects_wrong_frame_size() -> None:
+    with pytest.raises(ValueError, match="960"):
+        OpusEncoder(OpusSettings()).encode(np.zeros(480, dtype=np.int16))
+
+
+def test_opus_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="bitrate"):
+        OpusSettings(bitrate_bps=1000)
+    with pytest.raises(ValueError, match="complexity"):
+        OpusSettings(complexity=11)

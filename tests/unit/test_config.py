@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from media_server.config import ConfigError, IceServer, Settings, settings_from_env
+
+
+def test_defaults_have_no_ice_servers_and_listen_locally() -> None:
+    settings = settings_from_env({})
+    assert settings.ice_servers == ()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+
+
+def test_environment_overrides() -> None:
+    settings = settings_from_env(
+        {
+            "VMS_PORT": "9000",
+            "VMS_MAX_SESSIONS": "3",
+            "VMS_IDLE_TIMEOUT_S": "2.5",
+            "VMS_ICE_SERVERS": "stun:stun.example.org:3478",
+            "VMS_ICE_HOST_ADDRESSES": "127.0.0.1, 10.1.2.3",
+            "VMS_OPUS_BITRATE_BPS": "24000",
+            "VMS_OPUS_INBAND_FEC": "false",
+        }
+    )
+    assert settings.port == 9000 and settings.max_sessions == 3
+    assert settings.idle_timeout_s == 2.5
+    assert settings.ice_servers == (IceServer(urls=("stun:stun.example.org:3478",)),)
+    assert settings.ice_host_addresses == ("127.0.0.1", "10.1.2.3")
+    assert settings.opus.bitrate_bps == 24000 and settings.opus.inband_fec is False
+
+
+def test_turn_servers_as_json() -> None:
+    settings = settings_from_env(
+        {"VMS_ICE_SERVERS": '[{"urls": "turn:t.example.org", "username": "u", "credential": "p"}]'}
+    )
+    assert settings.ice_servers == (IceServer(("turn:t.example.org",), "u", "p"),)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"VMS_PORT": "eighty"}, {"VMS_PORT": "0"}, {"VMS_MAX_SESSIONS": "0"}, {"VMS_ICE_SERVERS": "[{"}],
+)
+def test_bad_values_are_config_errors(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        settings_from_env(env)
+
+
+def test_overrides_ignore_none() -> None:
+    assert Settings().with_overrides(port=None, host="0.0.0.0").host == "0.0.0.0"

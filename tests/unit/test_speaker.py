@@ -1,0 +1,118 @@
+"""Speaker: queued utterances, events at playout, cancel within one tick, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from media_server.audio import FRAME_MS
+from media_server.opus import OpusEncoder, OpusSettings
+from media_server.speaker import Speaker
+from tests.fakes import ScriptedEngine
+
+
+def make(engine: ScriptedEngine, **kwargs: Any) -> tuple[Speaker, list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    speaker = Speaker(engine, OpusEncoder(OpusSettings()), events.append, **kwargs)
+    speaker.start()
+    return speaker, events
+
+
+async def play(speaker: Speaker, ticks: int) -> list[bytes | None]:
+    out = []
+    for i in range(ticks):
+        out.append(speaker.next_payload(i * 960))
+        await asyncio.sleep(0.001)
+    return out
+
+
+async def wait_buffered(speaker: Speaker, frames: int) -> None:
+    for _ in range(500):
+        if speaker._buffered_frames() >= frames:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("speaker never buffered enough frames")
+
+
+async def test_utterances_play_in_order_with_events() -> None:
+    engine = ScriptedEngine(chunk_s=0.2, chunks=2)  # 400 ms each
+    speaker, events = make(engine)
+    speaker.say("one", "a")
+    speaker.say("two", "b")
+    await wait_buffered(speaker, 40)
+    payloads = await play(speaker, 60)
+    await play(speaker, 30)
+    speech = [p for p in payloads if p is not None]
+    assert len(speech) >= 40
+    kinds = [(e["type"], e["id"]) for e in events]
+    assert kinds == [
+        ("speech.started", "a"),
+        ("speech.done", "a"),
+        ("speech.started", "b"),
+        ("speech.done", "b"),
+    ]
+    done_a = events[1]
+    assert done_a["duration_ms"] == 400 and done_a["source_duration_ms"] == 400.0
+    assert events[2]["stream_ts"] == 20 * 960  # b starts right after a's 20 frames
+    await speaker.aclose()
+
+
+async def test_cancel_silences_the_next_tick_and_reports_played_time() -> None:
+    engine = ScriptedEngine(chunk_s=0.5, chunks=20)
+    speaker, events = make(engine)
+    speaker.say("long", "a")
+    speaker.say("queued", "b")
+    await wait_buffered(speaker, 30)
+    played = await play(speaker, 12)
+    assert all(p is not None for p in played)
+    cancelled = speaker.cancel()
+    assert [u.utterance_id for u in cancelled] == ["a", "b"]
+    assert speaker.next_payload(12 * 960) is None  # silent on the very next tick
+    cancel_events = [e for e in events if e["type"] == "speech.cancelled"]
+    assert cancel_events == [
+        {"type": "speech.cancelled", "id": "a", "played_ms": 12 * FRAME_MS, "stream_ts": 0},
+        {"type": "speech.cancelled", "id": "b", "played_ms": 0, "stream_ts": None},
+    ]
+    await asyncio.sleep(0.1)
+    assert await play(speaker, 5) == [None] * 5
+    assert engine.produced_chunks < 20  # synthesis stopped early
+    await speaker.aclose()
+
+
+async def test_queue_limit() -> None:
+    speaker, _ = make(ScriptedEngine(), max_queued=2)
+    speaker.say("1")
+    speaker.say("2")
+    with pytest.raises(OverflowError):
+        speaker.say("3")
+    await speaker.aclose()
+
+
+async def test_engine_failure_is_an_error_event_and_the_speaker_goes_on() -> None:
+    engine = ScriptedEngine(chunk_s=0.1, chunks=3, fail_after=0)
+    speaker, events = make(engine)
+    speaker.say("fails", "x")
+    for _ in range(100):
+        if events:
+            break
+        await asyncio.sleep(0.01)
+    assert events[0]["type"] == "error" and events[0]["id"] == "x"
+    assert events[0]["error"] == "synthesis_failed" and events[0]["solution"]
+    engine.fail_after = None
+    speaker.say("works", "y")
+    await wait_buffered(speaker, 15)
+    await play(speaker, 20)
+    assert [e["type"] for e in events[1:]] == ["speech.started", "speech.done"]
+    await speaker.aclose()
+
+
+async def test_underruns_are_counted_when_synthesis_is_slower_than_playout() -> None:
+    engine = ScriptedEngine(chunk_s=0.02, chunks=20, delay_s=0.05)
+    speaker, _ = make(engine)
+    speaker.say("slow")
+    await wait_buffered(speaker, 1)
+    await play(speaker, 20)
+    assert speaker.underruns > 0
+    await speaker.aclose()

@@ -1,0 +1,414 @@
+// Browser client for the voice media server: WHEP signaling, data-channel control, live stats.
+// An ES module, so nothing here leaks into the global scope.
+
+const GATHER_TIMEOUT_MS = 1500;
+const MAX_LOG_ENTRIES = 200;
+const STATS_INTERVAL_MS = 1000;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  connect: $('connect'), disconnect: $('disconnect'), speak: $('speak'), stop: $('stop'),
+  text: $('text'), voice: $('voice'), iceServers: $('ice-servers'), audio: $('audio'),
+  pcState: $('pc-state'), iceState: $('ice-state'), dcState: $('dc-state'),
+  log: $('log'), clearLog: $('clear-log'),
+  latencyStats: $('latency-stats'), rtpStats: $('rtp-stats'), serverStats: $('server-stats'),
+};
+
+let pc = null;          // the current RTCPeerConnection, null when disconnected
+let channel = null;     // its 'control' data channel
+let sessionUrl = null;  // the WHEP resource (from the Location header)
+let statsTimer = null;
+let sayCount = 0;
+const outstanding = new Map(); // say id -> performance.now() of the Speak click
+const ttfa = { last: null, sum: 0, count: 0 };
+let lastRtp = null;     // previous inbound-rtp sample, for the bitrate
+let lastRtt = null;     // seconds, from the selected ICE candidate pair
+
+// ---------------------------------------------------------------- log & view
+
+function log(kind, text, level = 'info') {
+  const item = document.createElement('li');
+  item.className = `entry ${level}`;
+  const time = document.createElement('time');
+  const now = new Date();
+  time.dateTime = now.toISOString();
+  time.textContent = now.toTimeString().slice(0, 8) + '.' + String(now.getMilliseconds()).padStart(3, '0');
+  const label = document.createElement('span');
+  label.className = 'kind';
+  label.textContent = kind;
+  const body = document.createElement('span');
+  body.className = 'text';
+  body.textContent = text;
+  item.append(time, label, body);
+  ui.log.prepend(item); // newest at the top
+  while (ui.log.children.length > MAX_LOG_ENTRIES) ui.log.lastElementChild.remove();
+}
+
+function logProblem(kind, { error, message, solution }) {
+  const parts = [error && `[${error}]`, message, solution && `Solution: ${solution}`];
+  log(kind, parts.filter(Boolean).join(' '), 'error');
+}
+
+function setBadge(el, state) {
+  el.textContent = state;
+  el.dataset.state = state;
+}
+
+function render() {
+  const connected = pc !== null;
+  const open = channel?.readyState === 'open';
+  ui.connect.disabled = connected;
+  ui.disconnect.disabled = !connected;
+  ui.voice.disabled = connected;
+  ui.iceServers.disabled = connected;
+  ui.speak.disabled = !open;
+  ui.stop.disabled = !open || outstanding.size === 0;
+  setBadge(ui.pcState, pc ? pc.connectionState : 'idle');
+  setBadge(ui.iceState, pc ? pc.iceConnectionState : 'idle');
+  setBadge(ui.dcState, channel ? channel.readyState : 'none');
+}
+
+function showStats(dl, rows) {
+  const nodes = [];
+  for (const [name, value] of rows) {
+    const dt = document.createElement('dt');
+    const dd = document.createElement('dd');
+    dt.textContent = name;
+    dd.textContent = value ?? '–';
+    nodes.push(dt, dd);
+  }
+  dl.replaceChildren(...nodes);
+}
+
+const ms = (value, digits = 1) => (value == null ? null : `${value.toFixed(digits)} ms`);
+
+function showLatency() {
+  showStats(ui.latencyStats, [
+    ['Time to first audio (last)', ms(ttfa.last, 0)],
+    ['Time to first audio (avg)', ttfa.count ? `${ms(ttfa.sum / ttfa.count, 0)} over ${ttfa.count}` : null],
+    ['ICE round-trip time', lastRtt == null ? null : ms(lastRtt * 1000)],
+  ]);
+}
+
+function clearStats() {
+  lastRtp = null;
+  lastRtt = null;
+  showLatency();
+  showStats(ui.rtpStats, [['packetsReceived', null]]);
+  showStats(ui.serverStats, [['frames_sent', null]]);
+}
+
+// ---------------------------------------------------------------- HTTP (WHEP)
+
+async function reportHttpError(what, response) {
+  let problem;
+  try {
+    problem = await response.json();
+  } catch {
+    problem = { message: `${response.status} ${response.statusText}` };
+  }
+  const retry = response.headers.get('Retry-After');
+  if (retry) problem.solution = `${problem.solution ?? ''} (Retry-After: ${retry} s)`.trim();
+  logProblem(`${what} → HTTP ${response.status}`, problem);
+}
+
+function iceCredentials(sdp) {
+  return {
+    ufrag: sdp.match(/^a=ice-ufrag:(.+)$/m)?.[1].trim(),
+    pwd: sdp.match(/^a=ice-pwd:(.+)$/m)?.[1].trim(),
+  };
+}
+
+async function patchCandidates(url, { ufrag, pwd }, lines, mid) {
+  const body = [`a=ice-ufrag:${ufrag}`, `a=ice-pwd:${pwd}`, `a=mid:${mid}`, ...lines].join('\r\n') + '\r\n';
+  try {
+    const response = await fetch(url, {
+      method: 'PATCH', headers: { 'Content-Type': 'application/trickle-ice-sdpfrag' }, body,
+    });
+    if (response.status !== 204) await reportHttpError('PATCH candidate', response);
+  } catch (err) {
+    log('PATCH candidate', `failed: ${err.message}`, 'error');
+  }
+}
+
+function waitForGathering(peer) {
+  return new Promise((resolve) => {
+    if (peer.iceGatheringState === 'complete') return resolve();
+    const done = () => { clearTimeout(timer); peer.removeEventListener('icegatheringstatechange', check); resolve(); };
+    const check = () => { if (peer.iceGatheringState === 'complete') done(); };
+    const timer = setTimeout(done, GATHER_TIMEOUT_MS);
+    peer.addEventListener('icegatheringstatechange', check);
+  });
+}
+
+// ---------------------------------------------------------------- connect / disconnect
+
+function readIceServers() {
+  const raw = ui.iceServers.value.trim();
+  if (!raw) return [];
+  const parsed = JSON.parse(raw);
+  if (!Array.isArray(parsed)) throw new Error('expected a JSON list such as [{"urls": "stun:host:3478"}]');
+  return parsed;
+}
+
+async function connect() {
+  ui.audio.play().catch(() => {}); // inside the click: unlocks autoplay for the stream to come
+  let iceServers;
+  try {
+    iceServers = readIceServers();
+  } catch (err) {
+    logProblem('ICE servers', { message: err.message, solution: 'fix the JSON under Advanced, or leave it empty' });
+    return;
+  }
+  clearStats();
+  const peer = new RTCPeerConnection({ iceServers });
+  pc = peer;
+  const current = () => pc === peer; // false once Disconnect (or a new Connect) replaced this peer
+  peer.addTransceiver('audio', { direction: 'recvonly' });
+  openChannel(peer.createDataChannel('control'));
+
+  peer.ontrack = (event) => {
+    ui.audio.srcObject = event.streams[0] ?? new MediaStream([event.track]);
+    ui.audio.play().catch((err) => log('audio', `playback blocked: ${err.message}`, 'error'));
+  };
+  peer.onconnectionstatechange = () => {
+    if (!current()) return;
+    render();
+    log('peer', `connectionState ${peer.connectionState}`, peer.connectionState === 'failed' ? 'error' : 'info');
+    if (peer.connectionState === 'failed') {
+      log('peer', 'Solution: check that the server is reachable, or configure ICE servers under Advanced', 'error');
+    }
+  };
+  peer.oniceconnectionstatechange = () => current() && render();
+
+  // Candidates found after the offer went out are trickled with PATCH once the Location is known.
+  let offerSent = false;
+  const late = [];
+  const trickle = (lines, mid) => (sessionUrl && current()
+    ? patchCandidates(sessionUrl, iceCredentials(peer.localDescription.sdp), lines, mid)
+    : late.push([lines, mid]));
+  peer.onicecandidate = ({ candidate }) => {
+    if (!offerSent || !current()) return;
+    if (candidate && candidate.candidate) {
+      trickle([`a=candidate:${candidate.candidate.replace(/^candidate:/, '')}`], candidate.sdpMid ?? '0');
+    } else if (!candidate) {
+      trickle(['a=end-of-candidates'], '0');
+    }
+  };
+
+  try {
+    await peer.setLocalDescription(await peer.createOffer());
+    await waitForGathering(peer);
+    if (!current()) return;
+    offerSent = true;
+    const voice = ui.voice.value.trim();
+    const url = voice ? `/whep?voice=${encodeURIComponent(voice)}` : '/whep';
+    log('whep', `POST ${url} (ICE gathering ${peer.iceGatheringState})`);
+    const response = await fetch(url, {
+      method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: peer.localDescription.sdp,
+    });
+    if (response.status !== 201) {
+      await reportHttpError(`POST ${url}`, response);
+      if (current()) teardown();
+      return;
+    }
+    const location = new URL(response.headers.get('Location'), response.url).href;
+    const answer = await response.text();
+    if (!current()) { // disconnected while the POST was in flight
+      fetch(location, { method: 'DELETE' }).catch(() => {});
+      return;
+    }
+    sessionUrl = location;
+    log('whep', `session ${new URL(location).pathname}`);
+    await peer.setRemoteDescription({ type: 'answer', sdp: answer });
+    const credentials = iceCredentials(peer.localDescription.sdp);
+    for (const [lines, mid] of late.splice(0)) patchCandidates(location, credentials, lines, mid);
+    startStats();
+  } catch (err) {
+    if (!current()) return;
+    logProblem('connect', { message: err.message, solution: 'is the server running? check its log' });
+    teardown();
+  }
+}
+
+function teardown() {
+  clearTimeout(statsTimer);
+  statsTimer = null;
+  pc?.close();
+  pc = null;
+  channel = null;
+  sessionUrl = null;
+  outstanding.clear();
+  ui.audio.srcObject = null;
+  render();
+}
+
+async function disconnect() {
+  const url = sessionUrl;
+  teardown();
+  log('whep', 'disconnected');
+  if (!url) return;
+  try {
+    const response = await fetch(url, { method: 'DELETE' });
+    if (!response.ok && response.status !== 404) await reportHttpError('DELETE', response);
+  } catch (err) {
+    log('DELETE', `failed: ${err.message}`, 'error');
+  }
+}
+
+// ---------------------------------------------------------------- data channel
+
+function openChannel(dc) {
+  channel = dc;
+  dc.onopen = () => { log('channel', 'open: ready to speak'); render(); };
+  dc.onclose = () => {
+    if (channel !== dc) return;
+    log('channel', 'closed by the server', 'warn');
+    outstanding.clear();
+    render();
+  };
+  dc.onmessage = (event) => {
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      log('channel', `not JSON: ${event.data}`, 'error');
+      return;
+    }
+    onServerEvent(message);
+    render();
+  };
+  render();
+}
+
+function onServerEvent(event) {
+  const { type, id } = event;
+  const details = Object.entries(event)
+    .filter(([key]) => key !== 'type')
+    .map(([key, value]) => `${key}=${value}`)
+    .join(' ');
+  if (type === 'speech.started') {
+    const clicked = outstanding.get(id);
+    if (clicked !== undefined) {
+      ttfa.last = performance.now() - clicked;
+      ttfa.sum += ttfa.last;
+      ttfa.count += 1;
+      showLatency();
+      log(type, `${details} · first audio ${Math.round(ttfa.last)} ms after Speak`);
+      return;
+    }
+  } else if (type === 'speech.done' || type === 'speech.cancelled') {
+    outstanding.delete(id);
+  } else if (type === 'error') {
+    if (id !== undefined) outstanding.delete(id);
+    logProblem(id ? `error (${id})` : 'error', event);
+    return;
+  }
+  log(type ?? 'event', details, type === 'speech.cancelled' ? 'warn' : 'info');
+}
+
+function send(message) {
+  if (channel?.readyState !== 'open') return false;
+  channel.send(JSON.stringify(message));
+  return true;
+}
+
+function speak() {
+  const text = ui.text.value.trim();
+  if (!text) {
+    ui.text.focus();
+    return;
+  }
+  const id = `c${++sayCount}`;
+  if (send({ type: 'say', text, id })) {
+    outstanding.set(id, performance.now());
+    log('say', `id=${id} "${text.length > 60 ? text.slice(0, 57) + '…' : text}"`);
+    render();
+  }
+}
+
+function stop() {
+  if (send({ type: 'cancel' })) log('cancel', 'sent');
+}
+
+// ---------------------------------------------------------------- stats
+
+function startStats() {
+  const tick = async () => {
+    const peer = pc;
+    if (!peer) return;
+    await Promise.all([updateRtpStats(peer), updateServerStats(sessionUrl)]);
+    if (pc === peer) statsTimer = setTimeout(tick, STATS_INTERVAL_MS);
+  };
+  clearTimeout(statsTimer);
+  tick();
+}
+
+async function updateRtpStats(peer) {
+  let rtp = null;
+  let rtt = null;
+  (await peer.getStats()).forEach((s) => {
+    if (s.type === 'inbound-rtp' && (s.kind ?? s.mediaType) === 'audio') rtp = s;
+    if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') rtt = s.currentRoundTripTime ?? rtt;
+  });
+  if (pc !== peer) return;
+  lastRtt = rtt;
+  showLatency();
+  if (!rtp) {
+    showStats(ui.rtpStats, [['packetsReceived', 'no audio stream yet']]);
+    return;
+  }
+  const kbps = lastRtp && rtp.timestamp > lastRtp.timestamp
+    ? ((rtp.bytesReceived - lastRtp.bytesReceived) * 8) / (rtp.timestamp - lastRtp.timestamp)
+    : null;
+  lastRtp = rtp;
+  const has = (key) => typeof rtp[key] === 'number';
+  showStats(ui.rtpStats, [
+    ['packetsReceived', rtp.packetsReceived],
+    ['packetsLost', rtp.packetsLost],
+    ['jitter', ms(has('jitter') ? rtp.jitter * 1000 : null)],
+    ['bytesReceived', rtp.bytesReceived],
+    ['bitrate', kbps == null ? null : `${kbps.toFixed(1)} kbit/s`],
+    ['audioLevel', has('audioLevel') ? rtp.audioLevel.toFixed(3) : null],
+    ['totalAudioEnergy', has('totalAudioEnergy') ? rtp.totalAudioEnergy.toFixed(3) : null],
+    ['jitter buffer (avg)', has('jitterBufferDelay') && rtp.jitterBufferEmittedCount
+      ? ms((rtp.jitterBufferDelay / rtp.jitterBufferEmittedCount) * 1000) : null],
+  ]);
+}
+
+const SERVER_KEYS = [
+  'connection_state', 'frames_sent', 'speech_frames_sent', 'underruns', 'skipped_frames',
+  'lateness_p50_ms', 'lateness_p99_ms', 'lateness_max_ms', 'dropped_frames', 'queued_utterances',
+];
+
+async function updateServerStats(url) {
+  if (!url) return;
+  try {
+    const response = await fetch(`${url}/stats`, { cache: 'no-store' });
+    if (!response.ok || url !== sessionUrl) return;
+    const data = await response.json();
+    showStats(ui.serverStats, SERVER_KEYS.map((key) => [key, data[key]]));
+  } catch {
+    // The next tick retries; a server that went away shows up in the connection state.
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+
+ui.connect.addEventListener('click', connect);
+ui.disconnect.addEventListener('click', disconnect);
+ui.speak.addEventListener('click', speak);
+ui.stop.addEventListener('click', stop);
+ui.clearLog.addEventListener('click', () => ui.log.replaceChildren());
+ui.text.addEventListener('keydown', (event) => {
+  if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
+    event.preventDefault();
+    if (!ui.speak.disabled) speak();
+  }
+});
+window.addEventListener('pagehide', () => {
+  if (sessionUrl) fetch(sessionUrl, { method: 'DELETE', keepalive: true }).catch(() => {});
+});
+
+clearStats();
+render();
