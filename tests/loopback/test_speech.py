@@ -1,0 +1,200 @@
+"""End to end over loopback: WHEP over HTTP, `say` on the data channel, Opus RTP decoded.
+
+Real parts only: the embedded Piper voice, real aiortc peers on 127.0.0.1, real Opus.
+Received frames carry their stream position (``pts``, 48 kHz samples; the first
+RTP packet of a session is position 0), the same clock as the ``stream_ts``
+fields of the server's events, so the test can line up audio and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient
+
+from media_server.audio import FRAME_MS, FRAME_SAMPLES
+from media_server.config import Settings
+from signaling.keys import REGISTRY_KEY
+from tests.conftest import loopback_settings
+from tests.whep_client import WhepClient
+
+pytestmark = pytest.mark.loopback
+
+SILENT_RMS = 10.0
+"""-70 dBFS: decoded silence is zero but for the decoder's decaying tail after a cut."""
+SPEECH_RMS = 300.0
+"""Piper's normalised voice is far louder than this on average."""
+
+SENTENCE = "The quick brown fox jumps over the lazy dog, and then it takes a well earned nap."
+LONG_TEXT = " ".join(
+    [
+        "This is a long paragraph that the server will speak for many seconds.",
+        "It keeps going, sentence after sentence, so that there is time to cancel it.",
+        "Nobody should hear this third sentence, because the test cancels before it.",
+        "And certainly nobody should hear this fourth one either.",
+    ]
+)
+
+
+@pytest.fixture
+async def voice(client: TestClient, http: aiohttp.ClientSession) -> AsyncIterator[WhepClient]:
+    peer = WhepClient(str(client.make_url("")).rstrip("/"))
+    await peer.connect(http)
+    yield peer
+    await peer.close(http)
+
+
+async def wait_frames_until(peer: WhepClient, pts: int, wait_s: float = 5.0) -> None:
+    async with asyncio.timeout(wait_s):
+        while not peer.frames or peer.frames[-1].pts < pts:
+            await asyncio.sleep(0.02)
+
+
+async def test_say_is_heard_with_the_duration_the_engine_produced(voice: WhepClient) -> None:
+    voice.say(SENTENCE, "s1")
+    started = await voice.next_event()
+    assert started["type"] == "speech.started" and started["id"] == "s1"
+    done = await voice.next_event()
+    assert done["type"] == "speech.done" and done["id"] == "s1"
+    start_ts = started["stream_ts"]
+    assert done["stream_ts"] == start_ts
+    end_ts = start_ts + done["duration_ms"] * FRAME_SAMPLES // FRAME_MS
+    await wait_frames_until(voice, end_ts + 10 * FRAME_SAMPLES)
+
+    # What the engine produced (at 22.05 kHz) is what was sent, to the frame.
+    assert done["source_duration_ms"] > 2000
+    assert abs(done["duration_ms"] - done["source_duration_ms"]) <= FRAME_MS + 1
+
+    before = voice.frames_between(0, start_ts)
+    during = voice.frames_between(start_ts, end_ts)
+    after = voice.frames_between(end_ts, end_ts + 10 * FRAME_SAMPLES)
+    # every frame of the utterance arrived, none missing, none extra
+    assert [f.pts for f in during] == list(range(start_ts, end_ts, FRAME_SAMPLES))
+    assert len(during) * FRAME_MS == done["duration_ms"]
+    # silence before speech.started's position, speech during, silence after
+    assert before and max(f.rms for f in before) < SILENT_RMS
+    assert np.mean([f.rms for f in during]) > SPEECH_RMS
+    loud = [f for f in during if f.rms > SPEECH_RMS]
+    assert len(loud) > 0.5 * len(during)
+    assert max(f.rms for f in after) < SILENT_RMS
+
+
+async def test_cancel_silences_within_a_frame_and_reports_played_time(
+    voice: WhepClient,
+) -> None:
+    voice.say(LONG_TEXT, "long")
+    voice.say("This queued sentence is dropped by the cancel.", "queued")
+    started = await voice.next_event("speech.started")
+    await wait_frames_until(voice, started["stream_ts"] + 40 * FRAME_SAMPLES)
+    voice.cancel()
+    cancelled = await voice.next_event()
+    assert cancelled["type"] == "speech.cancelled" and cancelled["id"] == "long"
+    dropped = await voice.next_event()
+    assert dropped == {
+        "type": "speech.cancelled",
+        "id": "queued",
+        "played_ms": 0,
+        "stream_ts": None,
+    }
+    played_ms = cancelled["played_ms"]
+    assert 800 <= played_ms < 5000
+    stop_ts = started["stream_ts"] + played_ms * FRAME_SAMPLES // FRAME_MS
+    await wait_frames_until(voice, stop_ts + 25 * FRAME_SAMPLES)
+    played = voice.frames_between(started["stream_ts"], stop_ts)
+    assert len(played) * FRAME_MS == played_ms
+    assert np.mean([f.rms for f in played]) > SPEECH_RMS
+    # Silent within one frame: the frame at the reported position may still hold
+    # Opus's 6.5 ms algorithmic-delay tail of the last speech frame; from the next
+    # frame on the stream is silence, and it stays silent.
+    after = voice.frames_between(stop_ts + FRAME_SAMPLES, stop_ts + 25 * FRAME_SAMPLES)
+    assert len(after) == 24
+    assert max(f.rms for f in after) < SILENT_RMS
+    # nothing else was queued: no more speech events arrive
+    with pytest.raises(TimeoutError):
+        await voice.next_event(wait_s=0.5)
+
+
+async def test_says_queue_in_order(voice: WhepClient) -> None:
+    for i, text in enumerate(["First.", "Second one.", "Third and last."]):
+        voice.say(text, f"q{i}")
+    events = [await voice.next_event() for _ in range(6)]
+    assert [(e["type"], e["id"]) for e in events] == [
+        ("speech.started", "q0"),
+        ("speech.done", "q0"),
+        ("speech.started", "q1"),
+        ("speech.done", "q1"),
+        ("speech.started", "q2"),
+        ("speech.done", "q2"),
+    ]
+    # back to back: each starts where the previous ended
+    for done, nxt in [(events[1], events[2]), (events[3], events[4])]:
+        end = done["stream_ts"] + done["duration_ms"] * FRAME_SAMPLES // FRAME_MS
+        assert nxt["stream_ts"] == end
+
+
+async def test_bad_messages_get_error_events_and_the_session_stays_up(
+    voice: WhepClient,
+) -> None:
+    voice.send_raw("this is not json")
+    assert (await voice.next_event())["error"] == "invalid_json"
+    voice.send_raw('{"type": "shout", "text": "hi"}')
+    assert (await voice.next_event())["error"] == "unknown_type"
+    voice.say("x" * 2001, "too-long")
+    error = await voice.next_event()
+    assert error == {
+        "type": "error",
+        "error": "text_too_long",
+        "message": "'text' has 2001 characters; the limit is 2000",
+        "solution": "split the text into several 'say' messages",
+        "id": "too-long",
+    }
+    voice.send_raw("{" * 20000)
+    assert (await voice.next_event())["error"] == "message_too_large"
+    voice.say("Still here.", "ok")
+    assert (await voice.next_event())["type"] == "speech.started"
+    assert (await voice.next_event())["type"] == "speech.done"
+
+
+@pytest.mark.parametrize("settings", [loopback_settings(say_burst=3, say_rate_per_s=0.5)])
+async def test_say_rate_limit(voice: WhepClient, settings: Settings) -> None:
+    for i in range(4):
+        voice.say("Hi.", f"r{i}")
+    events = [await voice.next_event() for _ in range(7)]
+    errors = [e for e in events if e["type"] == "error"]
+    assert [(e["error"], e["id"]) for e in errors] == [("rate_limited", "r3")]
+
+
+async def test_delete_frees_the_session(
+    client: TestClient, voice: WhepClient, http: aiohttp.ClientSession
+) -> None:
+    registry = client.app[REGISTRY_KEY]
+    assert len(registry) == 1
+    voice.say(LONG_TEXT)
+    await voice.next_event("speech.started")
+    async with http.delete(f"{voice.base_url}{voice.location}") as resp:
+        assert resp.status == 200
+    assert len(registry) == 0
+
+
+@pytest.mark.parametrize("settings", [loopback_settings(idle_timeout_s=0.6)])
+async def test_idle_session_is_closed(
+    client: TestClient, voice: WhepClient, settings: Settings
+) -> None:
+    registry = client.app[REGISTRY_KEY]
+    assert len(registry) == 1
+    async with asyncio.timeout(5):
+        while len(registry):
+            await asyncio.sleep(0.05)
+
+
+async def test_peer_that_goes_away_is_cleaned_up(client: TestClient, voice: WhepClient) -> None:
+    registry = client.app[REGISTRY_KEY]
+    assert len(registry) == 1
+    await voice.pc.close()  # no DELETE: the server notices the peer is gone
+    async with asyncio.timeout(10):
+        while len(registry):
+            await asyncio.sleep(0.05)
