@@ -108,8 +108,10 @@ class PeerSession:
         if not audio:
             raise OfferError("the offer has no usable audio section", "offer an audio transceiver")
         self.pc.addTrack(track)
-        if audio[0].direction == "recvonly" or audio[0].direction == "inactive":
-            audio[0].direction = "sendonly"
+        # Always answer sendonly: for a sendrecv offer this keeps the client from
+        # sending microphone audio that nothing here would read (aiortc would
+        # queue it without bound).
+        audio[0].direction = "sendonly"
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         ufrag = re.search(r"^a=ice-ufrag:(\S+)", offer_sdp, re.MULTILINE)

@@ -20,33 +20,32 @@ let sessionUrl = null;  // the WHEP resource (from the Location header)
 let statsTimer = null;
 let sayCount = 0;
 const outstanding = new Map(); // say id -> performance.now() of the Speak click
-const ttfa = { last: null, sum: 0, count: 0 };
+const ttfa = { last: null, sum: 0, count: 0 }; // time to first audio, ms
 let lastRtp = null;     // previous inbound-rtp sample, for the bitrate
 let lastRtt = null;     // seconds, from the selected ICE candidate pair
 
 // ---------------------------------------------------------------- log & view
 
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  node.textContent = text;
+  return node;
+}
+
 function log(kind, text, level = 'info') {
-  const item = document.createElement('li');
-  item.className = `entry ${level}`;
-  const time = document.createElement('time');
   const now = new Date();
+  const time = el('time', '', `${now.toTimeString().slice(0, 8)}.${String(now.getMilliseconds()).padStart(3, '0')}`);
   time.dateTime = now.toISOString();
-  time.textContent = now.toTimeString().slice(0, 8) + '.' + String(now.getMilliseconds()).padStart(3, '0');
-  const label = document.createElement('span');
-  label.className = 'kind';
-  label.textContent = kind;
-  const body = document.createElement('span');
-  body.className = 'text';
-  body.textContent = text;
-  item.append(time, label, body);
+  const item = el('li', `entry ${level}`, '');
+  item.append(time, el('span', 'kind', kind), el('span', 'text', text));
   ui.log.prepend(item); // newest at the top
   while (ui.log.children.length > MAX_LOG_ENTRIES) ui.log.lastElementChild.remove();
 }
 
 function logProblem(kind, { error, message, solution }) {
-  const parts = [error && `[${error}]`, message, solution && `Solution: ${solution}`];
-  log(kind, parts.filter(Boolean).join(' '), 'error');
+  const parts = [[error && `[${error}]`, message].filter(Boolean).join(' '), solution && `Solution: ${solution}`];
+  log(kind, parts.filter(Boolean).join('\n'), 'error');
 }
 
 function setBadge(el, state) {
@@ -69,15 +68,7 @@ function render() {
 }
 
 function showStats(dl, rows) {
-  const nodes = [];
-  for (const [name, value] of rows) {
-    const dt = document.createElement('dt');
-    const dd = document.createElement('dd');
-    dt.textContent = name;
-    dd.textContent = value ?? '–';
-    nodes.push(dt, dd);
-  }
-  dl.replaceChildren(...nodes);
+  dl.replaceChildren(...rows.flatMap(([name, value]) => [el('dt', '', name), el('dd', '', value ?? '–')]));
 }
 
 const ms = (value, digits = 1) => (value == null ? null : `${value.toFixed(digits)} ms`);
@@ -101,12 +92,7 @@ function clearStats() {
 // ---------------------------------------------------------------- HTTP (WHEP)
 
 async function reportHttpError(what, response) {
-  let problem;
-  try {
-    problem = await response.json();
-  } catch {
-    problem = { message: `${response.status} ${response.statusText}` };
-  }
+  const problem = await response.json().catch(() => ({ message: `${response.status} ${response.statusText}` }));
   const retry = response.headers.get('Retry-After');
   if (retry) problem.solution = `${problem.solution ?? ''} (Retry-After: ${retry} s)`.trim();
   logProblem(`${what} → HTTP ${response.status}`, problem);
@@ -143,19 +129,12 @@ function waitForGathering(peer) {
 
 // ---------------------------------------------------------------- connect / disconnect
 
-function readIceServers() {
-  const raw = ui.iceServers.value.trim();
-  if (!raw) return [];
-  const parsed = JSON.parse(raw);
-  if (!Array.isArray(parsed)) throw new Error('expected a JSON list such as [{"urls": "stun:host:3478"}]');
-  return parsed;
-}
-
 async function connect() {
   ui.audio.play().catch(() => {}); // inside the click: unlocks autoplay for the stream to come
-  let iceServers;
+  let iceServers = [];
   try {
-    iceServers = readIceServers();
+    if (ui.iceServers.value.trim()) iceServers = JSON.parse(ui.iceServers.value);
+    if (!Array.isArray(iceServers)) throw new Error('expected a JSON list such as [{"urls": "stun:host:3478"}]');
   } catch (err) {
     logProblem('ICE servers', { message: err.message, solution: 'fix the JSON under Advanced, or leave it empty' });
     return;
@@ -174,10 +153,9 @@ async function connect() {
   peer.onconnectionstatechange = () => {
     if (!current()) return;
     render();
-    log('peer', `connectionState ${peer.connectionState}`, peer.connectionState === 'failed' ? 'error' : 'info');
-    if (peer.connectionState === 'failed') {
-      log('peer', 'Solution: check that the server is reachable, or configure ICE servers under Advanced', 'error');
-    }
+    if (peer.connectionState !== 'failed') return log('peer', `connectionState ${peer.connectionState}`);
+    logProblem('peer', { message: 'connectionState failed: no media path to the server',
+      solution: 'check that the server is reachable, or configure ICE servers under Advanced' });
   };
   peer.oniceconnectionstatechange = () => current() && render();
 
@@ -233,11 +211,8 @@ async function connect() {
 
 function teardown() {
   clearTimeout(statsTimer);
-  statsTimer = null;
   pc?.close();
-  pc = null;
-  channel = null;
-  sessionUrl = null;
+  [pc, channel, sessionUrl] = [null, null, null];
   outstanding.clear();
   ui.audio.srcObject = null;
   render();
@@ -245,15 +220,19 @@ function teardown() {
 
 async function disconnect() {
   const url = sessionUrl;
+  ui.disconnect.disabled = true;
+  clearTimeout(statsTimer);
+  if (channel) channel.onclose = null; // the server closing it now is expected
+  if (url) { // DELETE before closing: a closed peer makes the server end the session by itself
+    try {
+      const response = await fetch(url, { method: 'DELETE' });
+      if (!response.ok && response.status !== 404) await reportHttpError('DELETE', response);
+    } catch (err) {
+      log('DELETE', `failed: ${err.message}`, 'error');
+    }
+  }
   teardown();
   log('whep', 'disconnected');
-  if (!url) return;
-  try {
-    const response = await fetch(url, { method: 'DELETE' });
-    if (!response.ok && response.status !== 404) await reportHttpError('DELETE', response);
-  } catch (err) {
-    log('DELETE', `failed: ${err.message}`, 'error');
-  }
 }
 
 // ---------------------------------------------------------------- data channel
@@ -268,14 +247,9 @@ function openChannel(dc) {
     render();
   };
   dc.onmessage = (event) => {
-    let message;
-    try {
-      message = JSON.parse(event.data);
-    } catch {
-      log('channel', `not JSON: ${event.data}`, 'error');
-      return;
-    }
-    onServerEvent(message);
+    let message = null;
+    try { message = JSON.parse(event.data); } catch { log('channel', `not JSON: ${event.data}`, 'error'); }
+    if (message) onServerEvent(message);
     render();
   };
   render();
@@ -283,10 +257,7 @@ function openChannel(dc) {
 
 function onServerEvent(event) {
   const { type, id } = event;
-  const details = Object.entries(event)
-    .filter(([key]) => key !== 'type')
-    .map(([key, value]) => `${key}=${value}`)
-    .join(' ');
+  const details = Object.entries(event).filter(([k]) => k !== 'type').map(([k, v]) => `${k}=${v}`).join(' ');
   if (type === 'speech.started') {
     const clicked = outstanding.get(id);
     if (clicked !== undefined) {
@@ -308,17 +279,14 @@ function onServerEvent(event) {
 }
 
 function send(message) {
-  if (channel?.readyState !== 'open') return false;
-  channel.send(JSON.stringify(message));
-  return true;
+  const open = channel?.readyState === 'open';
+  if (open) channel.send(JSON.stringify(message));
+  return open;
 }
 
 function speak() {
   const text = ui.text.value.trim();
-  if (!text) {
-    ui.text.focus();
-    return;
-  }
+  if (!text) return ui.text.focus();
   const id = `c${++sayCount}`;
   if (send({ type: 'say', text, id })) {
     outstanding.set(id, performance.now());
@@ -382,15 +350,10 @@ const SERVER_KEYS = [
 ];
 
 async function updateServerStats(url) {
-  if (!url) return;
-  try {
-    const response = await fetch(`${url}/stats`, { cache: 'no-store' });
-    if (!response.ok || url !== sessionUrl) return;
-    const data = await response.json();
-    showStats(ui.serverStats, SERVER_KEYS.map((key) => [key, data[key]]));
-  } catch {
-    // The next tick retries; a server that went away shows up in the connection state.
-  }
+  // Failures are left to the next tick; a server that went away shows in the connection state.
+  const response = url && (await fetch(`${url}/stats`, { cache: 'no-store' }).catch(() => null));
+  const data = response?.ok && (await response.json().catch(() => null));
+  if (data && url === sessionUrl) showStats(ui.serverStats, SERVER_KEYS.map((key) => [key, data[key]]));
 }
 
 // ---------------------------------------------------------------- wiring

@@ -55,6 +55,18 @@ async def test_offer_gets_201_location_and_sdp_answer(client: TestClient, offer:
     await assert_json_error(await client.delete(location), 404, "session_not_found")
 
 
+async def test_sendrecv_offer_is_answered_sendonly(client: TestClient) -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("audio", direction="sendrecv")
+    pc.createDataChannel("control")
+    await pc.setLocalDescription(await pc.createOffer())
+    resp = await client.post("/whep", data=pc.localDescription.sdp, headers=SDP)
+    assert resp.status == 201
+    answer = await resp.text()
+    assert "a=sendonly" in answer and "a=sendrecv" not in answer
+    await pc.close()
+
+
 async def test_wrong_content_type_is_415(client: TestClient, offer: str) -> None:
     resp = await client.post("/whep", data=offer, headers={"Content-Type": "text/plain"})
     body = await assert_json_error(resp, 415, "unsupported_media_type")
@@ -71,7 +83,9 @@ async def test_wrong_content_type_is_415(client: TestClient, offer: str) -> None
     ],
 )
 async def test_unusable_offer_is_400(client: TestClient, body: str) -> None:
-    await assert_json_error(await client.post("/whep", data=body, headers=SDP), 400, "invalid_offer")
+    await assert_json_error(
+        await client.post("/whep", data=body, headers=SDP), 400, "invalid_offer"
+    )
     assert len(client.app[REGISTRY_KEY]) == 0
 
 

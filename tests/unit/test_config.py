@@ -39,7 +39,12 @@ def test_turn_servers_as_json() -> None:
 
 @pytest.mark.parametrize(
     "env",
-    [{"VMS_PORT": "eighty"}, {"VMS_PORT": "0"}, {"VMS_MAX_SESSIONS": "0"}, {"VMS_ICE_SERVERS": "[{"}],
+    [
+        {"VMS_PORT": "eighty"},
+        {"VMS_PORT": "0"},
+        {"VMS_MAX_SESSIONS": "0"},
+        {"VMS_ICE_SERVERS": "[{"},
+    ],
 )
 def test_bad_values_are_config_errors(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):

@@ -4,7 +4,11 @@ from synthesis.text import FIRST_CLAUSE_MAX_CHARS, PIECE_MAX_CHARS, split_text
 
 
 def test_sentences_become_pieces_in_order() -> None:
-    assert split_text("Hello there. How are you? Fine!") == ["Hello there.", "How are you?", "Fine!"]
+    assert split_text("Hello there. How are you? Fine!") == [
+        "Hello there.",
+        "How are you?",
+        "Fine!",
+    ]
 
 
 def test_long_first_sentence_is_cut_at_its_first_clause() -> None:

@@ -1,0 +1,210 @@
+"""Drive the browser client in headless Chromium against an in-process server.
+
+Not a pytest test: run it by hand (``python3 tests/browser_check.py [screenshot.png]``)
+from the repository root. It starts the real app on a free loopback port, opens the
+page, connects, speaks a sentence, checks the events and the received RTP, cancels a
+long sentence with Stop, and disconnects. It exits 0 when everything worked, 1 when
+something did not, and 0 with a message when Playwright or /usr/bin/chromium is missing.
+
+Needs the ``playwright`` Python package and the Debian ``chromium`` package; it never
+downloads a browser (``playwright install`` is not used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--allow-loopback-in-peer-connection",
+    "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-ui-for-media-stream",
+    # Offer raw host candidates (127.0.0.1) rather than mDNS names the server cannot resolve.
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+SHORT_TEXT = "Hello from the browser check. One, two, three."
+LONG_TEXT = " ".join(
+    ["This is a long sentence that keeps going so that the stop button has something to cut."] * 6
+)
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _log_entries(page: Any) -> list[dict[str, str]]:
+    entries: list[dict[str, str]] = await page.eval_on_selector_all(
+        "#log .entry",
+        """items => items.map(li => ({
+            level: li.classList.contains('error') ? 'error' : 'ok',
+            kind: li.querySelector('.kind').textContent,
+            text: li.querySelector('.text').textContent}))""",
+    )
+    return entries
+
+
+async def _stat(page: Any, name: str) -> str | None:
+    value: str | None = await page.evaluate(
+        """name => {
+            for (const dt of document.querySelectorAll('.stats dt'))
+                if (dt.textContent === name) return dt.nextElementSibling.textContent;
+            return null;
+        }""",
+        name,
+    )
+    return value
+
+
+async def _wait_for_event(page: Any, kind: str, timeout_s: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for entry in await _log_entries(page):
+            if entry["kind"] == kind:
+                return entry
+        await asyncio.sleep(0.1)
+    raise CheckFailed(f"no {kind!r} event in the page log within {timeout_s:g} s")
+
+
+async def _check(base_url: str, screenshot: Path) -> dict[str, Any]:
+    from playwright.async_api import async_playwright
+
+    results: dict[str, Any] = {}
+    page_errors: list[str] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            await page.goto(base_url + "/")
+
+            await page.click("#connect")
+            await page.wait_for_function(
+                "document.querySelector('#pc-state').textContent === 'connected'", timeout=15_000
+            )
+            await page.wait_for_selector("#speak:not([disabled])", timeout=10_000)
+
+            await page.fill("#text", SHORT_TEXT)
+            await page.click("#speak")
+            started = await _wait_for_event(page, "speech.started", 20)
+            done = await _wait_for_event(page, "speech.done", 30)
+            results["speech.started"] = started["text"]
+            results["speech.done"] = done["text"]
+
+            packets = 0
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                raw = await _stat(page, "packetsReceived")
+                packets = int(raw) if raw and raw.isdigit() else 0
+                if packets > 0:
+                    break
+                await asyncio.sleep(0.25)
+            results["packetsReceived"] = packets
+            results["time_to_first_audio"] = await _stat(page, "Time to first audio (last)")
+            results["jitter"] = await _stat(page, "jitter")
+            results["server_frames_sent"] = await _stat(page, "frames_sent")
+            if packets <= 0:
+                raise CheckFailed("inbound-rtp packetsReceived never went above 0")
+
+            # Ctrl+Enter speaks too; Stop during a long sentence cancels it.
+            await page.fill("#text", LONG_TEXT)
+            await page.press("#text", "Control+Enter")
+            await _wait_for_event(page, "speech.started", 20)
+            await page.wait_for_selector("#stop:not([disabled])", timeout=5_000)
+            await page.wait_for_timeout(1000)
+            await page.click("#stop")
+            cancelled = await _wait_for_event(page, "speech.cancelled", 10)
+            results["speech.cancelled"] = cancelled["text"]
+
+            await page.wait_for_timeout(1200)  # one more stats tick for the screenshot
+            await page.screenshot(path=str(screenshot), full_page=True)
+
+            errors = [e for e in await _log_entries(page) if e["level"] == "error"]
+            if errors:
+                raise CheckFailed(f"the page logged errors: {errors}")
+            if page_errors:
+                raise CheckFailed(f"JavaScript errors: {page_errors}")
+
+            await page.click("#disconnect")
+            await page.wait_for_selector("#connect:not([disabled])", timeout=5_000)
+        finally:
+            await browser.close()
+    return results
+
+
+async def _run(screenshot: Path) -> int:
+    from aiohttp import ClientSession, web
+
+    from media_server.config import Settings
+    from signaling.app import create_app
+
+    port = _free_port()
+    settings = Settings(port=port, ice_host_addresses=("127.0.0.1",))
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        results = await _check(base_url, screenshot)
+        async with ClientSession() as http:
+            deadline = time.monotonic() + 5
+            while True:
+                async with http.get(base_url + "/healthz") as response:
+                    sessions = (await response.json())["sessions"]
+                if sessions == 0 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+        results["server_sessions_after_disconnect"] = sessions
+        if sessions != 0:
+            raise CheckFailed(f"{sessions} session(s) still open after Disconnect")
+    except CheckFailed as exc:
+        _say(f"browser check FAILED: {exc}", error=True)
+        return 1
+    finally:
+        await runner.cleanup()
+    _say(json.dumps(results, indent=2))
+    _say(f"browser check passed; screenshot: {screenshot}")
+    return 0
+
+
+def _say(message: str, *, error: bool = False) -> None:
+    print(message, file=sys.stderr if error else sys.stdout)  # noqa: T201
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Run as a script, only tests/ is on sys.path; the packages live at the repository root.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    args = sys.argv[1:] if argv is None else argv
+    screenshot = Path(args[0] if args else "/tmp/webclient-check.png")
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        _say("browser check skipped: the 'playwright' Python package is not installed")
+        return 0
+    if not CHROMIUM.exists():
+        _say(f"browser check skipped: {CHROMIUM} is missing (apt-get install chromium)")
+        return 0
+    return asyncio.run(_run(screenshot))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
