@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 import numpy.typing as npt
 
@@ -10,6 +12,20 @@ from media_server.opus import OpusEncoder
 from media_server.resampler import StreamResampler
 
 Pcm = npt.NDArray[np.int16]
+
+
+ONSET_THRESHOLD: Final = 328
+"""|sample| above 1% of full scale counts as sound (-40 dBFS)."""
+ONSET_KEEP_MS: Final = 10
+"""Silence kept before the onset, so the attack is not clipped."""
+
+
+def leading_silence(pcm: Pcm, rate_hz: int) -> int | None:
+    """Samples of near-silence to drop before the first sound (None: all of it is silence)."""
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > ONSET_THRESHOLD)
+    if loud.size == 0:
+        return None
+    return max(0, int(loud[0]) - rate_hz * ONSET_KEEP_MS // 1000)
 
 
 class Framer:

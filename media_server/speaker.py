@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from media_server.audio import FRAME_MS
-from media_server.encoding import UtteranceEncoder
+from media_server.encoding import UtteranceEncoder, leading_silence
 from media_server.opus import OpusEncoder
 from synthesis import Engine, SynthesisError, SynthesisStream
 
@@ -22,6 +22,8 @@ MAX_FRAMES_AHEAD: Final = 250
 
 ENCODE_SLICE_MS: Final = 200
 """Engine PCM is resampled and encoded this much at a time (one worker hop each)."""
+FIRST_SLICE_MS: Final = 40
+"""The first slice of an utterance is short, so its first packets exist sooner."""
 
 Event = dict[str, Any]
 EventCallback = Callable[[Event], None]
@@ -43,6 +45,9 @@ class Utterance:
     frames_played: int = 0
     first_pts: int | None = None
     source_samples: int = 0
+    """Samples the engine produced (trimmed lead-in included)."""
+    trimmed_samples: int = 0
+    """Near-silence cut from the start, so speech starts sooner."""
     source_rate_hz: int = 0
 
     @property
@@ -52,6 +57,10 @@ class Utterance:
     @property
     def source_ms(self) -> float:
         return 1000 * self.source_samples / self.source_rate_hz if self.source_rate_hz else 0.0
+
+    @property
+    def trimmed_ms(self) -> float:
+        return 1000 * self.trimmed_samples / self.source_rate_hz if self.source_rate_hz else 0.0
 
 
 class Speaker:
@@ -178,6 +187,7 @@ class Speaker:
                 utterance,
                 duration_ms=utterance.played_ms,
                 source_duration_ms=round(utterance.source_ms, 1),
+                trimmed_ms=round(utterance.trimmed_ms, 1),
                 stream_ts=utterance.first_pts,
             )
         return None
@@ -222,17 +232,32 @@ class Speaker:
         )
         encoder = UtteranceEncoder(self._encoder, self._engine.sample_rate_hz)
         utterance.source_rate_hz = self._engine.sample_rate_hz
-        step = max(1, utterance.source_rate_hz * ENCODE_SLICE_MS // 1000)
+        rate = utterance.source_rate_hz
+        heard = False
         try:
             async for chunk in stream:
+                pcm = chunk.pcm
+                utterance.source_samples += int(pcm.size)
+                if not heard:
+                    # Engines often open with near-silence; it would only delay speech.
+                    drop = leading_silence(pcm, rate)
+                    drop = int(pcm.size) if drop is None else drop
+                    utterance.trimmed_samples += drop
+                    pcm = pcm[drop:]
+                    heard = pcm.size > 0
+                    if not heard:
+                        continue
                 # Encode in slices so the first frames of a long chunk go out early.
-                for start in range(0, chunk.pcm.size, step):
+                start = 0
+                while start < pcm.size:
+                    slice_ms = FIRST_SLICE_MS if encoder.input_samples == 0 else ENCODE_SLICE_MS
+                    end = start + max(1, rate * slice_ms // 1000)
                     if utterance.cancelled:
                         return
                     packets = await loop.run_in_executor(
-                        self._encode_executor, encoder.feed, chunk.pcm[start : start + step]
+                        self._encode_executor, encoder.feed, pcm[start:end]
                     )
-                    utterance.source_samples = encoder.input_samples
+                    start = end
                     if utterance.cancelled:
                         return
                     utterance.packets.extend(packets)

@@ -46,12 +46,14 @@ class ScriptedEngine:
         sample_rate_hz: int = 16_000,
         delay_s: float = 0.0,
         fail_after: int | None = None,
+        lead_in_s: float = 0.0,
     ) -> None:
         self.chunk_s = chunk_s
         self.chunks = chunks
         self._rate = sample_rate_hz
         self.delay_s = delay_s
         self.fail_after = fail_after
+        self.lead_in_s = lead_in_s
         self.produced_chunks = 0
         self.cancel_seen = threading.Event()
 
@@ -73,6 +75,8 @@ class ScriptedEngine:
         n = int(self.chunk_s * self._rate)
         t = np.arange(n) / self._rate
         tone = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+        if self.lead_in_s:
+            yield AudioChunk(np.zeros(int(self.lead_in_s * self._rate), np.int16), self._rate)
         for i in range(self.chunks):
             if cancel.is_set():
                 self.cancel_seen.set()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from media_server.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from media_server.encoding import Framer, UtteranceEncoder
+from media_server.encoding import Framer, UtteranceEncoder, leading_silence
 from media_server.opus import OpusEncoder, OpusSettings, _load_opuslib, encode_silence
 from media_server.resampler import StreamResampler
 
@@ -102,3 +102,13 @@ def test_opus_settings_are_validated() -> None:
         OpusSettings(bitrate_bps=1000)
     with pytest.raises(ValueError, match="complexity"):
         OpusSettings(complexity=11)
+
+
+def test_leading_silence_keeps_10_ms_before_the_onset() -> None:
+    pcm = np.zeros(16_000, dtype=np.int16)
+    pcm[8_000:] = 5000
+    assert leading_silence(pcm, 16_000) == 8_000 - 160
+    pcm[100] = 20  # below -40 dBFS: still silence
+    assert leading_silence(pcm, 16_000) == 8_000 - 160
+    assert leading_silence(np.zeros(100, dtype=np.int16), 16_000) is None
+    assert leading_silence(np.full(100, 9000, dtype=np.int16), 16_000) == 0

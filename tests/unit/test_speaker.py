@@ -55,6 +55,7 @@ async def test_utterances_play_in_order_with_events() -> None:
     ]
     done_a = events[1]
     assert done_a["duration_ms"] == 400 and done_a["source_duration_ms"] == 400.0
+    assert done_a["trimmed_ms"] == 0
     assert events[2]["stream_ts"] == 20 * 960  # b starts right after a's 20 frames
     await speaker.aclose()
 
@@ -115,4 +116,18 @@ async def test_underruns_are_counted_when_synthesis_is_slower_than_playout() -> 
     await wait_buffered(speaker, 1)
     await play(speaker, 20)
     assert speaker.underruns > 0
+    await speaker.aclose()
+
+
+async def test_leading_silence_is_trimmed_and_reported() -> None:
+    engine = ScriptedEngine(chunk_s=0.2, chunks=2, lead_in_s=0.5)
+    speaker, events = make(engine)
+    speaker.say("late start", "t")
+    await wait_buffered(speaker, 20)
+    payloads = await play(speaker, 25)
+    assert payloads[0] is not None  # speech from the very first tick, not 500 ms later
+    done = next(e for e in events if e["type"] == "speech.done")
+    assert done["source_duration_ms"] == 900.0
+    assert done["trimmed_ms"] == 500.0
+    assert done["duration_ms"] == 400
     await speaker.aclose()

@@ -1,0 +1,1 @@
+"""Benchmarks for the voice media server (run from the repository root)."""
