@@ -6,13 +6,28 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+from synthesis import RequestError, RequestLimits, SynthesisRequest, parse_request
+
 MAX_MESSAGE_BYTES: Final = 16 * 1024
 MAX_ID_CHARS: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
 class SayMessage:
+    request: SynthesisRequest
+    utterance_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDeltaMessage:
+    """A piece of text still being generated (e.g. by an LLM); spoken clause by clause."""
+
     text: str
+    utterance_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDoneMessage:
     utterance_id: str | None = None
 
 
@@ -21,7 +36,7 @@ class CancelMessage:
     pass
 
 
-ClientMessage = SayMessage | CancelMessage
+ClientMessage = SayMessage | TextDeltaMessage | TextDoneMessage | CancelMessage
 
 
 class ProtocolError(Exception):
@@ -32,6 +47,10 @@ class ProtocolError(Exception):
         self.error = error
         self.message = message
         self.solution = solution
+
+    @classmethod
+    def from_request_error(cls, exc: RequestError) -> ProtocolError:
+        return cls(exc.error, exc.message, exc.solution)
 
     def event(self, utterance_id: str | None = None) -> dict[str, Any]:
         event: dict[str, Any] = {
@@ -45,10 +64,20 @@ class ProtocolError(Exception):
         return event
 
 
-def parse_client_message(
-    raw: str | bytes, *, max_text_chars: int, max_message_bytes: int = MAX_MESSAGE_BYTES
-) -> ClientMessage:
-    """Validate one data-channel message; raises :class:`ProtocolError`."""
+def _utterance_id(data: dict[str, Any]) -> str | None:
+    utterance_id = data.get("id")
+    if utterance_id is not None and (
+        not isinstance(utterance_id, str) or not 0 < len(utterance_id) <= MAX_ID_CHARS
+    ):
+        raise ProtocolError(
+            "invalid_id",
+            f"'id' must be a string of 1 to {MAX_ID_CHARS} characters",
+            "omit 'id' to let the server number utterances",
+        )
+    return utterance_id
+
+
+def decode_message(raw: str | bytes, max_message_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
     if size > max_message_bytes:
         raise ProtocolError(
@@ -68,33 +97,53 @@ def parse_client_message(
         raise ProtocolError(
             "invalid_message", "message must be a JSON object", 'send {"type": "say", "text": ...}'
         )
+    return data
+
+
+def parse_client_message(
+    raw: str | bytes, *, limits: RequestLimits, max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> ClientMessage:
+    """Validate one data-channel message; raises :class:`ProtocolError`.
+
+    ``say`` takes every field of the request model (``mode``, ``speaker_id``,
+    ``speed``...). Reference audio is refused here: register the voice with
+    ``POST /voices`` and use its ``speaker_id`` (16 KiB messages are too small
+    for audio, and decoding it belongs off the event loop).
+    """
+    data = decode_message(raw, max_message_bytes)
     kind = data.get("type")
     if kind == "cancel":
         return CancelMessage()
+    if kind == "text.done":
+        return TextDoneMessage(_utterance_id(data))
+    if kind == "text.delta":
+        text = data.get("text")
+        if not isinstance(text, str):
+            raise ProtocolError(
+                "invalid_request", "'text': must be a string", "send the new text in 'text'"
+            )
+        if len(text) > limits.max_text_chars:
+            raise ProtocolError(
+                "text_too_long",
+                f"'text': has {len(text)} characters; the limit is {limits.max_text_chars}",
+                "send smaller deltas",
+            )
+        return TextDeltaMessage(text, _utterance_id(data))
     if kind != "say":
         raise ProtocolError(
             "unknown_type",
             f"unknown message type {kind!r}",
-            "use one of the types 'say' or 'cancel'",
+            "use one of the types 'say', 'text.delta', 'text.done' or 'cancel'",
         )
-    text = data.get("text")
-    if not isinstance(text, str) or not text.strip():
+    utterance_id = _utterance_id(data)
+    if data.get("reference_audio") is not None:
         raise ProtocolError(
-            "invalid_text", "'text' must be a non-empty string", "put the words to speak in 'text'"
+            "invalid_request",
+            "'reference_audio': not accepted on the data channel",
+            "register the voice with POST /voices, then send its 'speaker_id'",
         )
-    if len(text) > max_text_chars:
-        raise ProtocolError(
-            "text_too_long",
-            f"'text' has {len(text)} characters; the limit is {max_text_chars}",
-            "split the text into several 'say' messages",
-        )
-    utterance_id = data.get("id")
-    if utterance_id is not None and (
-        not isinstance(utterance_id, str) or not 0 < len(utterance_id) <= MAX_ID_CHARS
-    ):
-        raise ProtocolError(
-            "invalid_id",
-            f"'id' must be a string of 1 to {MAX_ID_CHARS} characters",
-            "omit 'id' to let the server number utterances",
-        )
-    return SayMessage(text=text, utterance_id=utterance_id)
+    try:
+        request = parse_request(data, limits)
+    except RequestError as exc:
+        raise ProtocolError.from_request_error(exc) from None
+    return SayMessage(request, utterance_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -14,11 +15,19 @@ from media_server.config import Settings
 from media_server.opus import OpusEncoder
 from media_server.pacer import Pacer
 from media_server.peer import PeerSession
-from media_server.protocol import CancelMessage, ProtocolError, SayMessage, parse_client_message
+from media_server.protocol import (
+    CancelMessage,
+    ClientMessage,
+    ProtocolError,
+    SayMessage,
+    TextDeltaMessage,
+    TextDoneMessage,
+    parse_client_message,
+)
 from media_server.rate import TokenBucket
 from media_server.speaker import Speaker
 from media_server.track import EncodedAudioTrack
-from synthesis import Engine
+from synthesis import Engine, RequestError, RequestLimits, SynthesisRequest, check_supported
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +59,13 @@ class VoiceSession:
         self._request_close = request_close
         self.track = EncodedAudioTrack()
         self.peer = PeerSession(session_id, settings.ice_servers, self._on_message, self._on_state)
+        self._engine = engine
+        self._voice_id = voice_id
+        self._limits = RequestLimits(max_text_chars=settings.max_text_chars)
         self.speaker = Speaker(
             engine,
             OpusEncoder(settings.opus),
             self._send_event,
-            voice_id=voice_id,
             synthesis_executor=synthesis_executor,
             encode_executor=encode_executor,
             max_queued=settings.max_queued_utterances,
@@ -147,36 +158,56 @@ class VoiceSession:
     def _on_message(self, raw: str | bytes) -> None:
         self.last_activity = self._clock.now()
         try:
-            message = parse_client_message(raw, max_text_chars=self._settings.max_text_chars)
+            self._handle(parse_client_message(raw, limits=self._limits))
+        except ProtocolError as exc:
+            self._send_event(exc.event(_id_of(raw)))
+
+    def _checked(self, request: SynthesisRequest) -> SynthesisRequest:
+        if request.speaker_id is None and self._voice_id is not None:
+            request = dataclasses.replace(request, speaker_id=self._voice_id)
+        try:
+            check_supported(
+                self._engine.name, self._engine.capabilities, self._engine.voices, request
+            )
+        except RequestError as exc:
+            raise ProtocolError.from_request_error(exc) from None
+        return request
+
+    def _take_rate_token(self) -> None:
+        if not self._rate.take():
+            raise ProtocolError(
+                "rate_limited",
+                f"more than {self._settings.say_burst} requests in a burst "
+                f"(sustained limit {self._settings.say_rate_per_s:g} per second)",
+                "send fewer, longer 'say' messages, or wait a moment",
+            )
+
+    def _handle(self, message: ClientMessage) -> None:
+        try:
             if isinstance(message, CancelMessage):
                 self.speaker.cancel()
-                return
-            assert isinstance(message, SayMessage)
-            if not self._rate.take():
-                raise ProtocolError(
-                    "rate_limited",
-                    f"more than {self._settings.say_burst} 'say' messages in a burst "
-                    f"(sustained limit {self._settings.say_rate_per_s:g} per second)",
-                    "send fewer, longer 'say' messages, or wait a moment",
-                )
-            try:
-                self.speaker.say(message.text, message.utterance_id)
-            except OverflowError as exc:
-                raise ProtocolError(
-                    "queue_full",
-                    f"{exc}; the limit is {self.speaker.max_queued}",
-                    "wait for speech.done events, or send 'cancel' to drop the queue",
-                ) from None
-        except ProtocolError as exc:
-            utterance_id = None
-            if isinstance(raw, str | bytes):
-                try:
-                    data = json.loads(raw)
-                    if isinstance(data, dict) and isinstance(data.get("id"), str):
-                        utterance_id = data["id"]
-                except ValueError:
-                    pass
-            self._send_event(exc.event(utterance_id))
+            elif isinstance(message, SayMessage):
+                request = self._checked(message.request)
+                self._take_rate_token()
+                self.speaker.say(request, message.utterance_id)
+            elif isinstance(message, TextDeltaMessage):
+                if self.speaker.text_delta_opens(message.utterance_id):
+                    self._take_rate_token()
+                base = self._checked(SynthesisRequest(text=message.text or " "))
+                self.speaker.text_delta(message.text, base, message.utterance_id)
+            elif isinstance(message, TextDoneMessage):
+                if self.speaker.text_done(message.utterance_id) is None:
+                    raise ProtocolError(
+                        "no_open_text",
+                        "there is no streamed text to finish",
+                        "send 'text.done' after 'text.delta' messages, with the same 'id'",
+                    )
+        except OverflowError as exc:
+            raise ProtocolError(
+                "queue_full",
+                f"{exc}; the limit is {self.speaker.max_queued}",
+                "wait for speech.done events, or send 'cancel' to drop the queue",
+            ) from None
 
     def stats(self) -> dict[str, Any]:
         pacing = self.pacer.stats.snapshot().as_dict()
@@ -188,3 +219,13 @@ class VoiceSession:
             "dropped_frames": self.track.dropped_frames,
             **pacing,
         }
+
+
+def _id_of(raw: str | bytes) -> str | None:
+    """The ``id`` of a refused message, when it has a usable one, for the error event."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    utterance_id = data.get("id") if isinstance(data, dict) else None
+    return utterance_id[:64] if isinstance(utterance_id, str) else None

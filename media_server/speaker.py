@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -13,13 +14,13 @@ from typing import Any, Final
 from media_server.audio import FRAME_MS
 from media_server.encoding import UtteranceEncoder, leading_silence
 from media_server.opus import OpusEncoder
-from synthesis import Engine, SynthesisError, SynthesisStream
+from synthesis import Engine, SynthesisError, SynthesisRequest, SynthesisStream
+from synthesis.text import TextAccumulator
 
 logger = logging.getLogger(__name__)
 
 MAX_FRAMES_AHEAD: Final = 250
 """Encoded speech buffered ahead of playout (5 s); synthesis pauses beyond it."""
-
 ENCODE_SLICE_MS: Final = 200
 """Engine PCM is resampled and encoded this much at a time (one worker hop each)."""
 FIRST_SLICE_MS: Final = 40
@@ -31,11 +32,16 @@ EventCallback = Callable[[Event], None]
 
 @dataclass(eq=False)
 class Utterance:
-    """One ``say`` request, from queued to played."""
+    """One ``say`` (or one streamed text), from queued to played."""
 
     utterance_id: str
-    text: str
-    voice_id: str | None
+    request: SynthesisRequest
+    """Everything but the text comes from here; the text arrives as ``pieces``."""
+    pieces: deque[str] = field(default_factory=deque)
+    text_closed: bool = True
+    """No more text will come (always true for ``say``; ``text.done`` for streamed text)."""
+    accumulator: TextAccumulator | None = None
+    text_arrived: asyncio.Event = field(default_factory=asyncio.Event)
     packets: deque[bytes] = field(default_factory=deque)
     produced: bool = False
     """Synthesis and encoding finished (or failed): no more packets will come."""
@@ -62,16 +68,25 @@ class Utterance:
     def trimmed_ms(self) -> float:
         return 1000 * self.trimmed_samples / self.source_rate_hz if self.source_rate_hz else 0.0
 
+    @property
+    def awaiting_text(self) -> bool:
+        return not self.pieces and not self.text_closed
+
+    def add_text(self, pieces: list[str]) -> None:
+        self.pieces.extend(pieces)
+        self.text_arrived.set()
+
 
 class Speaker:
     """A queue of utterances for one stream and the task that produces their frames.
 
     The producer task synthesises (via :class:`SynthesisStream`, off-loop),
-    resamples and Opus-encodes (in ``encode_executor``) one utterance after
-    another, staying at most :data:`MAX_FRAMES_AHEAD` frames ahead of playout.
-    The pacer pulls one packet per tick through :meth:`next_payload`; that is
-    where ``speech.started``/``speech.done`` are emitted, so they describe what
-    was actually sent. :meth:`cancel` takes effect on the next tick.
+    time-stretches when the engine cannot apply ``speed`` itself, resamples and
+    Opus-encodes (in ``encode_executor``) one utterance after another, staying
+    at most :data:`MAX_FRAMES_AHEAD` frames ahead of playout. The pacer pulls
+    one packet per tick through :meth:`next_payload`; that is where
+    ``speech.started``/``speech.done`` are emitted, so they describe what was
+    actually sent. :meth:`cancel` takes effect on the next tick.
     """
 
     def __init__(
@@ -80,7 +95,6 @@ class Speaker:
         encoder: OpusEncoder,
         on_event: EventCallback,
         *,
-        voice_id: str | None = None,
         synthesis_executor: concurrent.futures.Executor | None = None,
         encode_executor: concurrent.futures.Executor | None = None,
         max_queued: int = 16,
@@ -88,7 +102,6 @@ class Speaker:
         self._engine = engine
         self._encoder = encoder
         self._on_event = on_event
-        self._voice_id = voice_id
         self._synthesis_executor = synthesis_executor
         self._encode_executor = encode_executor
         self.max_queued = max_queued
@@ -117,17 +130,58 @@ class Speaker:
     def speaking(self) -> bool:
         return bool(self._queue)
 
-    def say(self, text: str, utterance_id: str | None = None) -> Utterance:
-        """Queue ``text``; raises ``OverflowError`` when the queue is full."""
+    def _enqueue(self, request: SynthesisRequest, utterance_id: str | None) -> Utterance:
         if len(self._queue) >= self.max_queued:
             raise OverflowError(f"{len(self._queue)} utterances are already queued")
         if utterance_id is None:
             self._next_id += 1
             utterance_id = f"u{self._next_id}"
-        utterance = Utterance(utterance_id, text, self._voice_id)
+        utterance = Utterance(utterance_id, request)
         self._queue.append(utterance)
         self._to_produce.append(utterance)
         self._wakeup.set()
+        return utterance
+
+    def say(self, request: SynthesisRequest, utterance_id: str | None = None) -> Utterance:
+        """Queue ``request``; raises ``OverflowError`` when the queue is full."""
+        utterance = self._enqueue(request, utterance_id)
+        utterance.add_text([request.text])
+        return utterance
+
+    def _open_stream(self, utterance_id: str | None) -> Utterance | None:
+        for utterance in reversed(self._queue):
+            if not utterance.text_closed and utterance_id in (None, utterance.utterance_id):
+                return utterance
+        return None
+
+    def text_delta_opens(self, utterance_id: str | None) -> bool:
+        """True if a ``text.delta`` with this id would open a new utterance."""
+        return self._open_stream(utterance_id) is None
+
+    def text_delta(
+        self, text: str, request: SynthesisRequest, utterance_id: str | None = None
+    ) -> Utterance:
+        """Add streamed text to the open utterance ``utterance_id`` (or open a new one).
+
+        Complete clauses are synthesised as soon as they exist, in order; the
+        rest waits for more text or :meth:`text_done`.
+        """
+        utterance = self._open_stream(utterance_id)
+        if utterance is None:
+            utterance = self._enqueue(request, utterance_id)
+            utterance.text_closed = False
+            utterance.accumulator = TextAccumulator()
+        assert utterance.accumulator is not None
+        utterance.add_text(utterance.accumulator.push(text))
+        return utterance
+
+    def text_done(self, utterance_id: str | None = None) -> Utterance | None:
+        utterance = self._open_stream(utterance_id)
+        if utterance is None:
+            return None
+        assert utterance.accumulator is not None
+        utterance.text_closed = True
+        utterance.add_text(utterance.accumulator.flush())
         return utterance
 
     def cancel(self) -> list[Utterance]:
@@ -138,6 +192,7 @@ class Speaker:
         for utterance in cancelled:
             utterance.cancelled = True
             utterance.packets.clear()
+            utterance.text_arrived.set()
             self._emit(
                 "speech.cancelled",
                 utterance,
@@ -151,6 +206,7 @@ class Speaker:
     async def aclose(self) -> None:
         for utterance in self._queue:
             utterance.cancelled = True
+            utterance.text_arrived.set()
         self._queue.clear()
         self._to_produce.clear()
         if self._task is not None:
@@ -176,7 +232,7 @@ class Speaker:
                     self._space.set()
                 return payload
             if not utterance.produced:
-                if utterance.first_pts is not None:
+                if utterance.first_pts is not None and not utterance.awaiting_text:
                     self.underruns += 1
                 return None
             self._queue.popleft()
@@ -217,7 +273,7 @@ class Speaker:
                         {
                             "type": "error",
                             "id": utterance.utterance_id,
-                            "error": "synthesis_failed",
+                            "error": exc.error,
                             "message": exc.message,
                             "solution": exc.solution or "retry, or check the server log",
                         }
@@ -227,46 +283,63 @@ class Speaker:
 
     async def _produce(self, utterance: Utterance) -> None:
         loop = asyncio.get_running_loop()
-        stream = SynthesisStream(
-            self._engine, utterance.text, utterance.voice_id, executor=self._synthesis_executor
-        )
-        encoder = UtteranceEncoder(self._encoder, self._engine.sample_rate_hz)
-        utterance.source_rate_hz = self._engine.sample_rate_hz
-        rate = utterance.source_rate_hz
+        rate = self._engine.sample_rate_hz
+        utterance.source_rate_hz = rate
+        encoder = UtteranceEncoder(self._encoder, rate)
+        speed = utterance.request.speed
+        stretcher = None
+        if speed != 1.0 and not self._engine.capabilities.native_speed:
+            from synthesis.stretch import TimeStretcher
+
+            stretcher = TimeStretcher(rate, speed)
         heard = False
-        try:
-            async for chunk in stream:
-                pcm = chunk.pcm
-                utterance.source_samples += int(pcm.size)
-                if not heard:
-                    # Engines often open with near-silence; it would only delay speech.
-                    drop = leading_silence(pcm, rate)
-                    drop = int(pcm.size) if drop is None else drop
-                    utterance.trimmed_samples += drop
-                    pcm = pcm[drop:]
-                    heard = pcm.size > 0
-                    if not heard:
-                        continue
-                # Encode in slices so the first frames of a long chunk go out early.
-                start = 0
-                while start < pcm.size:
-                    slice_ms = FIRST_SLICE_MS if encoder.input_samples == 0 else ENCODE_SLICE_MS
-                    end = start + max(1, rate * slice_ms // 1000)
-                    if utterance.cancelled:
-                        return
-                    packets = await loop.run_in_executor(
-                        self._encode_executor, encoder.feed, pcm[start:end]
-                    )
-                    start = end
-                    if utterance.cancelled:
-                        return
-                    utterance.packets.extend(packets)
-                    while self._buffered_frames() >= MAX_FRAMES_AHEAD and not utterance.cancelled:
-                        self._space.clear()
-                        await self._space.wait()
-            if not utterance.cancelled:
-                utterance.packets.extend(
-                    await loop.run_in_executor(self._encode_executor, encoder.finish)
+
+        async def encode(pcm: Any) -> bool:
+            """Encode ``pcm`` in slices; False once the utterance is cancelled."""
+            nonlocal heard
+            if not heard:
+                # Engines often open with near-silence; it would only delay speech.
+                drop = leading_silence(pcm, rate)
+                drop = int(pcm.size) if drop is None else drop
+                utterance.trimmed_samples += drop
+                pcm = pcm[drop:]
+                heard = pcm.size > 0
+            start = 0
+            while start < pcm.size:
+                slice_ms = FIRST_SLICE_MS if encoder.input_samples == 0 else ENCODE_SLICE_MS
+                end = start + max(1, rate * slice_ms // 1000)
+                packets = await loop.run_in_executor(
+                    self._encode_executor, encoder.feed, pcm[start:end]
                 )
-        finally:
-            await stream.aclose()
+                start = end
+                if utterance.cancelled:
+                    return False
+                utterance.packets.extend(packets)
+                while self._buffered_frames() >= MAX_FRAMES_AHEAD and not utterance.cancelled:
+                    self._space.clear()
+                    await self._space.wait()
+            return not utterance.cancelled
+
+        while not utterance.cancelled:
+            if not utterance.pieces:
+                if utterance.text_closed:
+                    break
+                utterance.text_arrived.clear()
+                await utterance.text_arrived.wait()
+                continue
+            piece = utterance.pieces.popleft()
+            request = dataclasses.replace(utterance.request, text=piece)
+            stream = SynthesisStream(self._engine, request, executor=self._synthesis_executor)
+            try:
+                async for chunk in stream:
+                    utterance.source_samples += int(chunk.pcm.size)
+                    pcm = chunk.pcm if stretcher is None else stretcher.process(chunk.pcm)
+                    if utterance.cancelled or not await encode(pcm):
+                        return
+            finally:
+                await stream.aclose()
+        if utterance.cancelled:
+            return
+        if stretcher is not None and not await encode(stretcher.flush()):
+            return
+        utterance.packets.extend(await loop.run_in_executor(self._encode_executor, encoder.finish))

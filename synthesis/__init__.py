@@ -3,8 +3,17 @@
 This package never imports aiortc: it knows text and PCM, nothing about WebRTC.
 """
 
-from synthesis.base import Engine, SynthesisError, VoiceInfo
+from synthesis.base import Engine, EngineCapabilities, SynthesisError, VoiceInfo
+from synthesis.capabilities import check_supported
 from synthesis.registry import available_engines, create_engine
+from synthesis.request import (
+    Mode,
+    ReferenceAudio,
+    RequestError,
+    RequestLimits,
+    SynthesisRequest,
+    parse_request,
+)
 from synthesis.stream import SynthesisStream
 from synthesis.text import split_text
 from synthesis.types import AudioChunk
@@ -12,6 +21,14 @@ from synthesis.types import AudioChunk
 __all__ = [
     "AudioChunk",
     "Engine",
+    "EngineCapabilities",
+    "Mode",
+    "ReferenceAudio",
+    "RequestError",
+    "RequestLimits",
+    "SynthesisRequest",
+    "check_supported",
+    "parse_request",
     "SynthesisError",
     "SynthesisStream",
     "VoiceInfo",

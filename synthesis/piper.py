@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from synthesis.base import SynthesisError, VoiceInfo
+from synthesis.base import EngineCapabilities, SynthesisError, VoiceInfo
+from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
 from synthesis.text import split_text
 from synthesis.types import AudioChunk
 
@@ -41,6 +42,12 @@ class PiperEngine:
         self._sample_rate_hz = int(self._voice.config.sample_rate)
         self._phonemize_lock = threading.Lock()
         self._voices = (VoiceInfo(DEFAULT_VOICE_ID, "en-US", self._sample_rate_hz),)
+        self._capabilities = EngineCapabilities(
+            modes=frozenset({Mode.SFT}),
+            sample_rate_hz=self._sample_rate_hz,
+            languages=("en-US",),
+            native_speed=True,
+        )
         logger.info("Piper voice %s loaded (%d Hz)", model_path.name, self._sample_rate_hz)
 
     @property
@@ -55,15 +62,33 @@ class PiperEngine:
     def voices(self) -> tuple[VoiceInfo, ...]:
         return self._voices
 
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return self._capabilities
+
+    def register_voice(
+        self, voice_id: str, reference: ReferenceAudio, reference_text: str | None
+    ) -> VoiceInfo:
+        raise SynthesisError(
+            "the piper engine cannot clone voices",
+            "voice cloning needs the cosyvoice engine",
+            error="unsupported",
+        )
+
     def synthesize(
-        self, text: str, voice_id: str | None, cancel: threading.Event
+        self, request: SynthesisRequest, cancel: threading.Event
     ) -> Iterator[AudioChunk]:
-        if voice_id not in (None, DEFAULT_VOICE_ID):
+        from piper.config import SynthesisConfig
+
+        if request.speaker_id not in (None, DEFAULT_VOICE_ID):
             raise SynthesisError(
-                f"unknown voice {voice_id!r} for engine 'piper'",
+                f"unknown voice {request.speaker_id!r} for engine 'piper'",
                 f"use one of: {', '.join(v.voice_id for v in self._voices)}",
+                error="unknown_voice",
             )
-        for piece in split_text(text):
+        # Piper's length_scale stretches phoneme durations: speed is native.
+        config = SynthesisConfig(length_scale=1.0 / request.speed, normalize_audio=False)
+        for piece in split_text(request.text):
             if cancel.is_set():
                 return
             with self._phonemize_lock:
@@ -74,7 +99,7 @@ class PiperEngine:
                 if not phonemes:
                     continue
                 ids = self._voice.phonemes_to_ids(phonemes)
-                audio = np.asarray(self._voice.phoneme_ids_to_audio(ids), dtype=np.float32)
+                audio = np.asarray(self._voice.phoneme_ids_to_audio(ids, config), dtype=np.float32)
                 peak = float(np.max(np.abs(audio))) if audio.size else 0.0
                 if peak < 1e-8:
                     continue

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Final
 
 from synthesis.base import Engine, SynthesisError
+from synthesis.request import SynthesisRequest
 from synthesis.types import AudioChunk
 
 logger = logging.getLogger(__name__)
@@ -39,15 +40,13 @@ class SynthesisStream:
     def __init__(
         self,
         engine: Engine,
-        text: str,
-        voice_id: str | None = None,
+        request: SynthesisRequest,
         *,
         executor: concurrent.futures.Executor | None = None,
         max_chunks_ahead: int = MAX_CHUNKS_AHEAD,
     ) -> None:
         self._engine = engine
-        self._text = text
-        self._voice_id = voice_id
+        self._request = request
         self._executor = executor
         self._queue: asyncio.Queue[AudioChunk | BaseException | _End] = asyncio.Queue(
             max_chunks_ahead
@@ -83,7 +82,7 @@ class SynthesisStream:
 
     def _run(self) -> None:
         try:
-            for chunk in self._engine.synthesize(self._text, self._voice_id, self._cancel):
+            for chunk in self._engine.synthesize(self._request, self._cancel):
                 if self._cancel.is_set() or not self._put(chunk):
                     return
         except BaseException as exc:  # delivered to the reader, not lost in the thread

@@ -9,7 +9,15 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from synthesis import AudioChunk, VoiceInfo
+from synthesis import (
+    AudioChunk,
+    EngineCapabilities,
+    Mode,
+    ReferenceAudio,
+    SynthesisError,
+    SynthesisRequest,
+    VoiceInfo,
+)
 
 
 class FakeClock:
@@ -55,6 +63,7 @@ class ScriptedEngine:
         self.fail_after = fail_after
         self.lead_in_s = lead_in_s
         self.produced_chunks = 0
+        self.requests: list[SynthesisRequest] = []
         self.cancel_seen = threading.Event()
 
     @property
@@ -69,9 +78,19 @@ class ScriptedEngine:
     def voices(self) -> tuple[VoiceInfo, ...]:
         return (VoiceInfo("tone", "xx", self._rate),)
 
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return EngineCapabilities(frozenset({Mode.SFT}), self._rate, ("xx",))
+
+    def register_voice(
+        self, voice_id: str, reference: ReferenceAudio, reference_text: str | None
+    ) -> VoiceInfo:
+        raise SynthesisError("no cloning", "none", error="unsupported")
+
     def synthesize(
-        self, text: str, voice_id: str | None, cancel: threading.Event
+        self, request: SynthesisRequest, cancel: threading.Event
     ) -> Iterator[AudioChunk]:
+        self.requests.append(request)
         n = int(self.chunk_s * self._rate)
         t = np.arange(n) / self._rate
         tone = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)

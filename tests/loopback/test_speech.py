@@ -151,8 +151,8 @@ async def test_bad_messages_get_error_events_and_the_session_stays_up(
     assert error == {
         "type": "error",
         "error": "text_too_long",
-        "message": "'text' has 2001 characters; the limit is 2000",
-        "solution": "split the text into several 'say' messages",
+        "message": "'text': has 2001 characters; the limit is 2000",
+        "solution": "split the text into several requests",
         "id": "too-long",
     }
     voice.send_raw("{" * 20000)

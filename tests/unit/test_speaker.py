@@ -10,7 +10,12 @@ import pytest
 from media_server.audio import FRAME_MS
 from media_server.opus import OpusEncoder, OpusSettings
 from media_server.speaker import Speaker
+from synthesis import SynthesisRequest
 from tests.fakes import ScriptedEngine
+
+
+def req(text: str, **fields: Any) -> SynthesisRequest:
+    return SynthesisRequest(text=text, **fields)
 
 
 def make(engine: ScriptedEngine, **kwargs: Any) -> tuple[Speaker, list[dict[str, Any]]]:
@@ -39,8 +44,8 @@ async def wait_buffered(speaker: Speaker, frames: int) -> None:
 async def test_utterances_play_in_order_with_events() -> None:
     engine = ScriptedEngine(chunk_s=0.2, chunks=2)  # 400 ms each
     speaker, events = make(engine)
-    speaker.say("one", "a")
-    speaker.say("two", "b")
+    speaker.say(req("one"), "a")
+    speaker.say(req("two"), "b")
     await wait_buffered(speaker, 40)
     payloads = await play(speaker, 60)
     await play(speaker, 30)
@@ -63,8 +68,8 @@ async def test_utterances_play_in_order_with_events() -> None:
 async def test_cancel_silences_the_next_tick_and_reports_played_time() -> None:
     engine = ScriptedEngine(chunk_s=0.5, chunks=20)
     speaker, events = make(engine)
-    speaker.say("long", "a")
-    speaker.say("queued", "b")
+    speaker.say(req("long"), "a")
+    speaker.say(req("queued"), "b")
     await wait_buffered(speaker, 30)
     played = await play(speaker, 12)
     assert all(p is not None for p in played)
@@ -84,17 +89,17 @@ async def test_cancel_silences_the_next_tick_and_reports_played_time() -> None:
 
 async def test_queue_limit() -> None:
     speaker, _ = make(ScriptedEngine(), max_queued=2)
-    speaker.say("1")
-    speaker.say("2")
+    speaker.say(req("1"))
+    speaker.say(req("2"))
     with pytest.raises(OverflowError):
-        speaker.say("3")
+        speaker.say(req("3"))
     await speaker.aclose()
 
 
 async def test_engine_failure_is_an_error_event_and_the_speaker_goes_on() -> None:
     engine = ScriptedEngine(chunk_s=0.1, chunks=3, fail_after=0)
     speaker, events = make(engine)
-    speaker.say("fails", "x")
+    speaker.say(req("fails"), "x")
     for _ in range(100):
         if events:
             break
@@ -102,7 +107,7 @@ async def test_engine_failure_is_an_error_event_and_the_speaker_goes_on() -> Non
     assert events[0]["type"] == "error" and events[0]["id"] == "x"
     assert events[0]["error"] == "synthesis_failed" and events[0]["solution"]
     engine.fail_after = None
-    speaker.say("works", "y")
+    speaker.say(req("works"), "y")
     await wait_buffered(speaker, 15)
     await play(speaker, 20)
     assert [e["type"] for e in events[1:]] == ["speech.started", "speech.done"]
@@ -112,7 +117,7 @@ async def test_engine_failure_is_an_error_event_and_the_speaker_goes_on() -> Non
 async def test_underruns_are_counted_when_synthesis_is_slower_than_playout() -> None:
     engine = ScriptedEngine(chunk_s=0.02, chunks=20, delay_s=0.05)
     speaker, _ = make(engine)
-    speaker.say("slow")
+    speaker.say(req("slow"))
     await wait_buffered(speaker, 1)
     await play(speaker, 20)
     assert speaker.underruns > 0
@@ -122,7 +127,7 @@ async def test_underruns_are_counted_when_synthesis_is_slower_than_playout() -> 
 async def test_leading_silence_is_trimmed_and_reported() -> None:
     engine = ScriptedEngine(chunk_s=0.2, chunks=2, lead_in_s=0.5)
     speaker, events = make(engine)
-    speaker.say("late start", "t")
+    speaker.say(req("late start"), "t")
     await wait_buffered(speaker, 20)
     payloads = await play(speaker, 25)
     assert payloads[0] is not None  # speech from the very first tick, not 500 ms later
@@ -130,4 +135,44 @@ async def test_leading_silence_is_trimmed_and_reported() -> None:
     assert done["source_duration_ms"] == 900.0
     assert done["trimmed_ms"] == 500.0
     assert done["duration_ms"] == 400
+    await speaker.aclose()
+
+
+async def test_streamed_text_is_spoken_clause_by_clause_as_one_utterance() -> None:
+    engine = ScriptedEngine(chunk_s=0.1, chunks=2)
+    speaker, events = make(engine)
+    base = req(" ")
+    speaker.text_delta("Hello there, my fri", base, "s")
+    speaker.text_delta("end. How are", base, "s")
+    # 200 ms of speech; the last partial frame waits in the framer for more text
+    await wait_buffered(speaker, 9)
+    # the first complete sentence is synthesised before the text is finished
+    assert [r.text for r in engine.requests] == ["Hello there, my friend."]
+    await play(speaker, 15)  # plays it, then waits for text without counting underruns
+    assert speaker.underruns == 0
+    assert [e["type"] for e in events] == ["speech.started"]
+    speaker.text_delta(" you today? Fine", base, "s")
+    speaker.text_done("s")
+    await wait_buffered(speaker, 15)
+    await play(speaker, 40)
+    assert [r.text for r in engine.requests] == [
+        "Hello there, my friend.",
+        "How are you today?",
+        "Fine",
+    ]
+    assert [(e["type"], e["id"]) for e in events] == [
+        ("speech.started", "s"),
+        ("speech.done", "s"),
+    ]
+    assert events[1]["duration_ms"] == 600
+    await speaker.aclose()
+
+
+async def test_text_done_without_open_text_and_cancel_of_open_text() -> None:
+    speaker, events = make(ScriptedEngine(chunk_s=0.1, chunks=2))
+    assert speaker.text_done("nothing") is None
+    speaker.text_delta("Never finished", req(" "), "open")
+    speaker.cancel()
+    assert events == [{"type": "speech.cancelled", "id": "open", "played_ms": 0, "stream_ts": None}]
+    await asyncio.sleep(0.05)
     await speaker.aclose()

@@ -8,8 +8,10 @@ import threading
 
 import pytest
 
-from synthesis import SynthesisError, SynthesisStream
+from synthesis import SynthesisError, SynthesisRequest, SynthesisStream
 from tests.fakes import ScriptedEngine
+
+REQUEST = SynthesisRequest(text="text")
 
 
 async def test_chunks_arrive_in_order_from_a_worker_thread() -> None:
@@ -23,7 +25,7 @@ async def test_chunks_arrive_in_order_from_a_worker_thread() -> None:
         yield from original(*args, **kwargs)  # type: ignore[arg-type]
 
     engine.synthesize = recording  # type: ignore[method-assign]
-    stream = SynthesisStream(engine, "text")
+    stream = SynthesisStream(engine, REQUEST)
     chunks = [chunk async for chunk in stream]
     await stream.aclose()
     assert len(chunks) == 3
@@ -31,7 +33,7 @@ async def test_chunks_arrive_in_order_from_a_worker_thread() -> None:
 
 
 async def test_engine_exception_becomes_synthesis_error() -> None:
-    stream = SynthesisStream(ScriptedEngine(chunks=3, fail_after=1), "text")
+    stream = SynthesisStream(ScriptedEngine(chunks=3, fail_after=1), REQUEST)
     got = []
     with pytest.raises(SynthesisError, match="injected engine failure"):
         async for chunk in stream:
@@ -43,7 +45,7 @@ async def test_engine_exception_becomes_synthesis_error() -> None:
 async def test_reader_that_stops_reading_backpressures_and_close_frees_the_worker() -> None:
     engine = ScriptedEngine(chunks=1000)
     executor = concurrent.futures.ThreadPoolExecutor(1)
-    stream = SynthesisStream(engine, "text", executor=executor, max_chunks_ahead=2)
+    stream = SynthesisStream(engine, REQUEST, executor=executor, max_chunks_ahead=2)
     await stream.__anext__()
     await asyncio.sleep(0.2)
     # the worker waits for room instead of synthesising all 1000 chunks
@@ -56,7 +58,7 @@ async def test_reader_that_stops_reading_backpressures_and_close_frees_the_worke
 
 async def test_cancel_reaches_the_engine_between_chunks() -> None:
     engine = ScriptedEngine(chunks=50, delay_s=0.01)
-    stream = SynthesisStream(engine, "text", max_chunks_ahead=100)
+    stream = SynthesisStream(engine, REQUEST, max_chunks_ahead=100)
     await stream.__anext__()
     await stream.aclose()
     produced = engine.produced_chunks

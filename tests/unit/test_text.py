@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from synthesis.text import FIRST_CLAUSE_MAX_CHARS, PIECE_MAX_CHARS, split_text
+from synthesis.text import FIRST_CLAUSE_MAX_CHARS, PIECE_MAX_CHARS, TextAccumulator, split_text
 
 
 def test_sentences_become_pieces_in_order() -> None:
@@ -31,3 +31,25 @@ def test_very_long_sentences_are_bounded() -> None:
 
 def test_blank_text_gives_nothing() -> None:
     assert split_text("  \n\t ") == []
+
+
+def test_accumulator_releases_complete_pieces_in_order() -> None:
+    acc = TextAccumulator()
+    out: list[str] = []
+    for delta in ["Hel", "lo the", "re, my friend. How a", "re you to", "day? I am", " fine"]:
+        out += acc.push(delta)
+    assert out == ["Hello there, my friend.", "How are you today?"]
+    assert acc.flush() == ["I am fine"]
+    assert acc.flush() == []
+
+
+def test_accumulator_first_piece_may_end_at_a_clause() -> None:
+    acc = TextAccumulator()
+    assert acc.push("Well, you know, the weather today ") == ["Well, you know,"]
+    assert acc.push("is lovely, really. ") == ["the weather today is lovely, really."]
+
+
+def test_accumulator_bounds_runaway_text() -> None:
+    acc = TextAccumulator()
+    pieces = acc.push("word " * 200)
+    assert pieces and all(len(p) <= PIECE_MAX_CHARS for p in pieces)

@@ -1,0 +1,182 @@
+"""The one request model every entry point (data channel, HTTP, WebSocket) uses."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+REFERENCE_RATE_HZ: Final = 16_000
+SPEED_MIN: Final = 0.5
+SPEED_MAX: Final = 2.0
+MAX_ID_CHARS: Final = 64
+
+
+class Mode(StrEnum):
+    SFT = "sft"
+    ZERO_SHOT = "zero_shot"
+    CROSS_LINGUAL = "cross_lingual"
+    INSTRUCT = "instruct"
+
+
+class RequestError(ValueError):
+    """A request field that cannot be used. ``field`` names it; ``solution`` says how to fix it."""
+
+    def __init__(self, field: str, message: str, solution: str, error: str = "invalid_request"):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = f"'{field}': {message}" if field else message
+        self.solution = solution
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceAudio:
+    """A voice sample for cloning: mono float32 in [-1, 1] at 16 kHz."""
+
+    pcm: npt.NDArray[np.float32]
+    sample_rate_hz: int = REFERENCE_RATE_HZ
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.pcm) / self.sample_rate_hz
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    max_text_chars: int = 2000
+    max_reference_bytes: int = 5 * 1024 * 1024
+    """Decoded size of ``reference_audio`` (the base64 text is a third larger)."""
+    min_reference_s: float = 1.0
+    max_reference_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisRequest:
+    text: str
+    mode: Mode = Mode.SFT
+    speaker_id: str | None = None
+    reference_audio: ReferenceAudio | None = None
+    reference_text: str | None = None
+    speed: float = 1.0
+    emotion: str | None = None
+    dialect: str | None = None
+    instruct_text: str | None = None
+    stream: bool = True
+
+
+ReferenceDecoder = Callable[[bytes, RequestLimits], ReferenceAudio]
+
+
+def _optional_str(data: Mapping[str, Any], field: str, max_chars: int) -> str | None:
+    value = data.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(field, "must be a string", f"send '{field}' as a JSON string")
+    value = value.strip()
+    if len(value) > max_chars:
+        raise RequestError(
+            field, f"is {len(value)} characters; the limit is {max_chars}", f"shorten '{field}'"
+        )
+    return value or None
+
+
+def parse_request(
+    data: Mapping[str, Any],
+    limits: RequestLimits,
+    decode_reference: ReferenceDecoder | None = None,
+) -> SynthesisRequest:
+    """Validate a JSON object into a :class:`SynthesisRequest`; raises :class:`RequestError`.
+
+    This checks the request on its own. Whether an engine can serve it is
+    :func:`synthesis.capabilities.check_supported`'s job.
+    """
+    known = {
+        "type", "id", "mode", "text", "speaker_id", "voice", "reference_audio", "reference_text",
+        "speed", "emotion", "dialect", "instruct_text", "stream", "format",
+    }  # fmt: skip
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RequestError(
+            unknown[0],
+            "is not a request field",
+            f"remove it; fields are: {', '.join(sorted(known))}",
+        )
+    text = data.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise RequestError("text", "must be a non-empty string", "put the words to speak in 'text'")
+    if len(text) > limits.max_text_chars:
+        raise RequestError(
+            "text",
+            f"has {len(text)} characters; the limit is {limits.max_text_chars}",
+            "split the text into several requests",
+            error="text_too_long",
+        )
+    raw_mode = data.get("mode", Mode.SFT.value)
+    try:
+        mode = Mode(raw_mode)
+    except ValueError:
+        raise RequestError(
+            "mode", f"{raw_mode!r} is not a mode", f"use one of: {', '.join(m.value for m in Mode)}"
+        ) from None
+    speed = data.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, int | float):
+        raise RequestError(
+            "speed", "must be a number", f"send a number from {SPEED_MIN} to {SPEED_MAX}"
+        )
+    if not SPEED_MIN <= float(speed) <= SPEED_MAX:
+        raise RequestError(
+            "speed", f"{speed} is out of range", f"send a number from {SPEED_MIN} to {SPEED_MAX}"
+        )
+    stream = data.get("stream", True)
+    if not isinstance(stream, bool):
+        raise RequestError("stream", "must be true or false", "send a JSON boolean")
+    speaker_id = _optional_str(data, "speaker_id", MAX_ID_CHARS) or _optional_str(
+        data, "voice", MAX_ID_CHARS
+    )
+    reference: ReferenceAudio | None = None
+    raw_reference = data.get("reference_audio")
+    if raw_reference is not None:
+        if not isinstance(raw_reference, str):
+            raise RequestError(
+                "reference_audio",
+                "must be a base64 string",
+                "base64-encode a WAV/MP3/OGG/FLAC file",
+            )
+        if len(raw_reference) > limits.max_reference_bytes * 4 // 3 + 4:
+            raise RequestError(
+                "reference_audio",
+                f"is larger than {limits.max_reference_bytes} bytes",
+                f"send at most {limits.max_reference_s:g} s of audio",
+                error="reference_too_large",
+            )
+        try:
+            blob = base64.b64decode(raw_reference, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(
+                "reference_audio", "is not valid base64", "base64-encode the audio file's bytes"
+            ) from None
+        if decode_reference is None:
+            from synthesis.reference import decode_reference_audio
+
+            decode_reference = decode_reference_audio
+        reference = decode_reference(blob, limits)
+    return SynthesisRequest(
+        text=text,
+        mode=mode,
+        speaker_id=speaker_id,
+        reference_audio=reference,
+        reference_text=_optional_str(data, "reference_text", limits.max_text_chars),
+        speed=float(speed),
+        emotion=_optional_str(data, "emotion", MAX_ID_CHARS),
+        dialect=_optional_str(data, "dialect", MAX_ID_CHARS),
+        instruct_text=_optional_str(data, "instruct_text", limits.max_text_chars),
+        stream=stream,
+    )
