@@ -40,6 +40,9 @@ class Settings:
     connect_timeout_s: float = 30.0
     disconnect_grace_s: float = 10.0
     synthesis_workers: int = 4
+    """Requests the engine runs at once; more are refused (503 / ``engine_busy``)."""
+    synthesis_chunk_timeout_s: float = 30.0
+    """An engine silent this long has hung: that request fails with ``timeout``."""
     opus: OpusSettings = field(default_factory=OpusSettings)
 
     def __post_init__(self) -> None:
@@ -54,7 +57,12 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
-        for name in ("say_rate_per_s", "idle_timeout_s", "connect_timeout_s"):
+        for name in (
+            "say_rate_per_s",
+            "idle_timeout_s",
+            "connect_timeout_s",
+            "synthesis_chunk_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
 

@@ -12,7 +12,7 @@ from media_server.clock import Clock, MonotonicClock
 from media_server.config import Settings
 from media_server.opus import encode_silence
 from media_server.session import VoiceSession
-from synthesis import Engine
+from synthesis import SynthesisService
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +37,14 @@ class SessionRegistry:
     def __init__(
         self,
         settings: Settings,
-        engine: Engine,
+        synthesis: SynthesisService,
         *,
         clock: Clock | None = None,
-        synthesis_executor: concurrent.futures.Executor | None = None,
         encode_executor: concurrent.futures.Executor | None = None,
     ) -> None:
         self.settings = settings
-        self.engine = engine
+        self.synthesis = synthesis
         self._clock = clock or MonotonicClock()
-        self._synthesis_executor = synthesis_executor
         self._encode_executor = encode_executor
         self._silence = encode_silence(settings.opus)
         self._sessions: dict[str, VoiceSession] = {}
@@ -79,12 +77,11 @@ class SessionRegistry:
         session = VoiceSession(
             session_id,
             self.settings,
-            self.engine,
+            self.synthesis,
             self._clock,
             self._silence,
             self.request_close,
             voice_id=voice_id,
-            synthesis_executor=self._synthesis_executor,
             encode_executor=self._encode_executor,
         )
         self._pending += 1

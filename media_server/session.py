@@ -27,7 +27,13 @@ from media_server.protocol import (
 from media_server.rate import TokenBucket
 from media_server.speaker import Speaker
 from media_server.track import EncodedAudioTrack
-from synthesis import Engine, RequestError, RequestLimits, SynthesisRequest, check_supported
+from synthesis import (
+    RequestError,
+    RequestLimits,
+    SynthesisRequest,
+    SynthesisService,
+    check_supported,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +50,12 @@ class VoiceSession:
         self,
         session_id: str,
         settings: Settings,
-        engine: Engine,
+        synthesis: SynthesisService,
         clock: Clock,
         silence_payload: bytes,
         request_close: Callable[[str, str], None],
         *,
         voice_id: str | None = None,
-        synthesis_executor: concurrent.futures.Executor | None = None,
         encode_executor: concurrent.futures.Executor | None = None,
     ) -> None:
         self.session_id = session_id
@@ -59,14 +64,13 @@ class VoiceSession:
         self._request_close = request_close
         self.track = EncodedAudioTrack()
         self.peer = PeerSession(session_id, settings.ice_servers, self._on_message, self._on_state)
-        self._engine = engine
+        self._engine = synthesis.engine
         self._voice_id = voice_id
         self._limits = RequestLimits(max_text_chars=settings.max_text_chars)
         self.speaker = Speaker(
-            engine,
+            synthesis,
             OpusEncoder(settings.opus),
             self._send_event,
-            synthesis_executor=synthesis_executor,
             encode_executor=encode_executor,
             max_queued=settings.max_queued_utterances,
         )

@@ -14,7 +14,7 @@ from typing import Any, Final
 from media_server.audio import FRAME_MS
 from media_server.encoding import UtteranceEncoder, leading_silence
 from media_server.opus import OpusEncoder
-from synthesis import Engine, SynthesisError, SynthesisRequest, SynthesisStream
+from synthesis import SynthesisError, SynthesisRequest, SynthesisService
 from synthesis.text import TextAccumulator
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ class Utterance:
 class Speaker:
     """A queue of utterances for one stream and the task that produces their frames.
 
-    The producer task synthesises (via :class:`SynthesisStream`, off-loop),
+    The producer task synthesises (through the engine's :class:`SynthesisService`,
+    off-loop),
     time-stretches when the engine cannot apply ``speed`` itself, resamples and
     Opus-encodes (in ``encode_executor``) one utterance after another, staying
     at most :data:`MAX_FRAMES_AHEAD` frames ahead of playout. The pacer pulls
@@ -91,18 +92,17 @@ class Speaker:
 
     def __init__(
         self,
-        engine: Engine,
+        synthesis: SynthesisService,
         encoder: OpusEncoder,
         on_event: EventCallback,
         *,
-        synthesis_executor: concurrent.futures.Executor | None = None,
         encode_executor: concurrent.futures.Executor | None = None,
         max_queued: int = 16,
     ) -> None:
-        self._engine = engine
+        self._synthesis = synthesis
+        self._engine = synthesis.engine
         self._encoder = encoder
         self._on_event = on_event
-        self._synthesis_executor = synthesis_executor
         self._encode_executor = encode_executor
         self.max_queued = max_queued
         self._queue: deque[Utterance] = deque()
@@ -329,7 +329,7 @@ class Speaker:
                 continue
             piece = utterance.pieces.popleft()
             request = dataclasses.replace(utterance.request, text=piece)
-            stream = SynthesisStream(self._engine, request, executor=self._synthesis_executor)
+            stream = self._synthesis.stream(request)
             try:
                 async for chunk in stream:
                     utterance.source_samples += int(chunk.pcm.size)

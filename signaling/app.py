@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
@@ -17,8 +18,8 @@ from media_server.ice import restrict_host_addresses
 from media_server.registry import SessionRegistry
 from signaling import whep
 from signaling.errors import error_middleware
-from signaling.keys import ENGINE_KEY, REGISTRY_KEY, SETTINGS_KEY
-from synthesis import Engine, create_engine
+from signaling.keys import ENGINE_KEY, REGISTRY_KEY, SETTINGS_KEY, SYNTHESIS_KEY
+from synthesis import Engine, SynthesisService, create_engine
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ async def stats(request: web.Request) -> web.Response:
             "sessions": len(registry),
             "max_sessions": registry.settings.max_sessions,
             "closed_total": registry.closed_total,
+            "synthesis": dataclasses.asdict(request.app[SYNTHESIS_KEY].stats()),
             "per_session": [s.stats() for s in registry.sessions()],
         }
     )
@@ -94,17 +96,19 @@ def create_app(
             loaded.close()
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
-        synthesis_pool = concurrent.futures.ThreadPoolExecutor(
-            settings.synthesis_workers, thread_name_prefix="synthesis"
+        synthesis = SynthesisService(
+            app[ENGINE_KEY],
+            settings.synthesis_workers,
+            chunk_timeout_s=settings.synthesis_chunk_timeout_s,
         )
+        app[SYNTHESIS_KEY] = synthesis
         encode_pool = concurrent.futures.ThreadPoolExecutor(
             ENCODE_WORKERS, thread_name_prefix="opus-encode"
         )
         registry = SessionRegistry(
             settings,
-            app[ENGINE_KEY],
+            synthesis,
             clock=clock,
-            synthesis_executor=synthesis_pool,
             encode_executor=encode_pool,
         )
         registry.start()
@@ -113,7 +117,7 @@ def create_app(
             yield
         finally:
             await registry.aclose()
-            synthesis_pool.shutdown(wait=False, cancel_futures=True)
+            synthesis.close()
             encode_pool.shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(engine_ctx)

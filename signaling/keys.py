@@ -6,8 +6,9 @@ from aiohttp import web
 
 from media_server.config import Settings
 from media_server.registry import SessionRegistry
-from synthesis import Engine
+from synthesis import Engine, SynthesisService
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 ENGINE_KEY = web.AppKey("engine", Engine)
 REGISTRY_KEY = web.AppKey("registry", SessionRegistry)
+SYNTHESIS_KEY = web.AppKey("synthesis", SynthesisService)

@@ -14,6 +14,7 @@ from synthesis.request import (
     SynthesisRequest,
     parse_request,
 )
+from synthesis.service import EngineBusy, SynthesisService
 from synthesis.stream import SynthesisStream
 from synthesis.text import split_text
 from synthesis.types import AudioChunk
@@ -21,6 +22,8 @@ from synthesis.types import AudioChunk
 __all__ = [
     "AudioChunk",
     "Engine",
+    "EngineBusy",
+    "SynthesisService",
     "EngineCapabilities",
     "Mode",
     "ReferenceAudio",

@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 from synthesis.base import Engine, SynthesisError
@@ -17,6 +17,10 @@ logger = logging.getLogger(__name__)
 
 MAX_CHUNKS_AHEAD: Final = 4
 """How many synthesised chunks may wait unread before the worker pauses."""
+CHUNK_TIMEOUT_S: Final = 30.0
+"""An engine silent this long (first chunk included) has hung: the request fails."""
+CLOSE_WAIT_S: Final = 2.0
+"""``aclose`` waits this long for the worker; a hung one is left to finish on its own."""
 
 _PUT_POLL_S: Final = 0.05
 
@@ -33,8 +37,11 @@ class SynthesisStream:
 
     The engine's blocking generator runs in ``executor`` (a thread). Chunks
     reach the loop through a bounded queue, so the worker pauses when the reader
-    falls behind. :meth:`aclose` sets the cancel flag, unblocks the worker and
-    awaits it: after it returns no thread is working for this stream.
+    falls behind. An engine that yields nothing for ``chunk_timeout_s`` fails
+    the request with ``error="timeout"``. :meth:`aclose` sets the cancel flag,
+    unblocks the worker and awaits it (at most :data:`CLOSE_WAIT_S`; a hung
+    engine keeps its thread until it returns). ``on_finished`` runs on the loop
+    exactly once, when no thread works for this stream any more.
     """
 
     def __init__(
@@ -44,6 +51,8 @@ class SynthesisStream:
         *,
         executor: concurrent.futures.Executor | None = None,
         max_chunks_ahead: int = MAX_CHUNKS_AHEAD,
+        chunk_timeout_s: float = CHUNK_TIMEOUT_S,
+        on_finished: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
         self._request = request
@@ -55,12 +64,20 @@ class SynthesisStream:
         self._worker: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done = False
+        self._chunk_timeout_s = chunk_timeout_s
+        self._on_finished = on_finished
+
+    def _finished(self, _: object = None) -> None:
+        callback, self._on_finished = self._on_finished, None
+        if callback is not None:
+            callback()
 
     def start(self) -> None:
         if self._worker is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._worker = self._loop.run_in_executor(self._executor, self._run)
+        self._worker.add_done_callback(self._finished)
 
     def _put(self, item: AudioChunk | BaseException | _End) -> bool:
         """Hand ``item`` to the loop, waiting for room; False once cancelled."""
@@ -98,7 +115,21 @@ class SynthesisStream:
         self.start()
         if self._done:
             raise StopAsyncIteration
-        item = await self._queue.get()
+        try:
+            item = await asyncio.wait_for(self._queue.get(), self._chunk_timeout_s)
+        except TimeoutError:
+            self._done = True
+            self._cancel.set()
+            logger.error(
+                "engine %r produced nothing for %.1f s: request abandoned",
+                self._engine.name,
+                self._chunk_timeout_s,
+            )
+            raise SynthesisError(
+                f"the {self._engine.name} engine produced no audio for {self._chunk_timeout_s:g} s",
+                "retry; if it keeps happening, the engine is overloaded or stuck",
+                error="timeout",
+            ) from None
         if isinstance(item, _End):
             self._done = True
             raise StopAsyncIteration
@@ -118,8 +149,12 @@ class SynthesisStream:
         self._done = True
         while not self._queue.empty():
             self._queue.get_nowait()
-        if self._worker is not None:
-            try:
-                await asyncio.shield(self._worker)
-            except Exception:  # already reported to the reader, or irrelevant now
-                logger.debug("synthesis worker ended with an error during close", exc_info=True)
+        if self._worker is None:
+            self._finished()
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._worker), CLOSE_WAIT_S)
+        except TimeoutError:
+            logger.warning("engine %r did not stop within %.1f s", self._engine.name, CLOSE_WAIT_S)
+        except Exception:  # already reported to the reader, or irrelevant now
+            logger.debug("synthesis worker ended with an error during close", exc_info=True)

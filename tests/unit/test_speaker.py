@@ -10,7 +10,7 @@ import pytest
 from media_server.audio import FRAME_MS
 from media_server.opus import OpusEncoder, OpusSettings
 from media_server.speaker import Speaker
-from synthesis import SynthesisRequest
+from synthesis import SynthesisRequest, SynthesisService
 from tests.fakes import ScriptedEngine
 
 
@@ -20,7 +20,9 @@ def req(text: str, **fields: Any) -> SynthesisRequest:
 
 def make(engine: ScriptedEngine, **kwargs: Any) -> tuple[Speaker, list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
-    speaker = Speaker(engine, OpusEncoder(OpusSettings()), events.append, **kwargs)
+    speaker = Speaker(
+        SynthesisService(engine, 4), OpusEncoder(OpusSettings()), events.append, **kwargs
+    )
     speaker.start()
     return speaker, events
 

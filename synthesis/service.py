@@ -1,0 +1,102 @@
+"""SynthesisService: one engine, its worker threads and its concurrency limit."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+from synthesis.base import Engine, SynthesisError
+from synthesis.request import SynthesisRequest
+from synthesis.stream import CHUNK_TIMEOUT_S, SynthesisStream
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_S: Final = 2
+
+
+class EngineBusy(SynthesisError):
+    """The engine is running as many requests as it may; retry after ``retry_after_s``."""
+
+    def __init__(self, engine_name: str, limit: int, retry_after_s: int = RETRY_AFTER_S) -> None:
+        super().__init__(
+            f"the {engine_name} engine is busy ({limit} requests running)",
+            f"retry in {retry_after_s} s",
+            error="engine_busy",
+        )
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStats:
+    engine: str
+    max_concurrent: int
+    running: int
+    started_total: int
+    refused_total: int
+
+
+class SynthesisService:
+    """Admits or refuses synthesis work for one engine; owns its worker threads.
+
+    At most ``max_concurrent`` streams run at once; :meth:`stream` refuses the
+    next with :class:`EngineBusy` (HTTP answers 503 + Retry-After, a session
+    gets an ``error`` event). A slot is given back only when the worker thread
+    has really let go, so an engine that hangs costs capacity, never threads
+    beyond the limit, and the server stays up.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        max_concurrent: int,
+        *,
+        chunk_timeout_s: float = CHUNK_TIMEOUT_S,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        self.engine = engine
+        self.max_concurrent = max_concurrent
+        self._chunk_timeout_s = chunk_timeout_s
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_concurrent, thread_name_prefix=f"synthesis-{engine.name}"
+        )
+        self._running = 0
+        self._started_total = 0
+        self._refused_total = 0
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def stream(self, request: SynthesisRequest) -> SynthesisStream:
+        """A stream for ``request`` holding one slot; raises :class:`EngineBusy` when full."""
+        if self._running >= self.max_concurrent:
+            self._refused_total += 1
+            raise EngineBusy(self.engine.name, self.max_concurrent)
+        self._running += 1
+        self._started_total += 1
+        return SynthesisStream(
+            self.engine,
+            request,
+            executor=self._executor,
+            chunk_timeout_s=self._chunk_timeout_s,
+            on_finished=self._release,
+        )
+
+    def _release(self) -> None:
+        self._running -= 1
+
+    def stats(self) -> ServiceStats:
+        """Counters for ``/stats``."""
+        return ServiceStats(
+            engine=self.engine.name,
+            max_concurrent=self.max_concurrent,
+            running=self._running,
+            started_total=self._started_total,
+            refused_total=self._refused_total,
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
