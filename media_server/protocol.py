@@ -101,14 +101,19 @@ def decode_message(raw: str | bytes, max_message_bytes: int = MAX_MESSAGE_BYTES)
 
 
 def parse_client_message(
-    raw: str | bytes, *, limits: RequestLimits, max_message_bytes: int = MAX_MESSAGE_BYTES
+    raw: str | bytes,
+    *,
+    limits: RequestLimits,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    allow_reference_audio: bool = False,
 ) -> ClientMessage:
     """Validate one data-channel message; raises :class:`ProtocolError`.
 
     ``say`` takes every field of the request model (``mode``, ``speaker_id``,
     ``speed``...). Reference audio is refused here: register the voice with
     ``POST /voices`` and use its ``speaker_id`` (16 KiB messages are too small
-    for audio, and decoding it belongs off the event loop).
+    for audio). With ``allow_reference_audio`` (the WebSocket API) it is decoded
+    here, which blocks: call it off the event loop then.
     """
     data = decode_message(raw, max_message_bytes)
     kind = data.get("type")
@@ -136,7 +141,7 @@ def parse_client_message(
             "use one of the types 'say', 'text.delta', 'text.done' or 'cancel'",
         )
     utterance_id = _utterance_id(data)
-    if data.get("reference_audio") is not None:
+    if data.get("reference_audio") is not None and not allow_reference_audio:
         raise ProtocolError(
             "invalid_request",
             "'reference_audio': not accepted on the data channel",

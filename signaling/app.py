@@ -16,9 +16,10 @@ from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.ice import restrict_host_addresses
 from media_server.registry import SessionRegistry
-from signaling import whep
+from signaling import tts, tts_ws, whep
 from signaling.errors import error_middleware
 from signaling.keys import ENGINE_KEY, REGISTRY_KEY, SETTINGS_KEY, SYNTHESIS_KEY
+from signaling.openapi import openapi_handler
 from synthesis import Engine, SynthesisService, create_engine
 
 logger = logging.getLogger(__name__)
@@ -126,5 +127,8 @@ def create_app(
     app.router.add_get("/healthz", health)
     app.router.add_get("/stats", stats)
     app.router.add_routes(whep.routes)
+    app.router.add_routes(tts.routes)
+    app.router.add_routes(tts_ws.routes)
+    app.router.add_get("/openapi.json", openapi_handler)
     app.router.add_static("/static/", _web_client_dir(), name="static")
     return app

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from media_server.peer import IceRestartUnsupported, OfferError
 from media_server.registry import SessionLimitReached
+from signaling.body import read_body
 from signaling.errors import json_error
 from signaling.keys import ENGINE_KEY, REGISTRY_KEY
 
@@ -30,21 +31,7 @@ async def _read_body(request: web.Request, content_type: str) -> str:
             f"expected Content-Type {content_type}, got {request.content_type or 'none'}",
             f"send the body with 'Content-Type: {content_type}'",
         )
-    if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
-        raise json_error(
-            413,
-            "body_too_large",
-            f"the body is over {MAX_SDP_BYTES} bytes",
-            "send an ordinary SDP offer",
-        )
-    raw = await request.content.read(MAX_SDP_BYTES + 1)
-    if len(raw) > MAX_SDP_BYTES:
-        raise json_error(
-            413,
-            "body_too_large",
-            f"the body is over {MAX_SDP_BYTES} bytes",
-            "send an ordinary SDP offer",
-        )
+    raw = await read_body(request, MAX_SDP_BYTES, "send an ordinary SDP offer")
     try:
         return raw.decode()
     except UnicodeDecodeError:

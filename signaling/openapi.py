@@ -1,0 +1,208 @@
+"""``GET /openapi.json``: the HTTP API described as OpenAPI 3.1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from synthesis.request import SPEED_MAX, SPEED_MIN, Mode
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Invalid request (the message names the field)",
+        404: "Unknown session",
+        405: "Not supported (e.g. ICE restart)",
+        409: "Already exists",
+        413: "Body too large",
+        415: "Wrong Content-Type",
+        422: "The engine cannot do this (e.g. zero_shot on piper)",
+        503: "Limit reached; see Retry-After",
+        504: "The engine produced no audio in time",
+    }
+    return {
+        str(c): {"description": text[c], "content": {"application/json": {"schema": ERROR}}}
+        for c in codes
+    }
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "voice-media-server",
+        "version": "0.1.0",
+        "description": "Text in, speech out: live over WebRTC (WHEP) or streamed over HTTP "
+        "and WebSocket. The data-channel protocol is in docs/protocol.md.",
+    },
+    "paths": {
+        "/whep": {
+            "post": {
+                "summary": "Start a WebRTC session (WHEP): offer in, answer out",
+                "parameters": [
+                    {
+                        "name": "voice",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/sdp": {"schema": {"type": "string"}}},
+                },
+                "responses": {
+                    "201": {
+                        "description": "SDP answer; Location names the session",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": {"application/sdp": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400, 413, 415, 503),
+                },
+            }
+        },
+        "/whep/{session_id}": {
+            "parameters": [
+                {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "patch": {
+                "summary": "Trickle ICE candidates (RFC 8840 sdpfrag)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/trickle-ice-sdpfrag": {"schema": {"type": "string"}}},
+                },
+                "responses": {"204": {"description": "Applied"}, **_errors(400, 404, 405, 415)},
+            },
+            "delete": {
+                "summary": "End the session",
+                "responses": {"200": {"description": "Closed"}, **_errors(404)},
+            },
+        },
+        "/whep/{session_id}/stats": {
+            "parameters": [
+                {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": {
+                "summary": "Pacing and queue stats of one session",
+                "responses": {"200": _json({"type": "object"}) | {"description": "Stats"}},
+            },
+        },
+        "/tts": {
+            "post": {
+                "summary": "Synthesise text; audio streams back as it is produced",
+                "requestBody": {
+                    "required": True,
+                    **_json({"$ref": "#/components/schemas/TtsRequest"}),
+                },
+                "responses": {
+                    "200": {
+                        "description": "Audio (pcm: s16le mono; wav: streamable, unknown length; "
+                        "ogg: Ogg/Opus 48 kHz)",
+                        "headers": {
+                            "X-Sample-Rate": {"schema": {"type": "integer"}},
+                            "X-Channels": {"schema": {"type": "integer"}},
+                        },
+                        "content": {
+                            "audio/pcm": {},
+                            "audio/wav": {},
+                            "audio/ogg": {},
+                        },
+                    },
+                    **_errors(400, 413, 415, 422, 503, 504),
+                },
+            }
+        },
+        "/tts/ws": {
+            "get": {
+                "summary": "WebSocket: JSON messages as on the data channel (say, text.delta, "
+                "text.done, cancel; reference_audio allowed); binary audio and JSON events back",
+                "parameters": [
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["pcm", "ogg"], "default": "pcm"},
+                    }
+                ],
+                "responses": {"101": {"description": "Switching protocols"}, **_errors(400)},
+            }
+        },
+        "/voices": {
+            "get": {
+                "summary": "The engine, its capabilities and voices",
+                "responses": {"200": {"description": "Voices"} | _json({"type": "object"})},
+            },
+            "post": {
+                "summary": "Register a cloned voice from a reference clip (engines that clone)",
+                "requestBody": {
+                    "required": True,
+                    **_json({"$ref": "#/components/schemas/VoiceRegistration"}),
+                },
+                "responses": {
+                    "201": {"description": "Registered"} | _json({"type": "object"}),
+                    **_errors(400, 409, 413, 415, 422),
+                },
+            },
+        },
+        "/stats": {"get": {"summary": "Server stats", "responses": {"200": {"description": "OK"}}}},
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}},
+    },
+    "components": {
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error", "message", "solution"],
+                "properties": {
+                    "error": {"type": "string"},
+                    "message": {"type": "string"},
+                    "solution": {"type": "string"},
+                },
+            },
+            "TtsRequest": {
+                "type": "object",
+                "required": ["text"],
+                "additionalProperties": False,
+                "properties": {
+                    "text": {"type": "string", "minLength": 1},
+                    "mode": {"type": "string", "enum": [m.value for m in Mode], "default": "sft"},
+                    "speaker_id": {"type": "string", "maxLength": 64},
+                    "reference_audio": {
+                        "type": "string",
+                        "contentEncoding": "base64",
+                        "description": "WAV/MP3/OGG/FLAC, 1-30 s, at most 5 MiB",
+                    },
+                    "reference_text": {"type": "string"},
+                    "speed": {
+                        "type": "number",
+                        "minimum": SPEED_MIN,
+                        "maximum": SPEED_MAX,
+                        "default": 1.0,
+                    },
+                    "emotion": {"type": "string"},
+                    "dialect": {"type": "string"},
+                    "instruct_text": {"type": "string"},
+                    "stream": {"type": "boolean", "default": True},
+                    "format": {"type": "string", "enum": ["pcm", "wav", "ogg"], "default": "pcm"},
+                },
+            },
+            "VoiceRegistration": {
+                "type": "object",
+                "required": ["voice_id", "reference_audio"],
+                "properties": {
+                    "voice_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                    "reference_audio": {"type": "string", "contentEncoding": "base64"},
+                    "reference_text": {"type": "string"},
+                },
+            },
+        }
+    },
+}
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    return web.json_response(SPEC)

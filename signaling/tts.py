@@ -1,0 +1,229 @@
+"""The HTTP TTS API: ``POST /tts`` (streamed audio), ``GET``/``POST /voices``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import re
+from typing import Any, Final
+
+from aiohttp import web
+
+from media_server.formats import create_formatter
+from media_server.opus import OpusSettings
+from media_server.speech import one_piece, speech_pcm
+from signaling.body import read_body
+from signaling.errors import json_error
+from signaling.keys import SETTINGS_KEY, SYNTHESIS_KEY
+from synthesis import (
+    EngineBusy,
+    RequestError,
+    RequestLimits,
+    SynthesisError,
+    SynthesisRequest,
+    check_supported,
+    parse_request,
+)
+from synthesis.request import ReferenceAudio
+
+logger = logging.getLogger(__name__)
+
+FORMATS: Final = ("pcm", "wav", "ogg")
+MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+VOICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+routes = web.RouteTableDef()
+
+
+def request_limits(request: web.Request) -> RequestLimits:
+    return RequestLimits(max_text_chars=request.app[SETTINGS_KEY].max_text_chars)
+
+
+def request_error(exc: RequestError) -> web.HTTPException:
+    status = 422 if exc.error == "unsupported" else 400
+    return json_error(status, exc.error, exc.message, exc.solution)
+
+
+def synthesis_error(exc: SynthesisError) -> web.HTTPException:
+    if isinstance(exc, EngineBusy):
+        return json_error(
+            503, exc.error, exc.message, exc.solution,
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )  # fmt: skip
+    status = {"timeout": 504, "unsupported": 422, "unknown_voice": 400}.get(exc.error, 500)
+    return json_error(status, exc.error, exc.message, exc.solution or "retry the request")
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise json_error(
+            415, "unsupported_media_type",
+            f"expected Content-Type application/json, got {request.content_type or 'none'}",
+            "send the request as JSON with 'Content-Type: application/json'",
+        )  # fmt: skip
+    raw = await read_body(request, MAX_BODY_BYTES, "send shorter text or a shorter reference clip")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise json_error(
+            400, "invalid_json", "the body is not valid JSON", "send a JSON object"
+        ) from None
+    if not isinstance(data, dict):
+        raise json_error(400, "invalid_json", "the body must be a JSON object", "send {...}")
+    return data
+
+
+async def parse_checked(request: web.Request, data: dict[str, Any]) -> SynthesisRequest:
+    """Validate (decoding reference audio off-loop) and check against the engine."""
+    service = request.app[SYNTHESIS_KEY]
+    loop = asyncio.get_running_loop()
+    try:
+        parsed = await loop.run_in_executor(None, parse_request, data, request_limits(request))
+        check_supported(
+            service.engine.name, service.engine.capabilities, service.engine.voices, parsed
+        )
+    except RequestError as exc:
+        raise request_error(exc) from None
+    return parsed
+
+
+@routes.post("/tts")
+async def tts(request: web.Request) -> web.StreamResponse:
+    data = await read_json(request)
+    fmt = data.pop("format", None) or request.query.get("format", "pcm")
+    if fmt not in FORMATS:
+        raise json_error(
+            400, "invalid_request", f"'format': {fmt!r} is not a format",
+            f"use one of: {', '.join(FORMATS)}",
+        )  # fmt: skip
+    parsed = await parse_checked(request, data)
+    service = request.app[SYNTHESIS_KEY]
+    settings = request.app[SETTINGS_KEY]
+    formatter = create_formatter(fmt, service.engine.sample_rate_hz, http_opus(settings.opus))
+    loop = asyncio.get_running_loop()
+    audio = speech_pcm(service, parsed, one_piece(parsed.text))
+    response: web.StreamResponse | None = None
+    try:
+        # Wait for the first chunk before answering, so a refused or failed
+        # request still gets a proper status and JSON error.
+        try:
+            first = await anext(audio, None)
+        except SynthesisError as exc:
+            raise synthesis_error(exc) from None
+        body = formatter.header()
+        if first is not None:
+            body += await loop.run_in_executor(None, formatter.feed, first)
+        if not parsed.stream:
+            async for pcm in audio:
+                body += await loop.run_in_executor(None, formatter.feed, pcm)
+            body += await loop.run_in_executor(None, formatter.finish)
+            return web.Response(body=body, headers=audio_headers(formatter, fmt, service))
+        response = web.StreamResponse(headers=audio_headers(formatter, fmt, service))
+        await response.prepare(request)
+        await response.write(body)
+        async for pcm in audio:
+            await response.write(await loop.run_in_executor(None, formatter.feed, pcm))
+        await response.write(await loop.run_in_executor(None, formatter.finish))
+        await response.write_eof()
+        return response
+    except (ConnectionResetError, asyncio.CancelledError):
+        logger.info("TTS client went away: synthesis cancelled")
+        raise
+    except SynthesisError as exc:
+        if response is None:
+            raise synthesis_error(exc) from None
+        # Headers are gone: all we can do is cut the stream short.
+        logger.warning("TTS stream failed after %s: %s", fmt, exc)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    finally:
+        with contextlib.suppress(Exception):
+            await audio.aclose()
+
+
+def http_opus(settings: OpusSettings) -> OpusSettings:
+    """Over TCP nothing is lost: in-band FEC would only waste bits."""
+    return dataclasses.replace(settings, inband_fec=False, expected_loss_pct=0)
+
+
+def audio_headers(formatter: Any, fmt: str, service: Any) -> dict[str, str]:
+    rate = 48_000 if fmt == "ogg" else service.engine.sample_rate_hz
+    return {
+        "Content-Type": formatter.content_type,
+        "X-Sample-Rate": str(rate),
+        "X-Channels": "1",
+        "X-Engine": service.engine.name,
+        "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no",
+    }
+
+
+@routes.get("/voices")
+async def list_voices(request: web.Request) -> web.Response:
+    engine = request.app[SYNTHESIS_KEY].engine
+    return web.json_response(
+        {
+            "engine": engine.name,
+            "capabilities": engine.capabilities.as_dict(),
+            "voices": [
+                {
+                    "voice_id": v.voice_id,
+                    "language": v.language,
+                    "sample_rate_hz": v.sample_rate_hz,
+                    "cloned": v.cloned,
+                }
+                for v in engine.voices
+            ],
+        }
+    )
+
+
+@routes.post("/voices")
+async def register_voice(request: web.Request) -> web.Response:
+    engine = request.app[SYNTHESIS_KEY].engine
+    if not engine.capabilities.cloning:
+        raise json_error(
+            422, "unsupported", f"the {engine.name} engine cannot clone voices",
+            "voice cloning needs the cosyvoice engine (VMS_ENGINE=cosyvoice)",
+        )  # fmt: skip
+    data = await read_json(request)
+    voice_id = data.get("voice_id")
+    if not isinstance(voice_id, str) or not VOICE_ID.match(voice_id):
+        raise json_error(
+            400, "invalid_request", "'voice_id': must be 1-64 letters, digits, '_' or '-'",
+            "name the voice, e.g. 'alice'",
+        )  # fmt: skip
+    if any(v.voice_id == voice_id for v in engine.voices):
+        raise json_error(
+            409, "voice_exists", f"a voice {voice_id!r} already exists", "choose another voice_id"
+        )
+    if not isinstance(data.get("reference_audio"), str):
+        raise json_error(
+            400, "invalid_request", "'reference_audio': required (base64 WAV/MP3/OGG/FLAC)",
+            "send a clip of the voice, 3-30 s, base64-encoded",
+        )  # fmt: skip
+    fields = {
+        "text": "-",
+        "reference_audio": data["reference_audio"],
+        "reference_text": data.get("reference_text"),
+    }
+    loop = asyncio.get_running_loop()
+    try:
+        parsed = await loop.run_in_executor(None, parse_request, fields, request_limits(request))
+    except RequestError as exc:
+        raise request_error(exc) from None
+    reference: ReferenceAudio | None = parsed.reference_audio
+    assert reference is not None
+    try:
+        voice = await loop.run_in_executor(
+            None, engine.register_voice, voice_id, reference, parsed.reference_text
+        )
+    except SynthesisError as exc:
+        raise synthesis_error(exc) from None
+    return web.json_response(
+        {"voice_id": voice.voice_id, "language": voice.language, "cloned": True}, status=201
+    )
