@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from synthesis import RequestError, RequestLimits, SynthesisRequest, parse_request
+from synthesis import (
+    Engine,
+    RequestError,
+    RequestLimits,
+    SynthesisRequest,
+    check_supported,
+    parse_request,
+)
 
 MAX_MESSAGE_BYTES: Final = 16 * 1024
 MAX_ID_CHARS: Final = 64
@@ -152,3 +160,32 @@ def parse_client_message(
     except RequestError as exc:
         raise ProtocolError.from_request_error(exc) from None
     return SayMessage(request, utterance_id)
+
+
+def checked_request(
+    engine: Engine, request: SynthesisRequest, default_voice: str | None = None
+) -> SynthesisRequest:
+    """``request`` with the session's default voice, checked against the engine."""
+    if request.speaker_id is None and default_voice is not None:
+        request = dataclasses.replace(request, speaker_id=default_voice)
+    try:
+        check_supported(engine.name, engine.capabilities, engine.voices, request)
+    except RequestError as exc:
+        raise ProtocolError.from_request_error(exc) from None
+    return request
+
+
+def rate_limited(burst: int, rate_per_s: float) -> ProtocolError:
+    return ProtocolError(
+        "rate_limited",
+        f"more than {burst} requests in a burst (sustained limit {rate_per_s:g} per second)",
+        "send fewer, longer 'say' messages, or wait a moment",
+    )
+
+
+def queue_full(queued: int, limit: int) -> ProtocolError:
+    return ProtocolError(
+        "queue_full",
+        f"{queued} utterances are queued; the limit is {limit}",
+        "wait for speech.done events, or send 'cancel' to drop the queue",
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -22,17 +21,18 @@ from media_server.protocol import (
     SayMessage,
     TextDeltaMessage,
     TextDoneMessage,
+    checked_request,
     parse_client_message,
+    queue_full,
+    rate_limited,
 )
 from media_server.rate import TokenBucket
 from media_server.speaker import Speaker
 from media_server.track import EncodedAudioTrack
 from synthesis import (
-    RequestError,
     RequestLimits,
     SynthesisRequest,
     SynthesisService,
-    check_supported,
 )
 
 logger = logging.getLogger(__name__)
@@ -167,24 +167,11 @@ class VoiceSession:
             self._send_event(exc.event(_id_of(raw)))
 
     def _checked(self, request: SynthesisRequest) -> SynthesisRequest:
-        if request.speaker_id is None and self._voice_id is not None:
-            request = dataclasses.replace(request, speaker_id=self._voice_id)
-        try:
-            check_supported(
-                self._engine.name, self._engine.capabilities, self._engine.voices, request
-            )
-        except RequestError as exc:
-            raise ProtocolError.from_request_error(exc) from None
-        return request
+        return checked_request(self._engine, request, self._voice_id)
 
     def _take_rate_token(self) -> None:
         if not self._rate.take():
-            raise ProtocolError(
-                "rate_limited",
-                f"more than {self._settings.say_burst} requests in a burst "
-                f"(sustained limit {self._settings.say_rate_per_s:g} per second)",
-                "send fewer, longer 'say' messages, or wait a moment",
-            )
+            raise rate_limited(self._settings.say_burst, self._settings.say_rate_per_s)
 
     def _handle(self, message: ClientMessage) -> None:
         try:
@@ -206,12 +193,8 @@ class VoiceSession:
                         "there is no streamed text to finish",
                         "send 'text.done' after 'text.delta' messages, with the same 'id'",
                     )
-        except OverflowError as exc:
-            raise ProtocolError(
-                "queue_full",
-                f"{exc}; the limit is {self.speaker.max_queued}",
-                "wait for speech.done events, or send 'cancel' to drop the queue",
-            ) from None
+        except OverflowError:
+            raise queue_full(self.speaker.pending, self.speaker.max_queued) from None
 
     def stats(self) -> dict[str, Any]:
         pacing = self.pacer.stats.snapshot().as_dict()

@@ -22,19 +22,20 @@ from media_server.protocol import (
     SayMessage,
     TextDeltaMessage,
     TextDoneMessage,
+    checked_request,
     parse_client_message,
+    queue_full,
+    rate_limited,
 )
 from media_server.rate import TokenBucket
 from media_server.speech import speech_pcm
 from signaling.keys import SETTINGS_KEY, SYNTHESIS_KEY
 from signaling.tts import http_opus
 from synthesis import (
-    RequestError,
     RequestLimits,
     SynthesisError,
     SynthesisRequest,
     SynthesisService,
-    check_supported,
 )
 from synthesis.text import TextAccumulator
 
@@ -122,27 +123,13 @@ class TtsSocket:
             await self.send_event(exc.event())
 
     def _checked(self, request: SynthesisRequest) -> SynthesisRequest:
-        engine = self._service.engine
-        try:
-            check_supported(engine.name, engine.capabilities, engine.voices, request)
-        except RequestError as exc:
-            raise ProtocolError.from_request_error(exc) from None
-        return request
+        return checked_request(self._service.engine, request)
 
     def _enqueue(self, request: SynthesisRequest, utterance_id: str | None) -> _Utterance:
         if len(self._queue) >= self._settings.max_queued_utterances:
-            raise ProtocolError(
-                "queue_full",
-                f"{len(self._queue)} utterances are queued; the limit is "
-                f"{self._settings.max_queued_utterances}",
-                "wait for speech.done events, or send 'cancel'",
-            )
+            raise queue_full(len(self._queue), self._settings.max_queued_utterances)
         if not self._rate.take():
-            raise ProtocolError(
-                "rate_limited",
-                f"more than {self._settings.say_burst} requests in a burst",
-                "send fewer, longer requests, or wait a moment",
-            )
+            raise rate_limited(self._settings.say_burst, self._settings.say_rate_per_s)
         if utterance_id is None:
             self._next_id += 1
             utterance_id = f"u{self._next_id}"
