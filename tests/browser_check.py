@@ -74,11 +74,13 @@ async def _stat(page: Any, name: str) -> str | None:
     return value
 
 
-async def _wait_for_event(page: Any, kind: str, timeout_s: float) -> dict[str, str]:
+async def _wait_for_event(
+    page: Any, kind: str, timeout_s: float, contains: str = ""
+) -> dict[str, str]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for entry in await _log_entries(page):
-            if entry["kind"] == kind:
+            if entry["kind"] == kind and contains in entry["text"]:
                 return entry
         await asyncio.sleep(0.1)
     raise CheckFailed(f"no {kind!r} event in the page log within {timeout_s:g} s")
@@ -123,6 +125,14 @@ async def _check(base_url: str, screenshot: Path) -> dict[str, Any]:
             results["server_frames_sent"] = await _stat(page, "frames_sent")
             if packets <= 0:
                 raise CheckFailed("inbound-rtp packetsReceived never went above 0")
+
+            # Streamed text: word-by-word text.delta messages, as from an LLM, at 1.5x speed.
+            await page.check("#as-deltas")
+            await page.fill("#text", "Words arrive one at a time, and speech starts early.")
+            await page.click("#speak")
+            streamed = await _wait_for_event(page, "speech.done", 30, contains="id=c2")
+            results["streamed speech.done"] = streamed["text"]
+            await page.uncheck("#as-deltas")
 
             # Ctrl+Enter speaks too; Stop during a long sentence cancels it.
             await page.fill("#text", LONG_TEXT)

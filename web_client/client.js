@@ -8,7 +8,8 @@ const STATS_INTERVAL_MS = 1000;
 const $ = (id) => document.getElementById(id);
 const ui = {
   connect: $('connect'), disconnect: $('disconnect'), speak: $('speak'), stop: $('stop'),
-  text: $('text'), voice: $('voice'), iceServers: $('ice-servers'), audio: $('audio'),
+  text: $('text'), voice: $('voice'), speed: $('speed'), speedValue: $('speed-value'),
+  asDeltas: $('as-deltas'), iceServers: $('ice-servers'), audio: $('audio'),
   pcState: $('pc-state'), iceState: $('ice-state'), dcState: $('dc-state'),
   log: $('log'), clearLog: $('clear-log'),
   latencyStats: $('latency-stats'), rtpStats: $('rtp-stats'), serverStats: $('server-stats'),
@@ -284,15 +285,32 @@ function send(message) {
   return open;
 }
 
+const DELTA_INTERVAL_MS = 60;
+
 function speak() {
   const text = ui.text.value.trim();
   if (!text) return ui.text.focus();
   const id = `c${++sayCount}`;
-  if (send({ type: 'say', text, id })) {
+  const short = text.length > 60 ? text.slice(0, 57) + '…' : text;
+  if (ui.asDeltas.checked) return streamDeltas(text, id, short);
+  const speed = Number(ui.speed.value);
+  if (send({ type: 'say', text, id, ...(speed !== 1 ? { speed } : {}) })) {
     outstanding.set(id, performance.now());
-    log('say', `id=${id} "${text.length > 60 ? text.slice(0, 57) + '…' : text}"`);
+    log('say', `id=${id} "${short}"${speed !== 1 ? ` speed=${speed}` : ''}`);
     render();
   }
+}
+
+// Send the text word by word, as a voice agent forwards an LLM's tokens.
+function streamDeltas(text, id, short) {
+  const words = text.split(/(?<=\s)/);
+  outstanding.set(id, performance.now());
+  log('text.delta', `id=${id} ${words.length} deltas, one every ${DELTA_INTERVAL_MS} ms: "${short}"`);
+  words.forEach((word, i) => setTimeout(() => {
+    send({ type: 'text.delta', text: word, id });
+    if (i === words.length - 1) send({ type: 'text.done', id });
+  }, i * DELTA_INTERVAL_MS));
+  render();
 }
 
 function stop() {
@@ -361,6 +379,7 @@ async function updateServerStats(url) {
 ui.connect.addEventListener('click', connect);
 ui.disconnect.addEventListener('click', disconnect);
 ui.speak.addEventListener('click', speak);
+ui.speed.addEventListener('input', () => { ui.speedValue.textContent = `${Number(ui.speed.value).toFixed(1)}×`; });
 ui.stop.addEventListener('click', stop);
 ui.clearLog.addEventListener('click', () => ui.log.replaceChildren());
 ui.text.addEventListener('keydown', (event) => {
