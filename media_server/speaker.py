@@ -37,6 +37,8 @@ class Utterance:
     utterance_id: str
     request: SynthesisRequest
     """Everything but the text comes from here; the text arrives as ``pieces``."""
+    owner: str | None = None
+    """Who asked for it (a room's bot or speaker); events name it, cancel can target it."""
     pieces: deque[str] = field(default_factory=deque)
     text_closed: bool = True
     """No more text will come (always true for ``say``; ``text.done`` for streamed text)."""
@@ -130,53 +132,70 @@ class Speaker:
     def speaking(self) -> bool:
         return bool(self._queue)
 
-    def _enqueue(self, request: SynthesisRequest, utterance_id: str | None) -> Utterance:
+    def _enqueue(
+        self, request: SynthesisRequest, utterance_id: str | None, owner: str | None
+    ) -> Utterance:
         if len(self._queue) >= self.max_queued:
             raise OverflowError(f"{len(self._queue)} utterances are already queued")
         if utterance_id is None:
             self._next_id += 1
             utterance_id = f"u{self._next_id}"
-        utterance = Utterance(utterance_id, request)
+        utterance = Utterance(utterance_id, request, owner)
         self._queue.append(utterance)
         self._to_produce.append(utterance)
         self._wakeup.set()
         return utterance
 
-    def say(self, request: SynthesisRequest, utterance_id: str | None = None) -> Utterance:
+    def say(
+        self,
+        request: SynthesisRequest,
+        utterance_id: str | None = None,
+        owner: str | None = None,
+    ) -> Utterance:
         """Queue ``request``; raises ``OverflowError`` when the queue is full."""
-        utterance = self._enqueue(request, utterance_id)
+        utterance = self._enqueue(request, utterance_id, owner)
         utterance.add_text([request.text])
         return utterance
 
-    def _open_stream(self, utterance_id: str | None) -> Utterance | None:
+    def _open_stream(self, utterance_id: str | None, owner: str | None) -> Utterance | None:
         for utterance in reversed(self._queue):
-            if not utterance.text_closed and utterance_id in (None, utterance.utterance_id):
+            if (
+                not utterance.text_closed
+                and utterance.owner == owner
+                and utterance_id in (None, utterance.utterance_id)
+            ):
                 return utterance
         return None
 
-    def text_delta_opens(self, utterance_id: str | None) -> bool:
+    def text_delta_opens(self, utterance_id: str | None, owner: str | None = None) -> bool:
         """True if a ``text.delta`` with this id would open a new utterance."""
-        return self._open_stream(utterance_id) is None
+        return self._open_stream(utterance_id, owner) is None
 
     def text_delta(
-        self, text: str, request: SynthesisRequest, utterance_id: str | None = None
+        self,
+        text: str,
+        request: SynthesisRequest,
+        utterance_id: str | None = None,
+        owner: str | None = None,
     ) -> Utterance:
         """Add streamed text to the open utterance ``utterance_id`` (or open a new one).
 
         Complete clauses are synthesised as soon as they exist, in order; the
         rest waits for more text or :meth:`text_done`.
         """
-        utterance = self._open_stream(utterance_id)
+        utterance = self._open_stream(utterance_id, owner)
         if utterance is None:
-            utterance = self._enqueue(request, utterance_id)
+            utterance = self._enqueue(request, utterance_id, owner)
             utterance.text_closed = False
             utterance.accumulator = TextAccumulator()
         assert utterance.accumulator is not None
         utterance.add_text(utterance.accumulator.push(text))
         return utterance
 
-    def text_done(self, utterance_id: str | None = None) -> Utterance | None:
-        utterance = self._open_stream(utterance_id)
+    def text_done(
+        self, utterance_id: str | None = None, owner: str | None = None
+    ) -> Utterance | None:
+        utterance = self._open_stream(utterance_id, owner)
         if utterance is None:
             return None
         assert utterance.accumulator is not None
@@ -184,11 +203,18 @@ class Speaker:
         utterance.add_text(utterance.accumulator.flush())
         return utterance
 
-    def cancel(self) -> list[Utterance]:
-        """Stop speaking now and drop everything queued; returns what was cancelled."""
-        cancelled = list(self._queue)
-        self._queue.clear()
-        self._to_produce.clear()
+    def cancel(self, owner: str | None = None, *, everyone: bool = True) -> list[Utterance]:
+        """Stop speaking now and drop what is queued; returns what was cancelled.
+
+        With ``everyone=False`` only ``owner``'s utterances go (a bot's barge-in
+        leaves other bots' speech alone); if one of them was playing, the next
+        utterance starts on the next tick.
+        """
+        cancelled = [u for u in self._queue if everyone or u.owner == owner]
+        for utterance in cancelled:
+            self._queue.remove(utterance)
+            if utterance in self._to_produce:
+                self._to_produce.remove(utterance)
         for utterance in cancelled:
             utterance.cancelled = True
             utterance.packets.clear()
@@ -254,7 +280,10 @@ class Speaker:
         return sum(len(u.packets) for u in self._queue)
 
     def _emit(self, event_type: str, utterance: Utterance, **fields: Any) -> None:
-        self._on_event({"type": event_type, "id": utterance.utterance_id, **fields})
+        event: Event = {"type": event_type, "id": utterance.utterance_id, **fields}
+        if utterance.owner is not None:
+            event["owner"] = utterance.owner
+        self._on_event(event)
 
     async def _produce_forever(self) -> None:
         while True:
@@ -269,14 +298,12 @@ class Speaker:
                 logger.warning("synthesis of %s failed: %s", utterance.utterance_id, exc)
                 utterance.failed = True
                 if not utterance.cancelled:
-                    self._on_event(
-                        {
-                            "type": "error",
-                            "id": utterance.utterance_id,
-                            "error": exc.error,
-                            "message": exc.message,
-                            "solution": exc.solution or "retry, or check the server log",
-                        }
+                    self._emit(
+                        "error",
+                        utterance,
+                        error=exc.error,
+                        message=exc.message,
+                        solution=exc.solution or "retry, or check the server log",
                     )
             finally:
                 utterance.produced = True

@@ -17,6 +17,13 @@ QUEUE_FRAMES: Final = 10
 """If the sender falls this many frames behind, the oldest frames are dropped."""
 
 
+def make_packet(frame: OutgoingFrame) -> av.Packet[Any]:
+    packet = av.Packet(frame.payload)
+    packet.pts = frame.pts
+    packet.time_base = TIME_BASE
+    return packet
+
+
 class EncodedAudioTrack(MediaStreamTrack):
     """An audio track whose ``recv`` returns ``av.Packet`` s already encoded by us.
 
@@ -35,11 +42,12 @@ class EncodedAudioTrack(MediaStreamTrack):
         """Set when aiortc's sender first asks for a frame: the transport is up."""
 
     def send(self, frame: OutgoingFrame) -> None:
+        self.send_packet(make_packet(frame))
+
+    def send_packet(self, packet: av.Packet[Any]) -> None:
+        """Queue a packet; the same packet object may go to many tracks (fan-out)."""
         if self.readyState != "live":
             return
-        packet = av.Packet(frame.payload)
-        packet.pts = frame.pts
-        packet.time_base = TIME_BASE
         if self._queue.full():
             self._queue.get_nowait()
             self.dropped_frames += 1

@@ -1,0 +1,117 @@
+"""PeerClient: one WebRTC client of the server, with its peer, its tasks and its lifecycle."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from media_server.clock import Clock
+from media_server.config import Settings
+from media_server.peer import PeerSession
+from media_server.track import EncodedAudioTrack
+
+logger = logging.getLogger(__name__)
+
+CloseRequest = Callable[[str, str], None]
+
+
+class PeerClient(abc.ABC):
+    """The part every WebRTC client shares, whatever feeds its audio track.
+
+    Owns a :class:`PeerSession`, the outgoing :class:`EncodedAudioTrack` and
+    the tasks it spawns; :meth:`aclose` cancels and awaits them and closes the
+    peer. Asks its owner to close it (``request_close(client_id, reason)``) when
+    the peer fails or closes, stays ``disconnected`` past the grace period, a
+    task crashes, or it never connects.
+    """
+
+    def __init__(
+        self, client_id: str, settings: Settings, clock: Clock, request_close: CloseRequest
+    ) -> None:
+        self.client_id = client_id
+        self._settings = settings
+        self._clock = clock
+        self._request_close = request_close
+        self.track = EncodedAudioTrack()
+        self.peer = PeerSession(client_id, settings.ice_servers, self._on_message, self._on_state)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._disconnect_timer: asyncio.TimerHandle | None = None
+        self.last_activity = clock.now()
+        self.closed = False
+        self.events_sent = 0
+
+    async def start(self, offer_sdp: str) -> str:
+        """Negotiate and start; returns the answer SDP (raises ``OfferError``)."""
+        answer = await self.peer.answer(offer_sdp, self.track)
+        self._spawn(self._watch_connect(), "connect-timeout")
+        self._spawn(self._run_media(), "media")
+        return answer
+
+    @abc.abstractmethod
+    async def _run_media(self) -> None:
+        """Feed ``self.track`` until cancelled (started once negotiation is done)."""
+
+    @abc.abstractmethod
+    def _on_message(self, raw: str | bytes) -> None:
+        """A data-channel message arrived."""
+
+    async def _on_close(self) -> None:  # noqa: B027 - an optional hook
+        """Release what the subclass owns; runs after its tasks are cancelled."""
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{name}-{self.client_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "%s(%s) task %s failed",
+                type(self).__name__,
+                self.client_id,
+                task.get_name(),
+                exc_info=task.exception(),
+            )
+            self._request_close(self.client_id, "internal error")
+
+    async def _watch_connect(self) -> None:
+        await asyncio.sleep(self._settings.connect_timeout_s)
+        if self.peer.connection_state != "connected":
+            self._request_close(self.client_id, "connect timeout")
+
+    def _on_state(self, state: str) -> None:
+        if self._disconnect_timer is not None:
+            self._disconnect_timer.cancel()
+            self._disconnect_timer = None
+        if state in ("failed", "closed"):
+            self._request_close(self.client_id, f"peer {state}")
+        elif state == "disconnected":
+            self._disconnect_timer = asyncio.get_running_loop().call_later(
+                self._settings.disconnect_grace_s,
+                self._request_close,
+                self.client_id,
+                "peer disconnected",
+            )
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        if self.peer.send(json.dumps(event, separators=(",", ":"))):
+            self.events_sent += 1
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._disconnect_timer is not None:
+            self._disconnect_timer.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._on_close()
+        self.track.stop()
+        await self.peer.close()
