@@ -43,6 +43,10 @@ class Settings:
     """Requests the engine runs at once; more are refused (503 / ``engine_busy``)."""
     synthesis_chunk_timeout_s: float = 30.0
     """An engine silent this long has hung: that request fails with ``timeout``."""
+    token_secret: str | None = None
+    """HMAC secret for room join tokens (at least 16 bytes); rooms are off without it."""
+    max_rooms: int = 100
+    max_room_participants: int = 50
     opus: OpusSettings = field(default_factory=OpusSettings)
 
     def __post_init__(self) -> None:
@@ -54,9 +58,13 @@ class Settings:
             "max_queued_utterances",
             "say_burst",
             "synthesis_workers",
+            "max_rooms",
+            "max_room_participants",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        if self.token_secret is not None and len(self.token_secret.encode()) < 16:
+            raise ConfigError("token_secret must be at least 16 bytes")
         for name in (
             "say_rate_per_s",
             "idle_timeout_s",

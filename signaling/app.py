@@ -16,9 +16,19 @@ from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.ice import restrict_host_addresses
 from media_server.registry import SessionRegistry
+from media_server.rooms import RoomRegistry
+from media_server.tokens import TokenSigner
+from signaling import rooms as room_routes
 from signaling import tts, tts_ws, whep
 from signaling.errors import error_middleware
-from signaling.keys import ENGINE_KEY, REGISTRY_KEY, SETTINGS_KEY, SYNTHESIS_KEY
+from signaling.keys import (
+    ENGINE_KEY,
+    REGISTRY_KEY,
+    ROOMS_KEY,
+    SETTINGS_KEY,
+    SIGNER_KEY,
+    SYNTHESIS_KEY,
+)
 from signaling.openapi import openapi_handler
 from synthesis import Engine, SynthesisService, create_engine
 
@@ -70,6 +80,7 @@ async def stats(request: web.Request) -> web.Response:
             "max_sessions": registry.settings.max_sessions,
             "closed_total": registry.closed_total,
             "synthesis": dataclasses.asdict(request.app[SYNTHESIS_KEY].stats()),
+            "rooms": room_routes.rooms_stats(request),
             "per_session": [s.stats() for s in registry.sessions()],
         }
     )
@@ -81,6 +92,8 @@ def create_app(
     """Build the server. ``engine`` defaults to the one named in ``settings`` (loaded off-loop)."""
     app = web.Application(middlewares=[cors_middleware, error_middleware])
     app[SETTINGS_KEY] = settings
+    if settings.token_secret is not None:
+        app[SIGNER_KEY] = TokenSigner(settings.token_secret.encode())
     if settings.ice_host_addresses:
         restrict_host_addresses(settings.ice_host_addresses)
 
@@ -114,9 +127,13 @@ def create_app(
         )
         registry.start()
         app[REGISTRY_KEY] = registry
+        rooms = RoomRegistry(settings, synthesis, clock=clock, encode_executor=encode_pool)
+        rooms.start()
+        app[ROOMS_KEY] = rooms
         try:
             yield
         finally:
+            await rooms.aclose()
             await registry.aclose()
             synthesis.close()
             encode_pool.shutdown(wait=False, cancel_futures=True)
@@ -129,6 +146,7 @@ def create_app(
     app.router.add_routes(whep.routes)
     app.router.add_routes(tts.routes)
     app.router.add_routes(tts_ws.routes)
+    app.router.add_routes(room_routes.routes)
     app.router.add_get("/openapi.json", openapi_handler)
     app.router.add_static("/static/", _web_client_dir(), name="static")
     return app

@@ -6,9 +6,13 @@ from aiohttp import web
 
 from media_server.config import Settings
 from media_server.registry import SessionRegistry
+from media_server.rooms import RoomRegistry
+from media_server.tokens import TokenSigner
 from synthesis import Engine, SynthesisService
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 ENGINE_KEY = web.AppKey("engine", Engine)
 REGISTRY_KEY = web.AppKey("registry", SessionRegistry)
 SYNTHESIS_KEY = web.AppKey("synthesis", SynthesisService)
+ROOMS_KEY = web.AppKey("rooms", RoomRegistry)
+SIGNER_KEY = web.AppKey("token_signer", TokenSigner)

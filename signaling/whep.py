@@ -7,7 +7,7 @@ from typing import Final
 
 from aiohttp import web
 
-from media_server.peer import IceRestartUnsupported, OfferError
+from media_server.peer import IceRestartUnsupported, OfferError, PeerSession
 from media_server.registry import SessionLimitReached
 from signaling.body import read_body
 from signaling.errors import json_error
@@ -23,7 +23,8 @@ RETRY_AFTER_S: Final = 5
 routes = web.RouteTableDef()
 
 
-async def _read_body(request: web.Request, content_type: str) -> str:
+async def read_sdp(request: web.Request, content_type: str = SDP_TYPE) -> str:
+    """The body as text, after checking its type and size (offers and trickle fragments)."""
     if request.content_type != content_type:
         raise json_error(
             415,
@@ -42,7 +43,7 @@ async def _read_body(request: web.Request, content_type: str) -> str:
 
 @routes.post("/whep")
 async def create_session(request: web.Request) -> web.Response:
-    offer = await _read_body(request, SDP_TYPE)
+    offer = await read_sdp(request)
     registry = request.app[REGISTRY_KEY]
     voice = request.query.get("voice") or None
     if voice is not None:
@@ -90,16 +91,20 @@ def _session_id(request: web.Request) -> str:
 @routes.patch("/whep/{session_id}")
 async def trickle(request: web.Request) -> web.Response:
     session_id = _session_id(request)
-    fragment = await _read_body(request, TRICKLE_TYPE)
+    fragment = await read_sdp(request, TRICKLE_TYPE)
     session = request.app[REGISTRY_KEY].get(session_id)
     assert session is not None
+    await apply_trickle(session.peer, fragment)
+    return web.Response(status=204)
+
+
+async def apply_trickle(peer: PeerSession, fragment: str) -> None:
     try:
-        await session.peer.add_trickle(fragment)
+        await peer.add_trickle(fragment)
     except IceRestartUnsupported as exc:
         raise json_error(405, "ice_restart_unsupported", exc.message, exc.solution) from None
     except OfferError as exc:
         raise json_error(400, "invalid_candidate", exc.message, exc.solution) from None
-    return web.Response(status=204)
 
 
 @routes.delete("/whep/{session_id}")

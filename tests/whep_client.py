@@ -36,7 +36,13 @@ class WhepClient:
     _reader: asyncio.Task[None] | None = None
     _opened: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def connect(self, http: aiohttp.ClientSession, query: str = "") -> None:
+    async def connect(
+        self,
+        http: aiohttp.ClientSession,
+        query: str = "",
+        path: str = "/whep",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.pc.addTransceiver("audio", direction="recvonly")
         self.channel = self.pc.createDataChannel("control")
         self.channel.on("open", self._opened.set)
@@ -44,9 +50,9 @@ class WhepClient:
         self.pc.on("track", self._on_track)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with http.post(
-            f"{self.base_url}/whep{query}",
+            f"{self.base_url}{path}{query}",
             data=self.pc.localDescription.sdp,
-            headers={"Content-Type": "application/sdp"},
+            headers={"Content-Type": "application/sdp", **(headers or {})},
         ) as resp:
             assert resp.status == 201, await resp.text()
             assert resp.content_type == "application/sdp"

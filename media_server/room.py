@@ -1,0 +1,280 @@
+"""Rooms: bots speak, every listener hears the same frames, synthesised and encoded once."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from media_server.clock import Clock
+from media_server.config import Settings
+from media_server.fanout import FanOut
+from media_server.opus import OpusEncoder
+from media_server.pacer import Pacer
+from media_server.peer_client import PeerClient
+from media_server.protocol import (
+    CancelMessage,
+    ClientMessage,
+    ProtocolError,
+    SayMessage,
+    TextDeltaMessage,
+    TextDoneMessage,
+    checked_request,
+    parse_client_message,
+    queue_full,
+    rate_limited,
+)
+from media_server.rate import TokenBucket
+from media_server.speaker import Speaker
+from media_server.tokens import Claims, Role
+from synthesis import RequestLimits, SynthesisRequest, SynthesisService
+
+logger = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+
+
+class RoomFull(Exception):
+    def __init__(self, room: str, limit: int) -> None:
+        super().__init__(f"room {room!r} already has {limit} participants")
+        self.limit = limit
+
+
+class Member(Protocol):
+    """Anyone in a room who receives its events (a bot's WebSocket, a listener's channel)."""
+
+    @property
+    def identity(self) -> str: ...
+
+    def send_event(self, event: Event) -> None: ...
+
+
+class Talker:
+    """What one member may say into a room: its identity, voice and rate limit."""
+
+    def __init__(self, identity: str, voice: str | None, settings: Settings, clock: Clock):
+        self.identity = identity
+        self.voice = voice
+        self.rate = TokenBucket(settings.say_rate_per_s, settings.say_burst, clock)
+        self.limits = RequestLimits(max_text_chars=settings.max_text_chars)
+
+
+class Room:
+    """One speaker pipeline shared by everyone in the room.
+
+    Bots' utterances are **queued**, not mixed: they play one after another on
+    one Speaker → one Opus encoder → one Pacer, and each tick the same packet is
+    fanned out to every listener's track. Turn-taking voice agents do not talk
+    over each other, overlapping synthetic voices are hard to follow, and a
+    queue keeps the cost per room at one encode per frame however many bots
+    there are. A bot's ``cancel`` (barge-in) removes only its own utterances; a
+    listener holding a ``speaker`` token can cancel everything.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        synthesis: SynthesisService,
+        clock: Clock,
+        silence_payload: bytes,
+        *,
+        encode_executor: concurrent.futures.Executor | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.synthesis = synthesis
+        self.clock = clock
+        self.fanout = FanOut()
+        self.speaker = Speaker(
+            synthesis,
+            OpusEncoder(settings.opus),
+            self.broadcast,
+            encode_executor=encode_executor,
+            max_queued=settings.max_queued_utterances,
+        )
+        self.pacer = Pacer(self.speaker, self.fanout, clock, silence_payload)
+        self.listeners: dict[str, ListenerSession] = {}
+        self.bots: dict[str, Member] = {}
+        self._pacer_task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    @property
+    def participants(self) -> int:
+        return len(self.listeners) + len(self.bots)
+
+    @property
+    def empty(self) -> bool:
+        return not self.listeners and not self.bots
+
+    def start(self) -> None:
+        self.speaker.start()
+        self._pacer_task = asyncio.get_running_loop().create_task(
+            self.pacer.run(), name=f"room-pacer-{self.name}"
+        )
+
+    def _check_capacity(self) -> None:
+        if self.participants >= self.settings.max_room_participants:
+            raise RoomFull(self.name, self.settings.max_room_participants)
+
+    def roster(self) -> list[dict[str, str]]:
+        return [{"identity": b.identity, "role": Role.BOT.value} for b in self.bots.values()] + [
+            {"identity": listener.identity, "role": listener.claims.role.value}
+            for listener in self.listeners.values()
+        ]
+
+    # -- members ------------------------------------------------------------------
+
+    async def add_listener(
+        self, claims: Claims, offer_sdp: str, request_close: Callable[[str, str], None]
+    ) -> tuple[ListenerSession, str]:
+        self._check_capacity()
+        listener_id = secrets.token_urlsafe(12)
+        listener = ListenerSession(listener_id, self, claims, request_close)
+        self.listeners[listener_id] = listener
+        try:
+            answer = await listener.start(offer_sdp)
+        except BaseException:
+            self.listeners.pop(listener_id, None)
+            await listener.aclose()
+            raise
+        self._announce("participant.joined", listener.identity, claims.role)
+        return listener, answer
+
+    async def remove_listener(self, listener_id: str) -> bool:
+        listener = self.listeners.pop(listener_id, None)
+        if listener is None:
+            return False
+        await listener.aclose()
+        self._announce("participant.left", listener.identity, listener.claims.role)
+        return True
+
+    def add_bot(self, bot: Member) -> str:
+        self._check_capacity()
+        member_id = secrets.token_urlsafe(12)
+        self._announce("participant.joined", bot.identity, Role.BOT)  # to the others
+        self.bots[member_id] = bot
+        return member_id
+
+    def remove_bot(self, member_id: str) -> None:
+        bot = self.bots.pop(member_id, None)
+        if bot is not None:
+            self.speaker.cancel(bot.identity, everyone=False)
+            self._announce("participant.left", bot.identity, Role.BOT)
+
+    # -- events -------------------------------------------------------------------
+
+    def broadcast(self, event: Event) -> None:
+        """Speech events (with their ``owner``) go to every bot and listener."""
+        for bot in list(self.bots.values()):
+            bot.send_event(event)
+        for listener in list(self.listeners.values()):
+            listener.send_event(event)
+
+    def _announce(self, kind: str, identity: str, role: Role) -> None:
+        self.broadcast({"type": kind, "identity": identity, "role": role.value})
+
+    # -- speech -------------------------------------------------------------------
+
+    def handle(self, message: ClientMessage, talker: Talker, *, cancel_everyone: bool) -> None:
+        """Act on a member's message; raises :class:`ProtocolError` for the member."""
+        speaker = self.speaker
+        owner = talker.identity
+        engine = self.synthesis.engine
+        try:
+            if isinstance(message, CancelMessage):
+                speaker.cancel(owner, everyone=cancel_everyone)
+            elif isinstance(message, SayMessage):
+                request = checked_request(engine, message.request, talker.voice)
+                if not talker.rate.take():
+                    raise rate_limited(self.settings.say_burst, self.settings.say_rate_per_s)
+                speaker.say(request, message.utterance_id, owner)
+            elif isinstance(message, TextDeltaMessage):
+                if speaker.text_delta_opens(message.utterance_id, owner) and not talker.rate.take():
+                    raise rate_limited(self.settings.say_burst, self.settings.say_rate_per_s)
+                base = checked_request(engine, SynthesisRequest(text=" "), talker.voice)
+                speaker.text_delta(message.text, base, message.utterance_id, owner)
+            elif isinstance(message, TextDoneMessage):
+                if speaker.text_done(message.utterance_id, owner) is None:
+                    raise ProtocolError(
+                        "no_open_text",
+                        "there is no streamed text to finish",
+                        "send 'text.done' after 'text.delta' messages, with the same 'id'",
+                    )
+        except OverflowError:
+            raise queue_full(speaker.pending, speaker.max_queued) from None
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._pacer_task is not None:
+            self._pacer_task.cancel()
+            await asyncio.gather(self._pacer_task, return_exceptions=True)
+        for listener_id in list(self.listeners):
+            await self.remove_listener(listener_id)
+        await self.speaker.aclose()
+
+
+class ListenerSession(PeerClient):
+    """A WebRTC member of a room: hears the room's stream from its next frame on.
+
+    With a ``speaker`` token it may also send text and ``cancel`` (which stops
+    everyone's speech: a person barging in); with a ``listener`` token it only
+    receives events.
+    """
+
+    def __init__(
+        self,
+        listener_id: str,
+        room: Room,
+        claims: Claims,
+        request_close: Callable[[str, str], None],
+    ) -> None:
+        super().__init__(listener_id, room.settings, room.clock, request_close)
+        self.room = room
+        self.claims = claims
+        self.talker = Talker(claims.identity, claims.voice, room.settings, room.clock)
+
+    @property
+    def identity(self) -> str:
+        return self.claims.identity
+
+    async def _run_media(self) -> None:
+        # Join the fan-out once aiortc's sender asks for frames: the first packet
+        # this listener gets is the room's next frame.
+        await self.track.first_recv.wait()
+        self.room.fanout.add(self.track, on_first=self._joined_at)
+        await asyncio.Event().wait()
+
+    def _joined_at(self, pts: int) -> None:
+        self.send_event(
+            {
+                "type": "room.joined",
+                "room": self.room.name,
+                "identity": self.identity,
+                "role": self.claims.role.value,
+                "stream_ts": pts,
+                "participants": self.room.roster(),
+            }
+        )
+
+    async def _on_close(self) -> None:
+        self.room.fanout.remove(self.track)
+
+    def _on_message(self, raw: str | bytes) -> None:
+        self.last_activity = self._clock.now()
+        try:
+            message = parse_client_message(raw, limits=self.talker.limits)
+            if self.claims.role is not Role.SPEAKER:
+                raise ProtocolError(
+                    "forbidden",
+                    f"a {self.claims.role.value} token cannot send text or cancel",
+                    "join with a 'speaker' token to talk in this room",
+                )
+            self.room.handle(message, self.talker, cancel_everyone=True)
+        except ProtocolError as exc:
+            self.send_event(exc.event())

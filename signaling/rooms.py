@@ -1,0 +1,221 @@
+"""Room signaling: WHEP per listener, a WebSocket per bot, HMAC join tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any, Final
+
+from aiohttp import WSMsgType, web
+
+from media_server.peer import OfferError
+from media_server.protocol import ProtocolError, parse_client_message
+from media_server.room import Room, RoomFull, Talker
+from media_server.rooms import ROOM_NAME, RoomLimitReached, RoomRegistry
+from media_server.tokens import Claims, Role, TokenError
+from signaling.errors import json_error
+from signaling.keys import ROOMS_KEY, SIGNER_KEY
+from signaling.whep import RETRY_AFTER_S, SDP_TYPE, TRICKLE_TYPE, apply_trickle, read_sdp
+
+logger = logging.getLogger(__name__)
+
+BOT_HEARTBEAT_S: Final = 30.0
+BOT_MAX_MESSAGE_BYTES: Final = 64 * 1024
+
+routes = web.RouteTableDef()
+
+
+def _rooms(request: web.Request) -> RoomRegistry:
+    if SIGNER_KEY not in request.app:
+        raise json_error(
+            503, "rooms_disabled", "rooms need a token secret, and none is configured",
+            "start the server with VMS_TOKEN_SECRET set (at least 16 bytes)",
+        )  # fmt: skip
+    return request.app[ROOMS_KEY]
+
+
+def _room_name(request: web.Request) -> str:
+    name = request.match_info["room"]
+    if not ROOM_NAME.match(name):
+        raise json_error(
+            400, "invalid_room", f"{name!r} is not a room name",
+            "use 1-64 letters, digits, '_' or '-'",
+        )  # fmt: skip
+    return name
+
+
+def _claims(request: web.Request, room: str, roles: set[Role]) -> Claims:
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    token = token or request.query.get("token")
+    try:
+        return request.app[SIGNER_KEY].verify(token, room, roles)
+    except TokenError as exc:
+        headers = {"WWW-Authenticate": 'Bearer realm="rooms"'} if exc.status == 401 else None
+        raise json_error(exc.status, exc.error, exc.message, exc.solution, headers) from None
+
+
+def _room_for_join(registry: RoomRegistry, name: str) -> Room:
+    try:
+        return registry.get_or_create(name)
+    except RoomLimitReached as exc:
+        raise json_error(
+            503, "too_many_rooms", str(exc), f"retry in {RETRY_AFTER_S} s",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None  # fmt: skip
+
+
+def _room_full(exc: RoomFull) -> web.HTTPException:
+    return json_error(
+        503, "room_full", str(exc), "retry later, or raise VMS_MAX_ROOM_PARTICIPANTS",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )  # fmt: skip
+
+
+@routes.post("/rooms/{room}/whep")
+async def join_as_listener(request: web.Request) -> web.Response:
+    registry = _rooms(request)
+    name = _room_name(request)
+    claims = _claims(request, name, {Role.LISTENER, Role.SPEAKER})
+    offer = await read_sdp(request)
+    room = _room_for_join(registry, name)
+    try:
+        listener, answer = await room.add_listener(claims, offer, registry.listener_closer(name))
+    except RoomFull as exc:
+        await registry.close_if_empty(room)
+        raise _room_full(exc) from None
+    except OfferError as exc:
+        await registry.close_if_empty(room)
+        raise json_error(400, "invalid_offer", exc.message, exc.solution) from None
+    return web.Response(
+        status=201,
+        text=answer,
+        content_type=SDP_TYPE,
+        headers={"Location": f"/rooms/{name}/whep/{listener.client_id}"},
+    )
+
+
+def _listener(request: web.Request) -> tuple[RoomRegistry, str, str]:
+    registry = _rooms(request)
+    name = _room_name(request)
+    listener_id = request.match_info["listener_id"]
+    room = registry.rooms.get(name)
+    if room is None or listener_id not in room.listeners:
+        raise json_error(
+            404, "session_not_found", f"no listener {listener_id!r} in room {name!r}",
+            f"the session ended; POST /rooms/{name}/whep to join again",
+        )  # fmt: skip
+    return registry, name, listener_id
+
+
+@routes.patch("/rooms/{room}/whep/{listener_id}")
+async def listener_trickle(request: web.Request) -> web.Response:
+    registry, name, listener_id = _listener(request)
+    fragment = await read_sdp(request, TRICKLE_TYPE)
+    await apply_trickle(registry.rooms[name].listeners[listener_id].peer, fragment)
+    return web.Response(status=204)
+
+
+@routes.delete("/rooms/{room}/whep/{listener_id}")
+async def leave_as_listener(request: web.Request) -> web.Response:
+    registry, name, listener_id = _listener(request)
+    await registry.remove_listener(name, listener_id)
+    return web.Response(status=200)
+
+
+class BotConnection:
+    """A bot in a room over a WebSocket: its messages in, the room's events out."""
+
+    def __init__(self, ws: web.WebSocketResponse, claims: Claims, voice: str | None, room: Room):
+        self._ws = ws
+        self.claims = claims
+        self.room = room
+        self.talker = Talker(claims.identity, voice, room.settings, room.clock)
+        self._outbox: deque[dict[str, Any]] = deque()
+        self._ready = asyncio.Event()
+
+    @property
+    def identity(self) -> str:
+        return self.claims.identity
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        self._outbox.append(event)
+        self._ready.set()
+
+    async def write_events(self) -> None:
+        """The bot's writer task: events leave in the order they happened."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._outbox:
+                event = self._outbox.popleft()
+                with contextlib.suppress(ConnectionResetError):
+                    await self._ws.send_json(event)
+
+    def handle(self, raw: str) -> None:
+        try:
+            message = parse_client_message(raw, limits=self.talker.limits)
+            self.room.handle(message, self.talker, cancel_everyone=False)
+        except ProtocolError as exc:
+            self.send_event(exc.event())
+
+
+@routes.get("/rooms/{room}/bot")
+async def join_as_bot(request: web.Request) -> web.WebSocketResponse:
+    registry = _rooms(request)
+    name = _room_name(request)
+    claims = _claims(request, name, {Role.BOT})
+    voice = request.query.get("voice") or claims.voice
+    room = _room_for_join(registry, name)
+    ws = web.WebSocketResponse(heartbeat=BOT_HEARTBEAT_S, max_msg_size=BOT_MAX_MESSAGE_BYTES)
+    bot = BotConnection(ws, claims, voice, room)
+    bot.send_event(
+        {
+            "type": "ready",
+            "room": name,
+            "identity": claims.identity,
+            "engine": room.synthesis.engine.name,
+            "participants": room.roster(),
+        }
+    )
+    try:
+        member_id = room.add_bot(bot)
+    except RoomFull as exc:
+        await registry.close_if_empty(room)
+        raise _room_full(exc) from None
+    writer: asyncio.Task[None] | None = None
+    try:
+        await ws.prepare(request)
+        writer = asyncio.get_running_loop().create_task(bot.write_events(), name="bot-writer")
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                bot.handle(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                bot.send_event(
+                    ProtocolError(
+                        "invalid_message", "binary messages are not accepted", "send JSON text"
+                    ).event()
+                )
+    finally:
+        room.remove_bot(member_id)
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        await registry.close_if_empty(room)
+    return ws
+
+
+def rooms_stats(request: web.Request) -> list[dict[str, Any]]:
+    if SIGNER_KEY not in request.app:
+        return []
+    return [
+        {
+            "room": room.name,
+            "participants": room.roster(),
+            "speaking": room.speaker.speaking,
+            **room.pacer.stats.snapshot().as_dict(),
+        }
+        for room in request.app[ROOMS_KEY].rooms.values()
+    ]
