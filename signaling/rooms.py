@@ -118,6 +118,25 @@ async def listener_trickle(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@routes.get("/rooms/{room}/whep/{listener_id}/stats")
+async def listener_stats(request: web.Request) -> web.Response:
+    registry, name, listener_id = _listener(request)
+    room = registry.rooms[name]
+    listener = room.listeners[listener_id]
+    pacing = room.pacer.stats.snapshot().as_dict()
+    pacing["underruns"] = room.speaker.underruns
+    return web.json_response(
+        {
+            "room": name,
+            "connection_state": listener.peer.connection_state,
+            "queued_utterances": room.speaker.pending,
+            "dropped_frames": listener.track.dropped_frames,
+            "participants": room.roster(),
+            **pacing,
+        }
+    )
+
+
 @routes.delete("/rooms/{room}/whep/{listener_id}")
 async def leave_as_listener(request: web.Request) -> web.Response:
     registry, name, listener_id = _listener(request)

@@ -74,6 +74,10 @@ async def _stat(page: Any, name: str) -> str | None:
     return value
 
 
+SECRET = "browser-check-secret-0123456789"
+ROOM = "browser-check"
+
+
 async def _wait_for_event(
     page: Any, kind: str, timeout_s: float, contains: str = ""
 ) -> dict[str, str]:
@@ -88,6 +92,9 @@ async def _wait_for_event(
 
 async def _check(base_url: str, screenshot: Path) -> dict[str, Any]:
     from playwright.async_api import async_playwright
+
+    from media_server.tokens import Role, TokenSigner
+    from voice_bot import RoomBot
 
     results: dict[str, Any] = {}
     page_errors: list[str] = []
@@ -155,6 +162,22 @@ async def _check(base_url: str, screenshot: Path) -> dict[str, Any]:
 
             await page.click("#disconnect")
             await page.wait_for_selector("#connect:not([disabled])", timeout=5_000)
+
+            # A room: the page joins as a listener with a token; a bot speaks there.
+            await page.fill("#room", ROOM)
+            await page.fill(
+                "#token", TokenSigner(SECRET.encode()).issue(ROOM, Role.LISTENER, "page")
+            )
+            await page.click("#connect")
+            await _wait_for_event(page, "room.joined", 15)
+            bot_token = TokenSigner(SECRET.encode()).issue(ROOM, Role.BOT, "check-bot")
+            async with RoomBot(base_url, ROOM, bot_token) as bot:
+                said = await bot.say("Hello to everyone in the room.")
+                await bot.wait_for("speech.done", said)
+            heard = await _wait_for_event(page, "speech.done", 10, contains="owner")
+            results["room speech.done"] = heard["text"]
+            await page.screenshot(path=str(screenshot.with_name(screenshot.stem + "-room.png")))
+            await page.click("#disconnect")
         finally:
             await browser.close()
     return results
@@ -167,7 +190,7 @@ async def _run(screenshot: Path) -> int:
     from signaling.app import create_app
 
     port = _free_port()
-    settings = Settings(port=port, ice_host_addresses=("127.0.0.1",))
+    settings = Settings(port=port, ice_host_addresses=("127.0.0.1",), token_secret=SECRET)
     runner = web.AppRunner(create_app(settings))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)

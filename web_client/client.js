@@ -8,7 +8,7 @@ const STATS_INTERVAL_MS = 1000;
 const $ = (id) => document.getElementById(id);
 const ui = {
   connect: $('connect'), disconnect: $('disconnect'), speak: $('speak'), stop: $('stop'),
-  text: $('text'), voice: $('voice'), speed: $('speed'), speedValue: $('speed-value'),
+  text: $('text'), voice: $('voice'), room: $('room'), token: $('token'), speed: $('speed'), speedValue: $('speed-value'),
   asDeltas: $('as-deltas'), iceServers: $('ice-servers'), audio: $('audio'),
   pcState: $('pc-state'), iceState: $('ice-state'), dcState: $('dc-state'),
   log: $('log'), clearLog: $('clear-log'),
@@ -181,11 +181,15 @@ async function connect() {
     if (!current()) return;
     offerSent = true;
     const voice = ui.voice.value.trim();
-    const url = voice ? `/whep?voice=${encodeURIComponent(voice)}` : '/whep';
+    const room = ui.room.value.trim();
+    const headers = { 'Content-Type': 'application/sdp' };
+    let url = voice ? `/whep?voice=${encodeURIComponent(voice)}` : '/whep';
+    if (room) { // join a room: every bot speaking there is heard
+      url = `/rooms/${encodeURIComponent(room)}/whep`;
+      headers.Authorization = `Bearer ${ui.token.value.trim()}`;
+    }
     log('whep', `POST ${url} (ICE gathering ${peer.iceGatheringState})`);
-    const response = await fetch(url, {
-      method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: peer.localDescription.sdp,
-    });
+    const response = await fetch(url, { method: 'POST', headers, body: peer.localDescription.sdp });
     if (response.status !== 201) {
       await reportHttpError(`POST ${url}`, response);
       if (current()) teardown();
@@ -258,7 +262,9 @@ function openChannel(dc) {
 
 function onServerEvent(event) {
   const { type, id } = event;
-  const details = Object.entries(event).filter(([k]) => k !== 'type').map(([k, v]) => `${k}=${v}`).join(' ');
+  const show = (v) => (Array.isArray(v) ? v.map((p) => p.identity ?? JSON.stringify(p)).join(',')
+    : v !== null && typeof v === 'object' ? JSON.stringify(v) : v);
+  const details = Object.entries(event).filter(([k]) => k !== 'type').map(([k, v]) => `${k}=${show(v)}`).join(' ');
   if (type === 'speech.started') {
     const clicked = outstanding.get(id);
     if (clicked !== undefined) {
