@@ -13,7 +13,13 @@ def _piper() -> Engine:
     return PiperEngine()
 
 
-_FACTORIES: dict[str, Callable[[], Engine]] = {"piper": _piper}
+def _cosyvoice() -> Engine:
+    from synthesis.cosyvoice import CosyVoiceEngine, cosyvoice_config_from_env
+
+    return CosyVoiceEngine(cosyvoice_config_from_env())
+
+
+_FACTORIES: dict[str, Callable[[], Engine]] = {"piper": _piper, "cosyvoice": _cosyvoice}
 
 
 def available_engines() -> tuple[str, ...]:
