@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 from aiortc import (
     RTCConfiguration,
@@ -19,6 +21,10 @@ from aiortc.sdp import candidate_from_sdp
 from media_server.config import IceServer
 
 logger = logging.getLogger(__name__)
+
+
+MAX_UNSENT_MESSAGES: Final = 64
+"""Events kept for a data channel that is not open yet (RTP may start before it)."""
 
 
 class OfferError(ValueError):
@@ -75,6 +81,7 @@ class PeerSession:
         )
         self.pc = RTCPeerConnection(configuration=config)
         self.channel: RTCDataChannel | None = None
+        self._unsent: deque[str] = deque(maxlen=MAX_UNSENT_MESSAGES)
         self._remote_ufrag: str | None = None
         self.pc.on("connectionstatechange", self._state_changed)
         self.pc.on("datachannel", self._channel_opened)
@@ -93,6 +100,13 @@ class PeerSession:
             return
         self.channel = channel
         channel.on("message", self._on_message)
+        channel.on("open", self._flush)
+        self._flush()
+
+    def _flush(self) -> None:
+        channel = self.channel
+        while self._unsent and channel is not None and channel.readyState == "open":
+            channel.send(self._unsent.popleft())
 
     async def answer(self, offer_sdp: str, track: MediaStreamTrack) -> str:
         """Apply the offer, attach ``track`` to its audio transceiver, return the answer SDP."""
@@ -152,9 +166,15 @@ class PeerSession:
         return added
 
     def send(self, text: str) -> bool:
+        """Send on the data channel; before it is open, keep the message (the newest
+        :data:`MAX_UNSENT_MESSAGES`) for when it opens. False once it has closed."""
         channel = self.channel
-        if channel is None or channel.readyState != "open":
+        if channel is None or channel.readyState == "connecting":
+            self._unsent.append(text)
+            return True
+        if channel.readyState != "open":
             return False
+        self._flush()
         channel.send(text)
         return True
 
