@@ -56,7 +56,16 @@ from media_server.speaker import ENCODE_SLICE_MS, Utterance
 from media_server.stats import PacingStats
 from signaling.app import create_app
 from signaling.keys import REGISTRY_KEY
-from synthesis import AudioChunk, Engine, VoiceInfo, create_engine, split_text
+from synthesis import (
+    AudioChunk,
+    Engine,
+    EngineCapabilities,
+    ReferenceAudio,
+    SynthesisRequest,
+    VoiceInfo,
+    create_engine,
+    split_text,
+)
 
 LOOPBACK: Final = "127.0.0.1"
 DEFAULT_SENTENCES: Final = 20
@@ -131,13 +140,22 @@ class TimedEngine:
     def voices(self) -> tuple[VoiceInfo, ...]:
         return self._inner.voices
 
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return self._inner.capabilities
+
+    def register_voice(
+        self, voice_id: str, reference: ReferenceAudio, reference_text: str | None
+    ) -> VoiceInfo:
+        return self._inner.register_voice(voice_id, reference, reference_text)
+
     def synthesize(
-        self, text: str, voice_id: str | None, cancel: threading.Event
+        self, request: SynthesisRequest, cancel: threading.Event
     ) -> Iterator[AudioChunk]:
-        call = EngineCall(text, time.monotonic())
+        call = EngineCall(request.text, time.monotonic())
         self.calls.append(call)
         try:
-            for chunk in self._inner.synthesize(text, voice_id, cancel):
+            for chunk in self._inner.synthesize(request, cancel):
                 if call.first_chunk is None:
                     call.first_chunk = time.monotonic()
                     call.chunk = chunk
@@ -194,8 +212,10 @@ class SessionProbe:
             self._received = time.monotonic()
             on_message(raw)
 
-        def say_probe(text: str, utterance_id: str | None = None) -> Utterance:
-            utterance = say(text, utterance_id)
+        def say_probe(
+            request: SynthesisRequest, utterance_id: str | None = None, owner: str | None = None
+        ) -> Utterance:
+            utterance = say(request, utterance_id, owner)
             packets = StampingDeque()
             utterance.packets = packets  # producer has not run yet: say() only queues
             received = self._received if self._received is not None else time.monotonic()
@@ -249,7 +269,7 @@ def engine_first_chunk(engine: Engine, text: str) -> Standalone:
     """Call the engine directly, time its first chunk, then cancel the rest."""
     cancel = threading.Event()
     started = time.monotonic()
-    chunks = engine.synthesize(text, None, cancel)
+    chunks = engine.synthesize(SynthesisRequest(text=text), cancel)
     try:
         chunk = next(chunks)
         first_chunk_s = time.monotonic() - started
