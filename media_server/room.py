@@ -16,21 +16,14 @@ from media_server.opus import OpusEncoder
 from media_server.pacer import Pacer
 from media_server.peer_client import PeerClient
 from media_server.protocol import (
-    CancelMessage,
     ClientMessage,
     ProtocolError,
-    SayMessage,
-    TextDeltaMessage,
-    TextDoneMessage,
-    checked_request,
     parse_client_message,
-    queue_full,
-    rate_limited,
 )
-from media_server.rate import TokenBucket
 from media_server.speaker import Speaker
+from media_server.talker import Talker
 from media_server.tokens import Claims, Role
-from synthesis import RequestLimits, SynthesisRequest, SynthesisService
+from synthesis import SynthesisService
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +43,6 @@ class Member(Protocol):
     def identity(self) -> str: ...
 
     def send_event(self, event: Event) -> None: ...
-
-
-class Talker:
-    """What one member may say into a room: its identity, voice and rate limit."""
-
-    def __init__(self, identity: str, voice: str | None, settings: Settings, clock: Clock):
-        self.identity = identity
-        self.voice = voice
-        self.rate = TokenBucket(settings.say_rate_per_s, settings.say_burst, clock)
-        self.limits = RequestLimits(max_text_chars=settings.max_text_chars)
 
 
 class Room:
@@ -181,31 +164,7 @@ class Room:
 
     def handle(self, message: ClientMessage, talker: Talker, *, cancel_everyone: bool) -> None:
         """Act on a member's message; raises :class:`ProtocolError` for the member."""
-        speaker = self.speaker
-        owner = talker.identity
-        engine = self.synthesis.engine
-        try:
-            if isinstance(message, CancelMessage):
-                speaker.cancel(owner, everyone=cancel_everyone)
-            elif isinstance(message, SayMessage):
-                request = checked_request(engine, message.request, talker.voice)
-                if not talker.rate.take():
-                    raise rate_limited(self.settings.say_burst, self.settings.say_rate_per_s)
-                speaker.say(request, message.utterance_id, owner)
-            elif isinstance(message, TextDeltaMessage):
-                if speaker.text_delta_opens(message.utterance_id, owner) and not talker.rate.take():
-                    raise rate_limited(self.settings.say_burst, self.settings.say_rate_per_s)
-                base = checked_request(engine, SynthesisRequest(text=" "), talker.voice)
-                speaker.text_delta(message.text, base, message.utterance_id, owner)
-            elif isinstance(message, TextDoneMessage):
-                if speaker.text_done(message.utterance_id, owner) is None:
-                    raise ProtocolError(
-                        "no_open_text",
-                        "there is no streamed text to finish",
-                        "send 'text.done' after 'text.delta' messages, with the same 'id'",
-                    )
-        except OverflowError:
-            raise queue_full(speaker.pending, speaker.max_queued) from None
+        talker.apply(message, self.speaker, cancel_everyone=cancel_everyone)
 
     async def aclose(self) -> None:
         if self.closed:

@@ -13,22 +13,12 @@ from media_server.opus import OpusEncoder
 from media_server.pacer import Pacer
 from media_server.peer_client import CloseRequest, PeerClient
 from media_server.protocol import (
-    CancelMessage,
-    ClientMessage,
     ProtocolError,
-    SayMessage,
-    TextDeltaMessage,
-    TextDoneMessage,
-    checked_request,
     parse_client_message,
-    queue_full,
-    rate_limited,
 )
-from media_server.rate import TokenBucket
 from media_server.speaker import Speaker
+from media_server.talker import Talker
 from synthesis import (
-    RequestLimits,
-    SynthesisRequest,
     SynthesisService,
 )
 
@@ -55,9 +45,7 @@ class VoiceSession(PeerClient):
         encode_executor: concurrent.futures.Executor | None = None,
     ) -> None:
         super().__init__(session_id, settings, clock, request_close)
-        self._engine = synthesis.engine
-        self._voice_id = voice_id
-        self._limits = RequestLimits(max_text_chars=settings.max_text_chars)
+        self._talker = Talker(None, voice_id, settings, clock)
         self.speaker = Speaker(
             synthesis,
             OpusEncoder(settings.opus),
@@ -66,7 +54,6 @@ class VoiceSession(PeerClient):
             max_queued=settings.max_queued_utterances,
         )
         self.pacer = Pacer(self.speaker, self.track, clock, silence_payload)
-        self._rate = TokenBucket(settings.say_rate_per_s, settings.say_burst, clock)
 
     @property
     def session_id(self) -> str:
@@ -92,39 +79,10 @@ class VoiceSession(PeerClient):
     def _on_message(self, raw: str | bytes) -> None:
         self.last_activity = self._clock.now()
         try:
-            self._handle(parse_client_message(raw, limits=self._limits))
+            message = parse_client_message(raw, limits=self._talker.limits)
+            self._talker.apply(message, self.speaker, cancel_everyone=True)
         except ProtocolError as exc:
             self.send_event(exc.event(_id_of(raw)))
-
-    def _checked(self, request: SynthesisRequest) -> SynthesisRequest:
-        return checked_request(self._engine, request, self._voice_id)
-
-    def _take_rate_token(self) -> None:
-        if not self._rate.take():
-            raise rate_limited(self._settings.say_burst, self._settings.say_rate_per_s)
-
-    def _handle(self, message: ClientMessage) -> None:
-        try:
-            if isinstance(message, CancelMessage):
-                self.speaker.cancel()
-            elif isinstance(message, SayMessage):
-                request = self._checked(message.request)
-                self._take_rate_token()
-                self.speaker.say(request, message.utterance_id)
-            elif isinstance(message, TextDeltaMessage):
-                if self.speaker.text_delta_opens(message.utterance_id):
-                    self._take_rate_token()
-                base = self._checked(SynthesisRequest(text=message.text or " "))
-                self.speaker.text_delta(message.text, base, message.utterance_id)
-            elif isinstance(message, TextDoneMessage):
-                if self.speaker.text_done(message.utterance_id) is None:
-                    raise ProtocolError(
-                        "no_open_text",
-                        "there is no streamed text to finish",
-                        "send 'text.done' after 'text.delta' messages, with the same 'id'",
-                    )
-        except OverflowError:
-            raise queue_full(self.speaker.pending, self.speaker.max_queued) from None
 
     def stats(self) -> dict[str, Any]:
         pacing = self.pacer.stats.snapshot().as_dict()

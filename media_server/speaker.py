@@ -14,7 +14,7 @@ from typing import Any, Final
 from media_server.audio import FRAME_MS
 from media_server.encoding import UtteranceEncoder, leading_silence
 from media_server.opus import OpusEncoder
-from synthesis import SynthesisError, SynthesisRequest, SynthesisService
+from synthesis import Engine, SynthesisError, SynthesisRequest, SynthesisService
 from synthesis.text import TextAccumulator
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,10 @@ class Speaker:
             self._task = asyncio.get_running_loop().create_task(
                 self._produce_forever(), name="speaker-producer"
             )
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
 
     @property
     def pending(self) -> int:

@@ -12,8 +12,9 @@ from aiohttp import WSMsgType, web
 
 from media_server.peer import OfferError
 from media_server.protocol import ProtocolError, parse_client_message
-from media_server.room import Room, RoomFull, Talker
+from media_server.room import Room, RoomFull
 from media_server.rooms import ROOM_NAME, RoomLimitReached, RoomRegistry
+from media_server.talker import Talker
 from media_server.tokens import Claims, Role, TokenError
 from signaling.errors import json_error
 from signaling.keys import ROOMS_KEY, SIGNER_KEY

@@ -1,0 +1,72 @@
+"""Talker: what one client may say to a Speaker (identity, voice, rate), and how it is said."""
+
+from __future__ import annotations
+
+from media_server.clock import Clock
+from media_server.config import Settings
+from media_server.protocol import (
+    CancelMessage,
+    ClientMessage,
+    ProtocolError,
+    SayMessage,
+    TextDeltaMessage,
+    TextDoneMessage,
+    checked_request,
+    queue_full,
+    rate_limited,
+)
+from media_server.rate import TokenBucket
+from media_server.speaker import Speaker
+from synthesis import RequestLimits, SynthesisRequest
+
+
+class Talker:
+    """One client's voice on a :class:`Speaker`: a 1:1 session's, a bot's, a room speaker's.
+
+    ``identity`` becomes the owner of its utterances (``None`` for a 1:1 session),
+    ``voice`` the default ``speaker_id``; ``say`` and each new streamed text take a
+    token from its rate limit.
+    """
+
+    def __init__(
+        self, identity: str | None, voice: str | None, settings: Settings, clock: Clock
+    ) -> None:
+        self.identity = identity
+        self.voice = voice
+        self.settings = settings
+        self.rate = TokenBucket(settings.say_rate_per_s, settings.say_burst, clock)
+        self.limits = RequestLimits(max_text_chars=settings.max_text_chars)
+
+    def _take_token(self) -> None:
+        if not self.rate.take():
+            raise rate_limited(self.settings.say_burst, self.settings.say_rate_per_s)
+
+    def apply(self, message: ClientMessage, speaker: Speaker, *, cancel_everyone: bool) -> None:
+        """Act on ``message``; raises :class:`ProtocolError` for the client's ``error`` event.
+
+        ``cancel_everyone``: whether this client's ``cancel`` stops everyone's speech
+        (a person barging in) or only its own (a bot in a shared room).
+        """
+        owner = self.identity
+        engine = speaker.engine
+        try:
+            if isinstance(message, CancelMessage):
+                speaker.cancel(owner, everyone=cancel_everyone)
+            elif isinstance(message, SayMessage):
+                request = checked_request(engine, message.request, self.voice)
+                self._take_token()
+                speaker.say(request, message.utterance_id, owner)
+            elif isinstance(message, TextDeltaMessage):
+                if speaker.text_delta_opens(message.utterance_id, owner):
+                    self._take_token()
+                base = checked_request(engine, SynthesisRequest(text=" "), self.voice)
+                speaker.text_delta(message.text, base, message.utterance_id, owner)
+            elif isinstance(message, TextDoneMessage):
+                if speaker.text_done(message.utterance_id, owner) is None:
+                    raise ProtocolError(
+                        "no_open_text",
+                        "there is no streamed text to finish",
+                        "send 'text.done' after 'text.delta' messages, with the same 'id'",
+                    )
+        except OverflowError:
+            raise queue_full(speaker.pending, speaker.max_queued) from None
