@@ -87,6 +87,16 @@ async def bot_event(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str,
                 return event  # type: ignore[no-any-return]
 
 
+def skipped_ticks(client: TestClient, room: str) -> int:
+    """Ticks the room's pacer skipped after a stall (RTP positions that were never sent)."""
+    return client.app[ROOMS_KEY].rooms[room].pacer.stats.skipped_frames
+
+
+def gaps(positions: list[int]) -> int:
+    """Missing 20 ms positions between the first and the last."""
+    return (positions[-1] - positions[0]) // FRAME_SAMPLES + 1 - len(positions)
+
+
 async def wait_until_heard(listeners: list[Listener], room_pts: int) -> None:
     async with asyncio.timeout(10):
         while any(not lst.frames or lst.frames[-1].pts + lst.joined_ts < room_pts
@@ -100,19 +110,27 @@ async def test_every_listener_hears_the_same_frames(
     listeners = [await join(client, http, signer, "hall", f"guest-{i}") for i in range(3)]
     joined = await bot_event(bot, "participant.joined")
     assert joined["role"] in ("bot", "listener")
+    skipped_before = skipped_ticks(client, "hall")
     await bot.send_json({"type": "say", "text": SENTENCE, "id": "welcome"})
     started = await bot_event(bot, "speech.started")
     done = await bot_event(bot, "speech.done")
     assert started["owner"] == "host-bot" and done["id"] == "welcome"
-    start, end = started["stream_ts"], started["stream_ts"] + done["duration_ms"] * 48
+    # a stalled loop (a loaded 2-core runner) makes the pacer skip ticks: their RTP
+    # positions are never sent, and the speech goes on after them
+    skipped = skipped_ticks(client, "hall") - skipped_before
+    speech_frames = done["duration_ms"] // FRAME_MS
+    start = started["stream_ts"]
+    end = start + (speech_frames + skipped) * FRAME_SAMPLES
     await wait_until_heard(listeners, end + 5 * FRAME_SAMPLES)
     # listeners get the events too
     for listener in listeners:
         assert (await listener.next_event("speech.started"))["stream_ts"] == start
     heard = [lst.room_frames(start, end) for lst in listeners]
-    positions = list(range(start, end, FRAME_SAMPLES))
+    positions = sorted(heard[0])
+    assert speech_frames <= len(positions) <= speech_frames + skipped
+    assert gaps(positions) <= skipped
     for frames in heard:
-        assert sorted(frames) == positions  # every frame, no gap, same positions
+        assert sorted(frames) == positions  # every frame, at the same positions
     reference = np.array([heard[0][p] for p in positions])
     assert reference.mean() > SPEECH_RMS
     for frames in heard[1:]:
@@ -125,6 +143,7 @@ async def test_every_listener_hears_the_same_frames(
 async def test_joining_and_leaving_mid_utterance(
     client: TestClient, http: aiohttp.ClientSession, signer: TokenSigner, bot: Any
 ) -> None:
+    skipped_before = skipped_ticks(client, "hall")  # the bot's join made the room
     early = await join(client, http, signer, "hall", "early")
     leaver = await join(client, http, signer, "hall", "leaver")
     await bot.send_json({"type": "say", "text": SENTENCE + " " + SENTENCE, "id": "long"})
@@ -139,10 +158,13 @@ async def test_joining_and_leaving_mid_utterance(
     await wait_until_heard([early, late], late.joined_ts + 40 * FRAME_SAMPLES)
     # the late listener hears speech from its first frames on
     first = late.room_frames(late.joined_ts, late.joined_ts + 40 * FRAME_SAMPLES)
-    assert len(first) == 40 and np.mean(list(first.values())) > SPEECH_RMS
+    skipped = skipped_ticks(client, "hall") - skipped_before
+    assert len(first) >= 40 - skipped and np.mean(list(first.values())) > SPEECH_RMS
     # the early one never missed a frame across the join and the leave
+    # (positions are missing only where the pacer skipped ticks after a stall)
     pts = [f.pts for f in early.frames]
-    assert pts == list(range(pts[0], pts[-1] + FRAME_SAMPLES, FRAME_SAMPLES))
+    assert pts == sorted(set(pts))
+    assert gaps(pts) <= skipped
     for listener in (early, late):
         await listener.close(http)
     await leaver.pc.close()
