@@ -1,0 +1,283 @@
+"""The fan-out benchmark's listeners: many aiortc WHEP peers in one process, pinned to one core.
+
+Started by ``bench.fanout`` (multiprocessing ``spawn``). Commands from the parent:
+
+* ``("join", total)``: open listeners until ``total`` are connected
+  -> ``("joined", connected, failed, seconds)``;
+* ``("flowing", timeout_s)``: wait until every listener has had a packet in the
+  last :data:`FLOWING_S` -> ``("flowing", receiving, total)``;
+* ``("mark",)`` / ``("collect",)``: one measuring window -> ``("stats", ClientStats)``;
+* ``("close",)``: close every peer -> ``("closed",)``.
+
+To keep the listeners cheap, nothing is decoded: aiortc's decoder thread is
+replaced by one that exits at once, and a hook on ``RTCRtpReceiver._handle_rtp_packet``
+counts RTP timestamps and arrival times before aiortc's own receive path
+(RTCP statistics, NACK, jitter buffer) runs as usual. So each listener still
+sends its RTCP receiver reports to the server.
+
+In the naive mode every listener is a 1:1 ``POST /whep`` session that keeps its
+own speaker busy: two ``say`` at once, then one more on each ``speech.started``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Final
+
+import aiohttp
+
+from bench._client import recv_message
+from media_server.audio import FRAME_SAMPLES
+from media_server.ice import restrict_host_addresses
+from media_server.tokens import Role, TokenSigner
+from tests.whep_client import WhepClient
+
+CLIENT_CORE: Final = 1
+LOOPBACK: Final = ("127.0.0.1",)
+JOIN_CONCURRENCY: Final = 8
+JOIN_TIMEOUT_S: Final = 20.0
+CLOSE_TIMEOUT_S: Final = 20.0
+FLOWING_S: Final = 0.5
+GAP_S: Final = 0.060
+"""An arrival gap longer than this counts as a client-side gap (3 frames' worth)."""
+COMMAND_WAIT_S: Final = 900.0
+RTP_WRAP: Final = 1 << 32
+
+
+class Counters:
+    """RTP timestamps and arrival times of one listener's packets."""
+
+    __slots__ = ("packets", "missing", "gaps", "max_gap_s", "last_ts", "last_at", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.last_ts: int | None = None
+        self.last_at = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.packets = 0
+        self.missing = 0
+        self.gaps = 0
+        self.max_gap_s = 0.0
+
+    def on_packet(self, timestamp: int, now: float) -> None:
+        if self.last_ts is not None:
+            step = (timestamp - self.last_ts) % RTP_WRAP
+            if FRAME_SAMPLES < step < RTP_WRAP // 2:
+                self.missing += step // FRAME_SAMPLES - 1
+            gap = now - self.last_at
+            if gap > GAP_S:
+                self.gaps += 1
+            if gap > self.max_gap_s:
+                self.max_gap_s = gap
+        self.last_ts = timestamp
+        self.last_at = now
+        self.packets += 1
+        self.total += 1
+
+
+def _no_decoder(*_: Any) -> None:
+    """Stands in for aiortc's decoder thread: nothing here listens to the audio."""
+
+
+def install_receive_hooks() -> None:
+    import aiortc.rtcrtpreceiver as receiver_module
+
+    receiver_class = receiver_module.RTCRtpReceiver
+    receiver_module.decoder_worker = _no_decoder  # type: ignore[assignment]
+    receive = receiver_class.receive
+    handle = receiver_class._handle_rtp_packet
+
+    async def receive_without_decoder(self: Any, parameters: Any) -> None:
+        await receive(self, parameters)
+        # The thread has already returned; with no thread, aiortc queues no frames for it.
+        self._RTCRtpReceiver__decoder_thread = None
+
+    async def handle_counted(self: Any, packet: Any, arrival_time_ms: int) -> None:
+        counters = self.__dict__.get("fanout_counters")
+        if counters is None:
+            counters = self.__dict__["fanout_counters"] = Counters()
+        counters.on_packet(packet.timestamp, time.monotonic())
+        await handle(self, packet, arrival_time_ms)
+
+    receiver_class.receive = receive_without_decoder  # type: ignore[method-assign]
+    receiver_class._handle_rtp_packet = handle_counted  # type: ignore[method-assign]
+
+
+class BenchListener(WhepClient):
+    """A WHEP listener that decodes nothing; a naive one keeps its own session speaking."""
+
+    say_text: str | None = None
+    say_errors: int = 0
+
+    def _on_track(self, track: Any) -> None:
+        pass  # decoding is off: there are no frames to read
+
+    def _on_message(self, message: str | bytes) -> None:
+        if self.say_text is None:
+            return
+        event = json.loads(message)
+        if event.get("type") == "speech.started":
+            self.say(self.say_text)
+        elif event.get("type") == "error":
+            self.say_errors += 1
+
+    def counters(self) -> Counters | None:
+        receivers = self.pc.getReceivers()
+        return receivers[0].__dict__.get("fanout_counters") if receivers else None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """One measuring window, client side (all listeners together)."""
+
+    wall_s: float
+    listeners: int
+    packets: int
+    missing_frames: int
+    """RTP timestamps that never arrived (pacer skips, dropped frames, loss)."""
+    listeners_missing: int
+    gaps: int
+    """Arrival gaps longer than 60 ms."""
+    listeners_with_gaps: int
+    max_gap_ms: float
+    cpu_s: float
+    say_errors: int
+
+
+class Listeners:
+    def __init__(self, base_url: str, mode: str, room: str, secret: str, text: str) -> None:
+        self.base_url = base_url
+        self.mode = mode
+        self.room = room
+        self.signer = TokenSigner(secret.encode())
+        self.text = text
+        self.joined: list[BenchListener] = []
+        self.failed = 0
+        self._count = 0
+        self._at = 0.0
+        self._cpu = 0.0
+
+    async def _join_one(self, http: aiohttp.ClientSession) -> None:
+        self._count += 1
+        listener = BenchListener(self.base_url)
+        if self.mode == "room":
+            token = self.signer.issue(self.room, Role.LISTENER, f"listener-{self._count}")
+            path, headers = f"/rooms/{self.room}/whep", {"Authorization": f"Bearer {token}"}
+        else:
+            path, headers = "/whep", {}
+        try:
+            connect = listener.connect(http, path=path, headers=headers)
+            await asyncio.wait_for(connect, JOIN_TIMEOUT_S)
+        except Exception:
+            self.failed += 1
+            await listener.pc.close()
+            return
+        if self.mode == "naive":
+            listener.say_text = self.text
+            listener.say(self.text)
+            listener.say(self.text)
+        self.joined.append(listener)
+
+    async def join(self, http: aiohttp.ClientSession, total: int) -> tuple[int, int, float]:
+        started = time.monotonic()
+        failed_before = self.failed
+        gate = asyncio.Semaphore(JOIN_CONCURRENCY)
+
+        async def one() -> None:
+            async with gate:
+                await self._join_one(http)
+
+        await asyncio.gather(*(one() for _ in range(max(0, total - len(self.joined)))))
+        return len(self.joined), self.failed - failed_before, time.monotonic() - started
+
+    async def flowing(self, timeout_s: float) -> tuple[int, int]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            now = time.monotonic()
+            receiving = 0
+            for listener in self.joined:
+                counters = listener.counters()
+                if counters is not None and now - counters.last_at < FLOWING_S:
+                    receiving += 1
+            if receiving == len(self.joined) or now > deadline:
+                return receiving, len(self.joined)
+            await asyncio.sleep(0.1)
+
+    def mark(self) -> None:
+        for listener in self.joined:
+            counters = listener.counters()
+            if counters is not None:
+                counters.reset()
+            listener.say_errors = 0
+        self._at = time.monotonic()
+        self._cpu = time.process_time()
+
+    def collect(self) -> ClientStats:
+        all_counters = [c for c in (lst.counters() for lst in self.joined) if c is not None]
+        return ClientStats(
+            wall_s=time.monotonic() - self._at,
+            listeners=len(self.joined),
+            packets=sum(c.packets for c in all_counters),
+            missing_frames=sum(c.missing for c in all_counters),
+            listeners_missing=sum(1 for c in all_counters if c.missing),
+            gaps=sum(c.gaps for c in all_counters),
+            listeners_with_gaps=sum(1 for c in all_counters if c.gaps),
+            max_gap_ms=max((c.max_gap_s for c in all_counters), default=0.0) * 1000,
+            cpu_s=time.process_time() - self._cpu,
+            say_errors=sum(lst.say_errors for lst in self.joined),
+        )
+
+    async def close(self) -> None:
+        gate = asyncio.Semaphore(32)
+
+        async def one(listener: BenchListener) -> None:
+            async with gate:
+                await listener.pc.close()
+
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(one(lst) for lst in self.joined), return_exceptions=True),
+                CLOSE_TIMEOUT_S,
+            )
+        except TimeoutError:
+            pass
+
+
+async def _main(conn: Connection, listeners: Listeners) -> None:
+    async with aiohttp.ClientSession() as http:
+        conn.send(("ready", os.getpid()))
+        while True:
+            command = await recv_message(conn, COMMAND_WAIT_S)
+            if command[0] == "join":
+                conn.send(("joined", *await listeners.join(http, command[1])))
+            elif command[0] == "flowing":
+                conn.send(("flowing", *await listeners.flowing(command[1])))
+            elif command[0] == "mark":
+                listeners.mark()
+                conn.send(("marked",))
+            elif command[0] == "collect":
+                conn.send(("stats", listeners.collect()))
+            else:
+                await listeners.close()
+                break
+    conn.send(("closed",))
+
+
+def client_process(
+    conn: Connection, base_url: str, mode: str, room: str, secret: str, text: str
+) -> None:
+    """Entry point of the listeners' process (multiprocessing ``spawn`` target)."""
+    os.sched_setaffinity(0, {CLIENT_CORE})
+    logging.basicConfig(level=logging.ERROR)
+    # Offer only 127.0.0.1 as an ICE candidate: all traffic stays on loopback.
+    restrict_host_addresses(LOOPBACK)
+    install_receive_hooks()
+    asyncio.run(_main(conn, Listeners(base_url, mode, room, secret, text)))

@@ -1,0 +1,340 @@
+"""The fan-out benchmark's server process: the real app, pinned to one core.
+
+Started by ``bench.fanout`` (multiprocessing ``spawn``). It pins itself to
+:data:`SERVER_CORE`, serves ``signaling.app.create_app`` on 127.0.0.1 and answers
+the parent's commands over a pipe:
+
+* ``("mark",)``: start a measuring window (fresh ``PacingStats`` on every pacer,
+  baselines for underruns and dropped frames, CPU times) -> ``("marked",)``;
+* ``("collect",)``: end the window -> ``("stats", ServerStats)``;
+* ``("buffered",)``: encoded frames queued in the least-fed speaker -> ``("buffered", n)``;
+* ``("stop",)``: shut the app down -> ``("stopped",)``.
+
+The only engine is :class:`ReplayEngine`, which replays speech Piper synthesised
+once in the parent. Everything after the engine is the server's own media path:
+Speaker (resample + Opus in the encode pool), Pacer, FanOut or the 1:1 track,
+aiortc's RTP sender, SRTP, ICE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Final
+
+import numpy as np
+from aiohttp import web
+
+from bench._client import recv_message
+from media_server.audio import FRAME_S, FRAME_SAMPLES
+from media_server.config import Settings
+from media_server.pacer import Pacer
+from media_server.speaker import Speaker
+from media_server.stats import PacingStats
+from media_server.track import EncodedAudioTrack
+from signaling.app import create_app
+from signaling.keys import REGISTRY_KEY, ROOMS_KEY
+from synthesis import AudioChunk, EngineCapabilities, SynthesisError, VoiceInfo
+from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
+
+SERVER_CORE: Final = 0
+LOOPBACK: Final = "127.0.0.1"
+WINDOW_FRAMES: Final = 30_000
+"""Lateness samples kept per pacer during one window (10 minutes: more than a window holds)."""
+COMMAND_WAIT_S: Final = 900.0
+SHUTDOWN_WAIT_S: Final = 30.0
+
+MODE_ROOM: Final = "room"
+MODE_NAIVE: Final = "naive"
+
+
+class ReplayEngine:
+    """BENCHMARK ONLY. Replays PCM that Piper synthesised once, whatever the text.
+
+    It yields the same chunks Piper yielded (one per sentence, at Piper's rate),
+    instantly, so synthesis costs nothing in the measured process and only the
+    media path is measured. Requests are checked as for Piper (``sft`` only).
+    """
+
+    def __init__(self, chunks: Sequence[np.ndarray], sample_rate_hz: int, voice_id: str) -> None:
+        self._chunks = [np.ascontiguousarray(c, dtype=np.int16) for c in chunks]
+        self._rate = sample_rate_hz
+        self._voices = (VoiceInfo(voice_id, "en-US", sample_rate_hz),)
+        self._capabilities = EngineCapabilities(
+            modes=frozenset({Mode.SFT}),
+            sample_rate_hz=sample_rate_hz,
+            languages=("en-US",),
+            native_speed=True,
+        )
+
+    @property
+    def name(self) -> str:
+        return "replay"
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self._rate
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return self._capabilities
+
+    @property
+    def voices(self) -> tuple[VoiceInfo, ...]:
+        return self._voices
+
+    def synthesize(
+        self, request: SynthesisRequest, cancel: threading.Event
+    ) -> Iterator[AudioChunk]:
+        for pcm in self._chunks:
+            if cancel.is_set():
+                return
+            yield AudioChunk(pcm, self._rate)
+
+    def register_voice(
+        self, voice_id: str, reference: ReferenceAudio, reference_text: str | None
+    ) -> VoiceInfo:
+        raise SynthesisError("the replay engine cannot clone voices", error="unsupported")
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class Percentiles:
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    count: int
+
+    @staticmethod
+    def of(samples_s: np.ndarray) -> Percentiles:
+        if not samples_s.size:
+            return Percentiles(0.0, 0.0, 0.0, 0)
+        p50, p99 = np.percentile(samples_s, [50, 99]) * 1000
+        return Percentiles(float(p50), float(p99), float(samples_s.max() * 1000), samples_s.size)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStats:
+    """One measuring window, server side."""
+
+    wall_s: float
+    streams: int
+    """Pacers running: 1 for the room, one per session for the naive mode."""
+    listeners: int
+    """Tracks receiving frames (the room's fan-out, or 1:1 sessions)."""
+    lateness: Percentiles
+    """Pacer lateness: each frame's send time after its 20 ms deadline, all pacers."""
+    send_lateness: Percentiles
+    """Per listener and frame: when aiortc's RTP sender took the packet, after the deadline."""
+    late_frames: int
+    """Pacer frames later than 10 ms."""
+    frames_sent: int
+    speech_frames: int
+    underruns: int
+    skipped_frames: int
+    dropped_frames: int
+    cpu_s: float
+    """Process CPU time, all threads."""
+    thread_cpu_s: dict[str, float]
+    """CPU time by thread: the event loop, the Opus encode pool, synthesis workers, others."""
+    gc_collections: int
+    gc_total_ms: float
+    gc_max_ms: float
+    """Longest garbage collection (any generation); the event loop is held for all of it."""
+    gc_max_generation: int
+
+
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_s() -> dict[int, tuple[str, float]]:
+    """Every thread of this process: its group and the CPU seconds it has used."""
+    pid = os.getpid()
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    threads = {}
+    for entry in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{entry}/stat", encoding="ascii") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        tid = int(entry)
+        name = names.get(tid, "")
+        if tid == pid:
+            group = "loop"
+        elif name.startswith("opus-encode"):
+            group = "encode"
+        elif name.startswith("synthesis"):
+            group = "synthesis"
+        else:
+            group = "other"
+        threads[tid] = (group, (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
+    return threads
+
+
+class Probe:
+    """Finds the live pacers, speakers and tracks of the app and measures one window."""
+
+    def __init__(self, app: web.Application, mode: str) -> None:
+        self._app = app
+        self._mode = mode
+        self._stamped: set[EncodedAudioTrack] = set()
+        self._send_lateness: list[float] = []
+        self._recording = False
+        self._at = 0.0
+        self._cpu = 0.0
+        self._threads: dict[int, tuple[str, float]] = {}
+        self._underruns: dict[int, int] = {}
+        self._dropped: dict[int, int] = {}
+        self._gc_count = 0
+        self._gc_total = 0.0
+        self._gc_max = 0.0
+        self._gc_max_generation = 0
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._gc_started
+        self._gc_count += 1
+        self._gc_total += pause
+        if pause > self._gc_max:
+            self._gc_max = pause
+            self._gc_max_generation = info["generation"]
+
+    def streams(self) -> list[tuple[Pacer, Speaker, list[EncodedAudioTrack]]]:
+        if self._mode == MODE_ROOM:
+            return [
+                (room.pacer, room.speaker, [lst.track for lst in room.listeners.values()])
+                for room in self._app[ROOMS_KEY].rooms.values()
+            ]
+        return [(s.pacer, s.speaker, [s.track]) for s in self._app[REGISTRY_KEY].sessions()]
+
+    def least_buffered(self) -> int:
+        """Encoded frames waiting in the least-fed speaker (each fills up to 250 = 5 s)."""
+        return min((s._buffered_frames() for _, s, _ in self.streams()), default=0)
+
+    def _stamp(self, track: EncodedAudioTrack, pacer: Pacer) -> None:
+        """Wrap the live track's ``recv``: note when aiortc's sender takes each packet."""
+        recv = track.recv
+        lateness = self._send_lateness
+
+        async def recv_stamped() -> Any:
+            packet = await recv()
+            start = pacer._start
+            if self._recording and start is not None and packet.pts is not None:
+                deadline = start + (packet.pts // FRAME_SAMPLES) * FRAME_S
+                lateness.append(time.monotonic() - deadline)
+            return packet
+
+        track.recv = recv_stamped  # type: ignore[method-assign]
+        self._stamped.add(track)
+
+    def mark(self) -> None:
+        self._underruns.clear()
+        self._dropped.clear()
+        self._send_lateness.clear()
+        for pacer, speaker, tracks in self.streams():
+            pacer.stats = PacingStats(WINDOW_FRAMES)
+            self._underruns[id(speaker)] = speaker.underruns
+            for track in tracks:
+                self._dropped[id(track)] = track.dropped_frames
+                if track not in self._stamped:
+                    self._stamp(track, pacer)
+        self._gc_count = 0
+        self._gc_total = 0.0
+        self._gc_max = 0.0
+        self._recording = True
+        self._at = time.monotonic()
+        self._cpu = time.process_time()
+        self._threads = thread_cpu_s()
+
+    def collect(self) -> ServerStats:
+        wall = time.monotonic() - self._at
+        cpu = time.process_time() - self._cpu
+        by_group = {"loop": 0.0, "encode": 0.0, "synthesis": 0.0}
+        for tid, (group, used) in thread_cpu_s().items():
+            if group in by_group:
+                by_group[group] += used - self._threads.get(tid, (group, 0.0))[1]
+        by_group["other"] = max(0.0, cpu - sum(by_group.values()))
+        self._recording = False
+        streams = self.streams()
+        lateness = [p.stats.lateness_s() for p, _, _ in streams]
+        samples = np.concatenate(lateness) if lateness else np.zeros(0)
+        send = np.asarray(self._send_lateness, dtype=np.float64)
+        self._send_lateness.clear()
+        return ServerStats(
+            wall_s=wall,
+            streams=len(streams),
+            listeners=sum(len(t) for _, _, t in streams),
+            lateness=Percentiles.of(samples),
+            send_lateness=Percentiles.of(send),
+            late_frames=int(np.count_nonzero(samples > 0.010)),
+            frames_sent=sum(p.stats.frames_sent for p, _, _ in streams),
+            speech_frames=sum(p.stats.speech_frames_sent for p, _, _ in streams),
+            underruns=sum(s.underruns - self._underruns.get(id(s), 0) for _, s, _ in streams),
+            skipped_frames=sum(p.stats.skipped_frames for p, _, _ in streams),
+            dropped_frames=sum(
+                t.dropped_frames - self._dropped.get(id(t), 0) for _, _, ts in streams for t in ts
+            ),
+            cpu_s=cpu,
+            thread_cpu_s=by_group,
+            gc_collections=self._gc_count,
+            gc_total_ms=self._gc_total * 1000,
+            gc_max_ms=self._gc_max * 1000,
+            gc_max_generation=self._gc_max_generation,
+        )
+
+
+async def _serve(conn: Connection, settings: Settings, engine: ReplayEngine, mode: str) -> None:
+    app = create_app(settings, engine=engine)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, LOOPBACK, settings.port)
+    await site.start()
+    probe = Probe(app, mode)
+    conn.send(("ready", os.getpid()))
+    try:
+        while True:
+            command = await recv_message(conn, COMMAND_WAIT_S)
+            if command[0] == "mark":
+                probe.mark()
+                conn.send(("marked",))
+            elif command[0] == "collect":
+                conn.send(("stats", probe.collect()))
+            elif command[0] == "buffered":
+                conn.send(("buffered", probe.least_buffered()))
+            else:
+                break
+    finally:
+        try:
+            await asyncio.wait_for(runner.cleanup(), SHUTDOWN_WAIT_S)
+        except TimeoutError:
+            logging.getLogger(__name__).warning("server shutdown took over %s s", SHUTDOWN_WAIT_S)
+    conn.send(("stopped",))
+
+
+def server_process(
+    conn: Connection,
+    settings: Settings,
+    chunks: Sequence[np.ndarray],
+    sample_rate_hz: int,
+    voice_id: str,
+    mode: str,
+) -> None:
+    """Entry point of the server process (multiprocessing ``spawn`` target)."""
+    os.sched_setaffinity(0, {SERVER_CORE})
+    logging.basicConfig(level=logging.WARNING)
+    engine = ReplayEngine(chunks, sample_rate_hz, voice_id)
+    asyncio.run(_serve(conn, settings, engine, mode))
