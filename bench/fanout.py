@@ -732,7 +732,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--hold must be positive")
         plan = dataclasses.replace(plan, hold_s=args.hold)
     if len(os.sched_getaffinity(0)) < 2 or (os.cpu_count() or 1) < 2:
-        parser.error("this benchmark pins the server and the listeners to two different cores")
+        # Not an error: CI on a one-core runner keeps going, with the reason printed.
+        print("bench.fanout not run: it pins the server and the listeners to two cores.")
+        return 0
 
     logging.basicConfig(level=logging.WARNING)
     print_machine()
