@@ -49,16 +49,17 @@ async def test_clone_a_voice_over_http_and_speak_with_it(
     assert set(voices["capabilities"]["modes"]) == {"sft", "zero_shot", "cross_lingual", "instruct"}
     assert voices["capabilities"]["cloning"] is True
     clip = wav_base64(reference)
+    # the runtime is shared by the whole session: a voice id no other test registers
     resp = await cosy_client.post(
-        "/voices", json={"voice_id": "alice", "reference_audio": clip, "reference_text": "Hi."}
+        "/voices", json={"voice_id": "api-clone", "reference_audio": clip, "reference_text": "Hi."}
     )
     assert resp.status == 201, await resp.text()
     resp = await cosy_client.post(
-        "/voices", json={"voice_id": "alice", "reference_audio": clip, "reference_text": "Hi."}
+        "/voices", json={"voice_id": "api-clone", "reference_audio": clip, "reference_text": "Hi."}
     )
     assert resp.status == 409
     resp = await cosy_client.post(
-        "/tts", json={"text": "Hello.", "mode": "zero_shot", "speaker_id": "alice"}
+        "/tts", json={"text": "Hello.", "mode": "zero_shot", "speaker_id": "api-clone"}
     )
     assert resp.status == 200, await resp.text()
     assert resp.headers["X-Sample-Rate"] == "24000"
@@ -66,7 +67,7 @@ async def test_clone_a_voice_over_http_and_speak_with_it(
     assert pcm.size > 0.2 * 24000  # random weights: noise, not words; but audio
     resp = await cosy_client.post(
         "/tts",
-        json={"text": "Hi.", "mode": "instruct", "speaker_id": "alice", "emotion": "happy",
+        json={"text": "Hi.", "mode": "instruct", "speaker_id": "api-clone", "emotion": "happy",
               "speed": 1.5, "format": "ogg"},
     )  # fmt: skip
     assert resp.status == 200, await resp.text()
