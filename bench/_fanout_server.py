@@ -33,9 +33,11 @@ import numpy as np
 from aiohttp import web
 
 from bench._client import recv_message
+from bench._naive_aiortc import Lateness, create_naive_app, peers
 from media_server.audio import FRAME_S, FRAME_SAMPLES
 from media_server.config import Settings
 from media_server.pacer import Pacer
+from media_server.resampler import StreamResampler
 from media_server.speaker import Speaker
 from media_server.stats import PacingStats
 from media_server.track import EncodedAudioTrack
@@ -53,6 +55,8 @@ SHUTDOWN_WAIT_S: Final = 30.0
 
 MODE_ROOM: Final = "room"
 MODE_NAIVE: Final = "naive"
+MODE_AIORTC: Final = "aiortc"
+"""The naive aiortc baseline (``bench._naive_aiortc``), not the server."""
 
 
 class ReplayEngine:
@@ -171,7 +175,8 @@ def thread_cpu_s() -> dict[int, tuple[str, float]]:
         name = names.get(tid, "")
         if tid == pid:
             group = "loop"
-        elif name.startswith("opus-encode"):
+        elif name.startswith(("opus-encode", "asyncio_")):
+            # ours: the Opus encode pool; the aiortc baseline encodes in asyncio's default pool
             group = "encode"
         elif name.startswith("synthesis"):
             group = "synthesis"
@@ -179,6 +184,35 @@ def thread_cpu_s() -> dict[int, tuple[str, float]]:
             group = "other"
         threads[tid] = (group, (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
     return threads
+
+
+class GcPauses:
+    """CPython garbage collections while a window is open (each one holds the event loop)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total_s = 0.0
+        self.max_s = 0.0
+        self.max_generation = 0
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def reset(self) -> None:
+        self.count = 0
+        self.total_s = 0.0
+        self.max_s = 0.0
+        self.max_generation = 0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.count += 1
+        self.total_s += pause
+        if pause > self.max_s:
+            self.max_s = pause
+            self.max_generation = info["generation"]
 
 
 class Probe:
@@ -195,23 +229,7 @@ class Probe:
         self._threads: dict[int, tuple[str, float]] = {}
         self._underruns: dict[int, int] = {}
         self._dropped: dict[int, int] = {}
-        self._gc_count = 0
-        self._gc_total = 0.0
-        self._gc_max = 0.0
-        self._gc_max_generation = 0
-        self._gc_started = 0.0
-        gc.callbacks.append(self._on_gc)
-
-    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._gc_started = time.perf_counter()
-            return
-        pause = time.perf_counter() - self._gc_started
-        self._gc_count += 1
-        self._gc_total += pause
-        if pause > self._gc_max:
-            self._gc_max = pause
-            self._gc_max_generation = info["generation"]
+        self._gc = GcPauses()
 
     def streams(self) -> list[tuple[Pacer, Speaker, list[EncodedAudioTrack]]]:
         if self._mode == MODE_ROOM:
@@ -252,9 +270,7 @@ class Probe:
                 self._dropped[id(track)] = track.dropped_frames
                 if track not in self._stamped:
                     self._stamp(track, pacer)
-        self._gc_count = 0
-        self._gc_total = 0.0
-        self._gc_max = 0.0
+        self._gc.reset()
         self._recording = True
         self._at = time.monotonic()
         self._cpu = time.process_time()
@@ -263,11 +279,7 @@ class Probe:
     def collect(self) -> ServerStats:
         wall = time.monotonic() - self._at
         cpu = time.process_time() - self._cpu
-        by_group = {"loop": 0.0, "encode": 0.0, "synthesis": 0.0}
-        for tid, (group, used) in thread_cpu_s().items():
-            if group in by_group:
-                by_group[group] += used - self._threads.get(tid, (group, 0.0))[1]
-        by_group["other"] = max(0.0, cpu - sum(by_group.values()))
+        by_group = _by_group(self._threads, cpu)
         self._recording = False
         streams = self.streams()
         lateness = [p.stats.lateness_s() for p, _, _ in streams]
@@ -290,20 +302,98 @@ class Probe:
             ),
             cpu_s=cpu,
             thread_cpu_s=by_group,
-            gc_collections=self._gc_count,
-            gc_total_ms=self._gc_total * 1000,
-            gc_max_ms=self._gc_max * 1000,
-            gc_max_generation=self._gc_max_generation,
+            gc_collections=self._gc.count,
+            gc_total_ms=self._gc.total_s * 1000,
+            gc_max_ms=self._gc.max_s * 1000,
+            gc_max_generation=self._gc.max_generation,
         )
 
 
+class BaselineProbe:
+    """Measures the naive aiortc baseline: how late each track woke, CPU, GC."""
+
+    def __init__(self, app: web.Application, lateness: Lateness) -> None:
+        self._app = app
+        self._lateness = lateness
+        self._gc = GcPauses()
+        self._at = 0.0
+        self._cpu = 0.0
+        self._threads: dict[int, tuple[str, float]] = {}
+
+    def least_buffered(self) -> int:
+        return FILLED  # looped PCM: always ready
+
+    def mark(self) -> None:
+        self._lateness.samples.clear()
+        self._lateness.frames = 0
+        self._lateness.recording = True
+        self._gc.reset()
+        self._at = time.monotonic()
+        self._cpu = time.process_time()
+        self._threads = thread_cpu_s()
+
+    def collect(self) -> ServerStats:
+        wall = time.monotonic() - self._at
+        cpu = time.process_time() - self._cpu
+        self._lateness.recording = False
+        by_group = _by_group(self._threads, cpu)
+        samples = np.asarray(self._lateness.samples, dtype=np.float64)
+        lateness = Percentiles.of(samples)
+        count = peers(self._app)
+        return ServerStats(
+            wall_s=wall,
+            streams=count,
+            listeners=count,
+            lateness=lateness,
+            send_lateness=lateness,
+            late_frames=int(np.count_nonzero(samples > 0.010)),
+            frames_sent=self._lateness.frames,
+            speech_frames=self._lateness.frames,
+            underruns=0,
+            skipped_frames=0,
+            dropped_frames=0,
+            cpu_s=cpu,
+            thread_cpu_s=by_group,
+            gc_collections=self._gc.count,
+            gc_total_ms=self._gc.total_s * 1000,
+            gc_max_ms=self._gc.max_s * 1000,
+            gc_max_generation=self._gc.max_generation,
+        )
+
+
+FILLED: Final = 1_000_000
+
+
+def _by_group(before: dict[int, tuple[str, float]], cpu: float) -> dict[str, float]:
+    by_group = {"loop": 0.0, "encode": 0.0, "synthesis": 0.0}
+    for tid, (group, used) in thread_cpu_s().items():
+        if group in by_group:
+            by_group[group] += used - before.get(tid, (group, 0.0))[1]
+    by_group["other"] = max(0.0, cpu - sum(by_group.values()))
+    return by_group
+
+
+def _looped_speech_48k(engine: ReplayEngine) -> np.ndarray:
+    """The replayed speech at 48 kHz, resampled once, for the baseline's tracks."""
+    resampler = StreamResampler(engine.sample_rate_hz)
+    parts = [resampler.resample(chunk) for chunk in engine._chunks]
+    parts.append(resampler.flush())
+    return np.concatenate(parts).astype(np.int16)
+
+
 async def _serve(conn: Connection, settings: Settings, engine: ReplayEngine, mode: str) -> None:
-    app = create_app(settings, engine=engine)
+    probe: Probe | BaselineProbe
+    if mode == MODE_AIORTC:
+        lateness = Lateness()
+        app = create_naive_app(_looped_speech_48k(engine), lateness)
+        probe = BaselineProbe(app, lateness)
+    else:
+        app = create_app(settings, engine=engine)
+        probe = Probe(app, mode)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, LOOPBACK, settings.port)
     await site.start()
-    probe = Probe(app, mode)
     conn.send(("ready", os.getpid()))
     try:
         while True:

@@ -55,6 +55,7 @@ import numpy as np
 from bench._client import recv_message
 from bench._fanout_client import CLIENT_CORE, GAP_S, ClientStats, client_process
 from bench._fanout_server import (
+    MODE_AIORTC,
     MODE_NAIVE,
     MODE_ROOM,
     SERVER_CORE,
@@ -110,8 +111,13 @@ PARAGRAPH: Final = (
 MODE_TITLES: Final = {
     MODE_ROOM: "ours: room fan-out (one Speaker + Opus encoder + Pacer, N tracks)",
     MODE_NAIVE: "naive: per-listener encoding (N 1:1 sessions, each with Speaker + Opus + Pacer)",
+    MODE_AIORTC: "baseline: naive aiortc (N peers, AudioStreamTrack + aiortc's Opus encoder)",
 }
-MODE_SHORT: Final = {MODE_ROOM: "ours (room fan-out)", MODE_NAIVE: "naive (per-listener)"}
+MODE_SHORT: Final = {
+    MODE_ROOM: "ours (room fan-out)",
+    MODE_NAIVE: "naive (per-listener)",
+    MODE_AIORTC: "baseline (aiortc)",
+}
 
 
 # -- speech -------------------------------------------------------------------------

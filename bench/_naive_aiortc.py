@@ -1,0 +1,138 @@
+"""BASELINE ONLY: the naive way Python WebRTC voice stacks send audio, for comparison.
+
+This is not the server. It is what aiortc's examples, pipecat's SmallWebRTC
+transport and fastrtc do, kept here so that ``bench.capacity`` measures it beside
+the server in the same run on the same machine:
+
+* an ``AudioStreamTrack`` subclass whose ``recv`` sleeps until
+  ``start + timestamp / rate - time.time()`` and returns a raw 20 ms ``AudioFrame``;
+* aiortc encodes every frame itself (its Opus encoder: fixed 96 kbps, no FEC),
+  through a thread-pool hop per frame;
+* one such track per peer, each with its own timer.
+
+The speech is pre-synthesised PCM at 48 kHz, looped forever, so every session
+speaks continuously and only the media path is measured. ``POST /whep`` takes an
+SDP offer and answers ``201``; ``DELETE`` on the ``Location`` closes the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+import uuid
+from typing import Final
+
+import av
+import numpy as np
+import numpy.typing as npt
+from aiohttp import web
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+
+SAMPLE_RATE_HZ: Final = 48_000
+FRAME_SAMPLES: Final = 960
+FRAME_S: Final = FRAME_SAMPLES / SAMPLE_RATE_HZ
+TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE_HZ)
+
+
+class Lateness:
+    """How late each naive track woke for its frame (seconds), while recording."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.frames = 0
+        self.recording = False
+
+    def add(self, late_s: float) -> None:
+        if self.recording:
+            self.samples.append(late_s)
+            self.frames += 1
+
+
+class NaiveSpeechTrack(MediaStreamTrack):
+    """aiortc's ``AudioStreamTrack`` timing, playing looped speech instead of silence."""
+
+    kind = "audio"
+
+    def __init__(self, pcm: npt.NDArray[np.int16], lateness: Lateness) -> None:
+        super().__init__()
+        self._pcm = pcm
+        self._lateness = lateness
+        self._offset = 0
+        self._start = 0.0
+        self._timestamp: int | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self._timestamp is not None:
+            self._timestamp += FRAME_SAMPLES
+            deadline = self._start + self._timestamp / SAMPLE_RATE_HZ
+            await asyncio.sleep(deadline - time.time())
+            self._lateness.add(max(0.0, time.time() - deadline))
+        else:
+            self._start = time.time()
+            self._timestamp = 0
+        end = self._offset + FRAME_SAMPLES
+        if end > self._pcm.size:
+            self._offset, end = 0, FRAME_SAMPLES
+        samples = self._pcm[self._offset : end]
+        self._offset = end
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.pts = self._timestamp
+        frame.sample_rate = SAMPLE_RATE_HZ
+        frame.time_base = TIME_BASE
+        return frame
+
+
+PEERS_KEY: Final = web.AppKey("naive_peers", dict[str, RTCPeerConnection])
+LATENESS_KEY: Final = web.AppKey("naive_lateness", Lateness)
+PCM_KEY: Final = web.AppKey("naive_pcm", np.ndarray)
+
+
+async def _offer(request: web.Request) -> web.Response:
+    offer = await request.text()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    peer_id = uuid.uuid4().hex
+    request.app[PEERS_KEY][peer_id] = pc
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+    pc.addTrack(NaiveSpeechTrack(request.app[PCM_KEY], request.app[LATENESS_KEY]))
+    await pc.setLocalDescription(await pc.createAnswer())
+    return web.Response(
+        status=201,
+        content_type="application/sdp",
+        text=pc.localDescription.sdp,
+        headers={"Location": f"/whep/{peer_id}"},
+    )
+
+
+async def _delete(request: web.Request) -> web.Response:
+    pc = request.app[PEERS_KEY].pop(request.match_info["peer_id"], None)
+    if pc is None:
+        raise web.HTTPNotFound()
+    await pc.close()
+    return web.Response()
+
+
+async def _close_all(app: web.Application) -> None:
+    peers = list(app[PEERS_KEY].values())
+    app[PEERS_KEY].clear()
+    await asyncio.gather(*(pc.close() for pc in peers), return_exceptions=True)
+
+
+def create_naive_app(pcm_48k: npt.NDArray[np.int16], lateness: Lateness) -> web.Application:
+    app = web.Application()
+    app[PEERS_KEY] = {}
+    app[LATENESS_KEY] = lateness
+    app[PCM_KEY] = pcm_48k
+    app.router.add_post("/whep", _offer)
+    app.router.add_delete("/whep/{peer_id}", _delete)
+    app.on_shutdown.append(_close_all)
+    return app
+
+
+def peers(app: web.Application) -> int:
+    return len(app[PEERS_KEY])
