@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 from media_server.audio import FRAME_SAMPLES
+from media_server.encode_budget import EncodeBudget
 from media_server.opus import OpusEncoder
 from media_server.resampler import StreamResampler
 
@@ -63,16 +65,27 @@ class UtteranceEncoder:
     its state stays continuous; resampler and framer are per utterance.
     """
 
-    def __init__(self, encoder: OpusEncoder, input_rate_hz: int) -> None:
+    def __init__(
+        self, encoder: OpusEncoder, input_rate_hz: int, budget: EncodeBudget | None = None
+    ) -> None:
         self._encoder = encoder
         self._resampler = StreamResampler(input_rate_hz)
         self._framer = Framer()
+        self._budget = budget
         self.input_samples = 0
 
     def feed(self, pcm: Pcm) -> list[bytes]:
         self.input_samples += int(pcm.size)
-        return [self._encoder.encode(f) for f in self._framer.push(self._resampler.resample(pcm))]
+        return self._encode(self._framer.push(self._resampler.resample(pcm)))
 
     def finish(self) -> list[bytes]:
-        frames = self._framer.push(self._resampler.flush()) + self._framer.flush()
-        return [self._encoder.encode(f) for f in frames]
+        return self._encode(self._framer.push(self._resampler.flush()) + self._framer.flush())
+
+    def _encode(self, frames: list[Pcm]) -> list[bytes]:
+        if self._budget is None:
+            return [self._encoder.encode(f) for f in frames]
+        self._encoder.set_complexity(self._budget.complexity)
+        started = time.thread_time()  # this thread's CPU, not wall time it was preempted
+        packets = [self._encoder.encode(f) for f in frames]
+        self._budget.record(time.thread_time() - started)
+        return packets

@@ -24,6 +24,10 @@ class OpusSettings:
 
     bitrate_bps: int = 32_000
     complexity: int = 10
+    """The best complexity; under load the server steps down to ``min_complexity``."""
+    min_complexity: int = 1
+    encode_budget_pct: int = 50
+    """CPU the Opus encoders may use, in percent of one core, before complexity steps down."""
     inband_fec: bool = True
     expected_loss_pct: int = 10
     """In-band FEC is only produced when libopus is told to expect loss."""
@@ -34,6 +38,10 @@ class OpusSettings:
             raise ValueError("opus bitrate_bps must be within 6000..510000")
         if not 0 <= self.complexity <= 10:
             raise ValueError("opus complexity must be within 0..10")
+        if not 0 <= self.min_complexity <= self.complexity:
+            raise ValueError("opus min_complexity must be within 0..complexity")
+        if not 1 <= self.encode_budget_pct <= 10_000:
+            raise ValueError("opus encode_budget_pct must be within 1..10000")
         if not 0 <= self.expected_loss_pct <= 100:
             raise ValueError("opus expected_loss_pct must be within 0..100")
 
@@ -83,6 +91,13 @@ class OpusEncoder:
         encoder_api.encoder_ctl(state, ctl.set_dtx, int(settings.dtx))
         self._ctl = ctl
         self._api = encoder_api
+        self.complexity = settings.complexity
+
+    def set_complexity(self, complexity: int) -> None:
+        """Change the complexity from the next frame on (the stream stays continuous)."""
+        if complexity != self.complexity:
+            self._api.encoder_ctl(self._encoder.encoder_state, self._ctl.set_complexity, complexity)
+            self.complexity = complexity
 
     def get(self, request: Any) -> int:
         """Read an encoder ctl back (e.g. ``ctl.get_inband_fec``), for checks and stats."""

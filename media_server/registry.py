@@ -10,6 +10,7 @@ from typing import Final
 
 from media_server.clock import Clock, MonotonicClock
 from media_server.config import Settings
+from media_server.encode_budget import EncodeBudget
 from media_server.opus import encode_silence
 from media_server.session import VoiceSession
 from synthesis import SynthesisService
@@ -41,11 +42,13 @@ class SessionRegistry:
         *,
         clock: Clock | None = None,
         encode_executor: concurrent.futures.Executor | None = None,
+        encode_budget: EncodeBudget | None = None,
     ) -> None:
         self.settings = settings
         self.synthesis = synthesis
         self._clock = clock or MonotonicClock()
         self._encode_executor = encode_executor
+        self._encode_budget = encode_budget
         self._silence = encode_silence(settings.opus)
         self._sessions: dict[str, VoiceSession] = {}
         self._pending = 0
@@ -83,6 +86,7 @@ class SessionRegistry:
             self.request_close,
             voice_id=voice_id,
             encode_executor=self._encode_executor,
+            encode_budget=self._encode_budget,
         )
         self._pending += 1
         try:

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from media_server.clock import Clock
 from media_server.config import Settings
+from media_server.encode_budget import EncodeBudget
 from media_server.fanout import FanOut
 from media_server.opus import OpusEncoder
 from media_server.pacer import Pacer
@@ -66,6 +67,7 @@ class Room:
         silence_payload: bytes,
         *,
         encode_executor: concurrent.futures.Executor | None = None,
+        encode_budget: EncodeBudget | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -77,6 +79,7 @@ class Room:
             OpusEncoder(settings.opus),
             self.broadcast,
             encode_executor=encode_executor,
+            encode_budget=encode_budget,
             max_queued=settings.max_queued_utterances,
         )
         self.pacer = Pacer(self.speaker, self.fanout, clock, silence_payload)

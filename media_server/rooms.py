@@ -10,6 +10,7 @@ from typing import Final
 
 from media_server.clock import Clock, MonotonicClock
 from media_server.config import Settings
+from media_server.encode_budget import EncodeBudget
 from media_server.opus import encode_silence
 from media_server.room import Room
 from synthesis import SynthesisService
@@ -36,11 +37,13 @@ class RoomRegistry:
         *,
         clock: Clock | None = None,
         encode_executor: concurrent.futures.Executor | None = None,
+        encode_budget: EncodeBudget | None = None,
     ) -> None:
         self.settings = settings
         self._synthesis = synthesis
         self._clock = clock or MonotonicClock()
         self._encode_executor = encode_executor
+        self._encode_budget = encode_budget
         self._silence = encode_silence(settings.opus)
         self.rooms: dict[str, Room] = {}
         self._to_close: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
@@ -62,6 +65,7 @@ class RoomRegistry:
             self._clock,
             self._silence,
             encode_executor=self._encode_executor,
+            encode_budget=self._encode_budget,
         )
         room.start()
         self.rooms[name] = room

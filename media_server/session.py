@@ -9,6 +9,7 @@ from typing import Any
 
 from media_server.clock import Clock
 from media_server.config import Settings
+from media_server.encode_budget import EncodeBudget
 from media_server.opus import OpusEncoder
 from media_server.pacer import Pacer
 from media_server.peer_client import CloseRequest, PeerClient
@@ -43,6 +44,7 @@ class VoiceSession(PeerClient):
         *,
         voice_id: str | None = None,
         encode_executor: concurrent.futures.Executor | None = None,
+        encode_budget: EncodeBudget | None = None,
     ) -> None:
         super().__init__(session_id, settings, clock, request_close)
         self._talker = Talker(None, voice_id, settings, clock)
@@ -51,6 +53,7 @@ class VoiceSession(PeerClient):
             OpusEncoder(settings.opus),
             self.send_event,
             encode_executor=encode_executor,
+            encode_budget=encode_budget,
             max_queued=settings.max_queued_utterances,
         )
         self.pacer = Pacer(self.speaker, self.track, clock, silence_payload)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from media_server.audio import FRAME_MS
+from media_server.encode_budget import EncodeBudget
 from media_server.encoding import UtteranceEncoder, leading_silence
 from media_server.opus import OpusEncoder
 from synthesis import Engine, SynthesisError, SynthesisRequest, SynthesisService
@@ -99,6 +100,7 @@ class Speaker:
         on_event: EventCallback,
         *,
         encode_executor: concurrent.futures.Executor | None = None,
+        encode_budget: EncodeBudget | None = None,
         max_queued: int = 16,
     ) -> None:
         self._synthesis = synthesis
@@ -106,6 +108,7 @@ class Speaker:
         self._encoder = encoder
         self._on_event = on_event
         self._encode_executor = encode_executor
+        self._encode_budget = encode_budget
         self.max_queued = max_queued
         self._queue: deque[Utterance] = deque()
         self._to_produce: deque[Utterance] = deque()
@@ -316,7 +319,7 @@ class Speaker:
         loop = asyncio.get_running_loop()
         rate = self._engine.sample_rate_hz
         utterance.source_rate_hz = rate
-        encoder = UtteranceEncoder(self._encoder, rate)
+        encoder = UtteranceEncoder(self._encoder, rate, self._encode_budget)
         speed = utterance.request.speed
         stretcher = None
         if speed != 1.0 and not self._engine.capabilities.native_speed:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from media_server.clock import Clock
+from media_server.clock import Clock, MonotonicClock
 from media_server.config import Settings
+from media_server.encode_budget import EncodeBudget
 from media_server.ice import restrict_host_addresses
 from media_server.registry import SessionRegistry
 from media_server.rooms import RoomRegistry
@@ -22,6 +23,7 @@ from signaling import rooms as room_routes
 from signaling import tts, tts_ws, whep
 from signaling.errors import error_middleware
 from signaling.keys import (
+    ENCODE_BUDGET_KEY,
     ENGINE_KEY,
     REGISTRY_KEY,
     ROOMS_KEY,
@@ -74,12 +76,19 @@ async def health(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY_KEY]
+    budget = request.app[ENCODE_BUDGET_KEY]
     return web.json_response(
         {
             "sessions": len(registry),
             "max_sessions": registry.settings.max_sessions,
             "closed_total": registry.closed_total,
             "synthesis": dataclasses.asdict(request.app[SYNTHESIS_KEY].stats()),
+            "opus": {
+                "complexity": budget.complexity,
+                "encode_load_cores": round(budget.load_cores, 3),
+                "encode_budget_cores": budget.budget_cores,
+                "complexity_changes": budget.changes,
+            },
             "rooms": room_routes.rooms_stats(request),
             "per_session": [s.stats() for s in registry.sessions()],
         }
@@ -119,15 +128,26 @@ def create_app(
         encode_pool = concurrent.futures.ThreadPoolExecutor(
             ENCODE_WORKERS, thread_name_prefix="opus-encode"
         )
+        # One Opus complexity for every stream, lowered when encoding outgrows its budget.
+        budget = EncodeBudget(
+            settings.opus.encode_budget_pct / 100,
+            settings.opus.complexity,
+            settings.opus.min_complexity,
+            now=(clock or MonotonicClock()).now,
+        )
+        app[ENCODE_BUDGET_KEY] = budget
         registry = SessionRegistry(
             settings,
             synthesis,
             clock=clock,
             encode_executor=encode_pool,
+            encode_budget=budget,
         )
         registry.start()
         app[REGISTRY_KEY] = registry
-        rooms = RoomRegistry(settings, synthesis, clock=clock, encode_executor=encode_pool)
+        rooms = RoomRegistry(
+            settings, synthesis, clock=clock, encode_executor=encode_pool, encode_budget=budget
+        )
         rooms.start()
         app[ROOMS_KEY] = rooms
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from media_server.config import Settings
+from media_server.encode_budget import EncodeBudget
 from media_server.registry import SessionRegistry
 from media_server.rooms import RoomRegistry
 from media_server.tokens import TokenSigner
@@ -16,3 +17,4 @@ REGISTRY_KEY = web.AppKey("registry", SessionRegistry)
 SYNTHESIS_KEY = web.AppKey("synthesis", SynthesisService)
 ROOMS_KEY = web.AppKey("rooms", RoomRegistry)
 SIGNER_KEY = web.AppKey("token_signer", TokenSigner)
+ENCODE_BUDGET_KEY = web.AppKey("encode_budget", EncodeBudget)

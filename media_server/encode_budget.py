@@ -1,0 +1,102 @@
+"""One Opus complexity for the whole server, lowered when encoding outgrows its CPU budget.
+
+libopus at complexity 10 with in-band FEC costs about 360 µs per 20 ms frame on
+one core here; complexity 5 about 180 µs and complexity 1 about 85 µs. A server
+that keeps complexity 10 at any load runs out of CPU at about 40 speaking
+sessions per core, and then every listener hears gaps. This budget trades a little
+quality for capacity instead: every encoder reports how long its frames took, and
+when the encode time per second of wall clock passes the budget, the complexity
+that every stream uses next steps down (and back up when there is room again).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Final
+
+logger = logging.getLogger(__name__)
+
+LEVELS: Final = (10, 7, 5, 3, 1, 0)
+"""Complexities the budget steps through, best first."""
+RELATIVE_COST: Final = {10: 1.0, 7: 0.76, 5: 0.51, 3: 0.41, 1: 0.24, 0: 0.2}
+"""Encode time per frame relative to complexity 10 (libopus, 32 kbps, FEC, measured here)."""
+WINDOW_S: Final = 1.0
+"""Encode time is summed over windows this long; the level changes at most once per window."""
+STEP_UP_MARGIN: Final = 0.8
+"""Step up only when the next better level would use at most this share of the budget."""
+
+
+class EncodeBudget:
+    """Chooses the Opus complexity from the measured encode load. Thread-safe.
+
+    ``budget_cores`` is the CPU the encoders may use, in cores (0.5 = half a core).
+    The level stays within ``[min_complexity, max_complexity]``; with both equal
+    the budget never changes anything.
+    """
+
+    def __init__(
+        self,
+        budget_cores: float,
+        max_complexity: int = 10,
+        min_complexity: int = 1,
+        *,
+        now: Callable[[], float],
+    ) -> None:
+        if budget_cores <= 0:
+            raise ValueError("budget_cores must be positive")
+        if not 0 <= min_complexity <= max_complexity <= 10:
+            raise ValueError("need 0 <= min_complexity <= max_complexity <= 10")
+        self.budget_cores = budget_cores
+        self._levels = (max_complexity,) + tuple(
+            level for level in LEVELS if min_complexity <= level < max_complexity
+        )
+        self._index = 0
+        self._now = now
+        self._lock = threading.Lock()
+        self._window_start = now()
+        self._busy_s = 0.0
+        self.load_cores = 0.0
+        """Encode time per wall second in the last full window."""
+        self.changes = 0
+
+    @property
+    def complexity(self) -> int:
+        return self._levels[self._index]
+
+    def record(self, encode_s: float) -> None:
+        """Report encode time spent (any thread); may move the level at a window's end."""
+        with self._lock:
+            self._busy_s += encode_s
+            now = self._now()
+            elapsed = now - self._window_start
+            if elapsed < WINDOW_S:
+                return
+            self.load_cores = self._busy_s / elapsed
+            self._busy_s = 0.0
+            self._window_start = now
+            self._adjust()
+
+    def _adjust(self) -> None:
+        level = self.complexity
+        if self.load_cores > self.budget_cores and self._index + 1 < len(self._levels):
+            self._index += 1
+        elif self._index > 0:
+            better = self._levels[self._index - 1]
+            projected = self.load_cores * _cost(better) / _cost(level)
+            if projected <= STEP_UP_MARGIN * self.budget_cores:
+                self._index -= 1
+        if self.complexity != level:
+            self.changes += 1
+            logger.info(
+                "encode load %.2f cores (budget %.2f): Opus complexity %d -> %d",
+                self.load_cores,
+                self.budget_cores,
+                level,
+                self.complexity,
+            )
+
+
+def _cost(level: int) -> float:
+    return RELATIVE_COST.get(level, level / 10 * 0.8 + 0.2)

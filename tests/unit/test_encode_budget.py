@@ -1,0 +1,81 @@
+"""EncodeBudget: Opus complexity follows the measured encode load, on a fake clock."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from media_server.audio import FRAME_SAMPLES
+from media_server.encode_budget import EncodeBudget
+from media_server.encoding import UtteranceEncoder
+from media_server.opus import OpusEncoder, OpusSettings
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def run_window(budget: EncodeBudget, clock: FakeTime, load_cores: float) -> int:
+    """One second in which encoders used ``load_cores`` of CPU, reported in 8 parts."""
+    for _ in range(8):
+        clock.t += 0.125
+        budget.record(load_cores * 0.125)
+    return budget.complexity
+
+
+def test_steps_down_under_load_and_back_up_when_there_is_room() -> None:
+    clock = FakeTime()
+    budget = EncodeBudget(0.5, 10, 1, now=clock)
+    assert budget.complexity == 10
+    assert run_window(budget, clock, 0.3) == 10  # within budget
+    assert run_window(budget, clock, 0.9) == 7  # over: one step per window
+    assert run_window(budget, clock, 0.7) == 5
+    assert run_window(budget, clock, 0.6) == 3
+    assert run_window(budget, clock, 0.55) == 1
+    assert run_window(budget, clock, 0.9) == 1  # the floor holds
+    assert budget.load_cores == pytest.approx(0.9)
+    # load falls: step up only while the better level is projected to fit with a margin
+    assert run_window(budget, clock, 0.35) == 1  # 0.35 * 0.41/0.24 = 0.6 > 0.4
+    assert run_window(budget, clock, 0.2) == 3  # 0.2 * 0.41/0.24 = 0.34 fits
+    assert run_window(budget, clock, 0.05) == 5
+    assert run_window(budget, clock, 0.0) == 7
+    assert run_window(budget, clock, 0.0) == 10
+    assert budget.changes == 8
+
+
+def test_min_equal_to_max_never_changes() -> None:
+    clock = FakeTime()
+    budget = EncodeBudget(0.1, 6, 6, now=clock)
+    for _ in range(3):
+        assert run_window(budget, clock, 5.0) == 6
+    assert budget.changes == 0
+
+
+def test_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="budget_cores"):
+        EncodeBudget(0, now=FakeTime())
+    with pytest.raises(ValueError, match="min_complexity"):
+        EncodeBudget(0.5, 5, 7, now=FakeTime())
+    with pytest.raises(ValueError, match="min_complexity"):
+        OpusSettings(complexity=5, min_complexity=7)
+
+
+def test_utterance_encoder_uses_the_budgets_complexity_and_reports_its_cpu() -> None:
+    clock = FakeTime()
+    budget = EncodeBudget(1e-6, 10, 3, now=clock)  # any real encoding is over budget
+    encoder = OpusEncoder(OpusSettings())
+    utterance = UtteranceEncoder(encoder, 48_000, budget)
+    t = np.arange(48_000 * 2) / 48_000
+    pcm = (8000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
+    for second in range(3):
+        clock.t += 1.0
+        packets = utterance.feed(pcm[second * 9600 : (second + 1) * 9600])
+        assert len(packets) == 9600 // FRAME_SAMPLES
+    assert budget.load_cores > 0
+    assert budget.complexity < 10
+    utterance.feed(pcm[:9600])  # the next slice is encoded at the budget's level
+    assert encoder.get(encoder.ctl.get_complexity) == encoder.complexity == budget.complexity
