@@ -42,7 +42,7 @@ from media_server.speaker import Speaker
 from media_server.stats import PacingStats
 from media_server.track import EncodedAudioTrack
 from signaling.app import create_app
-from signaling.keys import REGISTRY_KEY, ROOMS_KEY
+from signaling.keys import ENCODE_BUDGET_KEY, REGISTRY_KEY, ROOMS_KEY
 from synthesis import AudioChunk, EngineCapabilities, SynthesisError, VoiceInfo
 from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
 
@@ -155,6 +155,8 @@ class ServerStats:
     gc_max_ms: float
     """Longest garbage collection (any generation); the event loop is held for all of it."""
     gc_max_generation: int
+    opus_complexity: str = "-"
+    """The server's Opus complexity at the end of the window (and its encode load, cores)."""
 
 
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -239,6 +241,10 @@ class Probe:
             ]
         return [(s.pacer, s.speaker, [s.track]) for s in self._app[REGISTRY_KEY].sessions()]
 
+    def _complexity(self) -> str:
+        budget = self._app[ENCODE_BUDGET_KEY]
+        return f"{budget.complexity} ({budget.load_cores:.2f})"
+
     def least_buffered(self) -> int:
         """Encoded frames waiting in the least-fed speaker (each fills up to 250 = 5 s)."""
         return min((s._buffered_frames() for _, s, _ in self.streams()), default=0)
@@ -306,6 +312,7 @@ class Probe:
             gc_total_ms=self._gc.total_s * 1000,
             gc_max_ms=self._gc.max_s * 1000,
             gc_max_generation=self._gc.max_generation,
+            opus_complexity=self._complexity(),
         )
 
 

@@ -115,7 +115,7 @@ MODE_TITLES: Final = {
 }
 MODE_SHORT: Final = {
     MODE_ROOM: "ours (room fan-out)",
-    MODE_NAIVE: "naive (per-listener)",
+    MODE_NAIVE: "1:1 (per-listener)",
     MODE_AIORTC: "baseline (aiortc)",
 }
 
@@ -556,6 +556,7 @@ def print_mode(result: ModeResult, plan: Plan) -> None:
                 str(s.client.gaps),
                 f"{s.speech_share * 100:.0f}",
                 f"{s.server.gc_max_ms:.0f}",
+                s.server.opus_complexity,
                 f"{s.server_cpu * 100:.0f}",
                 "/".join(
                     f"{s.thread_cpu(g) * 100:.0f}" for g in ("loop", "encode", "synthesis", "other")
@@ -586,6 +587,7 @@ def print_mode(result: ModeResult, plan: Plan) -> None:
                 f"gaps>{GAP_S * 1000:.0f}ms",
                 "speech %",
                 "gc max",
+                "opus cx (load)",
                 "server CPU %",
                 "loop/enc/syn/oth",
                 "ms/listener-s",
@@ -701,7 +703,9 @@ def print_legend() -> None:
         "after a stall; dropped = track queue overflows; missing = RTP timestamps the listeners\n"
         "never got; gaps = arrivals more than 60 ms after the previous one (the listeners' own\n"
         "stalls count too); speech % = frames carrying speech; gc max = longest CPython garbage\n"
-        "collection in the server (it holds the event loop); server CPU % of its one core, split\n"
+        "collection in the server (it holds the event loop); opus cx (load) = the server's Opus\n"
+        "complexity at the end of the window, and the encode load in cores that chose it (see\n"
+        "media_server/encode_budget.py); server CPU % of its one core, split\n"
         "loop/enc/syn/oth = event-loop thread, Opus encode pool, synthesis workers (the replay\n"
         "engine), anything else; ms/listener-s = server CPU per listener per second; client CPU %\n"
         "of core 1 (the listeners); other % = CPU used by anything else on the machine (about 0\n"
