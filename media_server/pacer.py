@@ -75,6 +75,15 @@ class Pacer:
         assert self._start is not None
         return self._start + tick * FRAME_S
 
+    def start_at(self, start: float) -> None:
+        """Put the first deadline at ``start`` (a shared ticker aligns pacers to its slots)."""
+        self._start = start
+
+    def emit_until(self, now: float) -> None:
+        """Send every frame whose deadline has passed by ``now`` (catch-up still capped)."""
+        while self._start is not None and self.tick_deadline(self._tick) <= now + 1e-9:
+            self.emit_due()
+
     def emit_due(self) -> None:
         """Send the frame for the current tick; called at or after its deadline."""
         now = self._clock.now()

@@ -13,6 +13,7 @@ from media_server.config import Settings
 from media_server.encode_budget import EncodeBudget
 from media_server.opus import encode_silence
 from media_server.session import VoiceSession
+from media_server.ticker import Ticker
 from synthesis import SynthesisService
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class SessionRegistry:
         self._pending = 0
         self._to_close: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self.ticker = Ticker(self._clock)
         self.closed_total = 0
 
     def __len__(self) -> int:
@@ -64,6 +66,7 @@ class SessionRegistry:
         self._tasks = [
             loop.create_task(self._reap(), name="session-reaper"),
             loop.create_task(self._sweep(), name="session-sweeper"),
+            loop.create_task(self.ticker.run(), name="session-ticker"),
         ]
 
     def get(self, session_id: str) -> VoiceSession | None:
@@ -87,6 +90,7 @@ class SessionRegistry:
             voice_id=voice_id,
             encode_executor=self._encode_executor,
             encode_budget=self._encode_budget,
+            ticker=self.ticker,
         )
         self._pending += 1
         try:

@@ -19,6 +19,7 @@ from media_server.protocol import (
 )
 from media_server.speaker import Speaker
 from media_server.talker import Talker
+from media_server.ticker import Ticker
 from synthesis import (
     SynthesisService,
 )
@@ -45,6 +46,7 @@ class VoiceSession(PeerClient):
         voice_id: str | None = None,
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
+        ticker: Ticker | None = None,
     ) -> None:
         super().__init__(session_id, settings, clock, request_close)
         self._talker = Talker(None, voice_id, settings, clock)
@@ -57,6 +59,7 @@ class VoiceSession(PeerClient):
             max_queued=settings.max_queued_utterances,
         )
         self.pacer = Pacer(self.speaker, self.track, clock, silence_payload)
+        self._ticker = ticker
 
     @property
     def session_id(self) -> str:
@@ -67,7 +70,14 @@ class VoiceSession(PeerClient):
         # RTP starts when aiortc's sender first asks for a frame (DTLS is up):
         # the first packet on the wire is stream position 0.
         await self.track.first_recv.wait()
-        await self.pacer.run()
+        if self._ticker is None:
+            await self.pacer.run()
+            return
+        failed = self._ticker.add(self.pacer)  # one shared clock task for all sessions
+        try:
+            await failed
+        finally:
+            self._ticker.remove(self.pacer)
 
     async def _on_close(self) -> None:
         await self.speaker.aclose()
