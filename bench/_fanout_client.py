@@ -33,7 +33,7 @@ from typing import Any, Final
 import aiohttp
 
 from bench._client import recv_message
-from media_server.audio import FRAME_SAMPLES
+from media_server.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from media_server.ice import restrict_host_addresses
 from media_server.tokens import Role, TokenSigner
 from tests.whep_client import WhepClient
@@ -53,7 +53,17 @@ RTP_WRAP: Final = 1 << 32
 class Counters:
     """RTP timestamps and arrival times of one listener's packets."""
 
-    __slots__ = ("packets", "missing", "gaps", "max_gap_s", "last_ts", "last_at", "total")
+    __slots__ = (
+        "packets",
+        "missing",
+        "gaps",
+        "max_gap_s",
+        "last_ts",
+        "last_at",
+        "total",
+        "first_at",
+        "media_s",
+    )
 
     def __init__(self) -> None:
         self.total = 0
@@ -66,8 +76,23 @@ class Counters:
         self.missing = 0
         self.gaps = 0
         self.max_gap_s = 0.0
+        self.first_at: float | None = None
+        self.media_s = 0.0
+        """RTP time advanced since the first packet of the window (unwrapped)."""
+
+    def drift_s(self) -> float:
+        """RTP time minus arrival time since the window's first packet (+ = media ran fast)."""
+        if self.first_at is None:
+            return 0.0
+        return self.media_s - (self.last_at - self.first_at)
 
     def on_packet(self, timestamp: int, now: float) -> None:
+        if self.first_at is None:
+            self.first_at = now
+        elif self.last_ts is not None:
+            step = (timestamp - self.last_ts) % RTP_WRAP
+            if step < RTP_WRAP // 2:
+                self.media_s += step / SAMPLE_RATE_HZ
         if self.last_ts is not None:
             step = (timestamp - self.last_ts) % RTP_WRAP
             if FRAME_SAMPLES < step < RTP_WRAP // 2:
@@ -150,6 +175,8 @@ class ClientStats:
     max_gap_ms: float
     cpu_s: float
     say_errors: int
+    drift_ms: float = 0.0
+    """Largest |RTP time - arrival time| over the window, any listener."""
 
 
 class Listeners:
@@ -160,6 +187,7 @@ class Listeners:
         self.signer = TokenSigner(secret.encode())
         self.text = text
         self.joined: list[BenchListener] = []
+        self.idle: list[BenchListener] = []
         self.failed = 0
         self._count = 0
         self._at = 0.0
@@ -185,6 +213,86 @@ class Listeners:
             listener.say(self.text)
             listener.say(self.text)
         self.joined.append(listener)
+
+    async def _connect_idle(self, http: aiohttp.ClientSession) -> BenchListener | None:
+        """A 1:1 session that says nothing (the baseline's sends silence)."""
+        listener = BenchListener(self.base_url)
+        query = "?idle=1" if self.mode == "aiortc" else ""
+        try:
+            await asyncio.wait_for(listener.connect(http, query=query), JOIN_TIMEOUT_S)
+        except Exception:
+            await listener.pc.close()
+            return None
+        return listener
+
+    async def _leave(self, http: aiohttp.ClientSession, listener: BenchListener) -> None:
+        try:
+            async with http.delete(f"{self.base_url}{listener.location}"):
+                pass
+        except aiohttp.ClientError:
+            pass
+        await listener.pc.close()
+
+    async def open_idle(self, http: aiohttp.ClientSession, count: int) -> tuple[int, int]:
+        gate = asyncio.Semaphore(JOIN_CONCURRENCY)
+        failed = 0
+
+        async def one() -> None:
+            nonlocal failed
+            async with gate:
+                listener = await self._connect_idle(http)
+            if listener is None:
+                failed += 1
+            else:
+                self.idle.append(listener)
+
+        await asyncio.gather(*(one() for _ in range(count)))
+        return len(self.idle), failed
+
+    async def close_idle(self, http: aiohttp.ClientSession) -> int:
+        gate = asyncio.Semaphore(32)
+        closing, self.idle = self.idle, []
+
+        async def one(listener: BenchListener) -> None:
+            async with gate:
+                await self._leave(http, listener)
+
+        await asyncio.gather(*(one(lst) for lst in closing))
+        return len(closing)
+
+    async def churn(
+        self, http: aiohttp.ClientSession, rate_per_s: float, duration_s: float, life_s: float
+    ) -> tuple[int, int, float, float]:
+        """New peers join at ``rate_per_s`` for ``duration_s``; each leaves after ``life_s``.
+
+        Returns (joined, failed, join p50 s, join max s).
+        """
+        join_s: list[float] = []
+        failed = 0
+        tasks: list[asyncio.Task[None]] = []
+
+        async def one() -> None:
+            nonlocal failed
+            started = time.monotonic()
+            listener = await self._connect_idle(http)
+            if listener is None:
+                failed += 1
+                return
+            join_s.append(time.monotonic() - started)
+            await asyncio.sleep(life_s)
+            await self._leave(http, listener)
+
+        loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        n = 0
+        while time.monotonic() - start < duration_s:
+            tasks.append(loop.create_task(one()))
+            n += 1
+            await asyncio.sleep(max(0.0, start + n / rate_per_s - time.monotonic()))
+        await asyncio.gather(*tasks)
+        ordered = sorted(join_s)
+        p50 = ordered[len(ordered) // 2] if ordered else 0.0
+        return len(join_s), failed, p50, (ordered[-1] if ordered else 0.0)
 
     async def join(self, http: aiohttp.ClientSession, total: int) -> tuple[int, int, float]:
         started = time.monotonic()
@@ -233,6 +341,7 @@ class Listeners:
             max_gap_ms=max((c.max_gap_s for c in all_counters), default=0.0) * 1000,
             cpu_s=time.process_time() - self._cpu,
             say_errors=sum(lst.say_errors for lst in self.joined),
+            drift_ms=max((abs(c.drift_s()) for c in all_counters), default=0.0) * 1000,
         )
 
     async def close(self) -> None:
@@ -265,6 +374,12 @@ async def _main(conn: Connection, listeners: Listeners) -> None:
                 conn.send(("marked",))
             elif command[0] == "collect":
                 conn.send(("stats", listeners.collect()))
+            elif command[0] == "idle":
+                conn.send(("idle", *await listeners.open_idle(http, command[1])))
+            elif command[0] == "close_idle":
+                conn.send(("closed_idle", await listeners.close_idle(http)))
+            elif command[0] == "churn":
+                conn.send(("churned", *await listeners.churn(http, *command[1:])))
             else:
                 await listeners.close()
                 break

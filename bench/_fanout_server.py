@@ -43,7 +43,14 @@ from media_server.stats import PacingStats
 from media_server.track import EncodedAudioTrack
 from signaling.app import create_app
 from signaling.keys import ENCODE_BUDGET_KEY, REGISTRY_KEY, ROOMS_KEY
-from synthesis import AudioChunk, EngineCapabilities, SynthesisError, VoiceInfo
+from synthesis import (
+    AudioChunk,
+    Engine,
+    EngineCapabilities,
+    SynthesisError,
+    VoiceInfo,
+    create_engine,
+)
 from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
 
 SERVER_CORE: Final = 0
@@ -380,6 +387,20 @@ def _by_group(before: dict[int, tuple[str, float]], cpu: float) -> dict[str, flo
     return by_group
 
 
+def rss_bytes() -> int:
+    """Resident set size of this process."""
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _session_count(app: web.Application, mode: str) -> int:
+    if mode == MODE_AIORTC:
+        return peers(app)
+    if mode == MODE_ROOM:
+        return sum(len(r.listeners) for r in app[ROOMS_KEY].rooms.values())
+    return len(app[REGISTRY_KEY])
+
+
 def _looped_speech_48k(engine: ReplayEngine) -> np.ndarray:
     """The replayed speech at 48 kHz, resampled once, for the baseline's tracks."""
     resampler = StreamResampler(engine.sample_rate_hz)
@@ -388,11 +409,13 @@ def _looped_speech_48k(engine: ReplayEngine) -> np.ndarray:
     return np.concatenate(parts).astype(np.int16)
 
 
-async def _serve(conn: Connection, settings: Settings, engine: ReplayEngine, mode: str) -> None:
+async def _serve(
+    conn: Connection, settings: Settings, engine: Engine, replay: ReplayEngine, mode: str
+) -> None:
     probe: Probe | BaselineProbe
     if mode == MODE_AIORTC:
         lateness = Lateness()
-        app = create_naive_app(_looped_speech_48k(engine), lateness)
+        app = create_naive_app(_looped_speech_48k(replay), lateness)
         probe = BaselineProbe(app, lateness)
     else:
         app = create_app(settings, engine=engine)
@@ -412,6 +435,10 @@ async def _serve(conn: Connection, settings: Settings, engine: ReplayEngine, mod
                 conn.send(("stats", probe.collect()))
             elif command[0] == "buffered":
                 conn.send(("buffered", probe.least_buffered()))
+            elif command[0] == "rss":
+                # after a full collection: what the process still holds, not garbage
+                gc.collect()
+                conn.send(("rss", rss_bytes(), _session_count(app, mode)))
             else:
                 break
     finally:
@@ -429,9 +456,15 @@ def server_process(
     sample_rate_hz: int,
     voice_id: str,
     mode: str,
+    engine_name: str = "replay",
 ) -> None:
-    """Entry point of the server process (multiprocessing ``spawn`` target)."""
+    """Entry point of the server process (multiprocessing ``spawn`` target).
+
+    ``engine_name`` "piper" serves the real Piper voice (synthesis measured too);
+    the default replays the parent's speech (media path only).
+    """
     os.sched_setaffinity(0, {SERVER_CORE})
     logging.basicConfig(level=logging.WARNING)
-    engine = ReplayEngine(chunks, sample_rate_hz, voice_id)
-    asyncio.run(_serve(conn, settings, engine, mode))
+    replay = ReplayEngine(chunks, sample_rate_hz, voice_id)
+    engine: Engine = replay if engine_name == "replay" else create_engine(engine_name)
+    asyncio.run(_serve(conn, settings, engine, replay, mode))

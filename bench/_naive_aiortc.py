@@ -99,7 +99,11 @@ async def _offer(request: web.Request) -> web.Response:
     peer_id = uuid.uuid4().hex
     request.app[PEERS_KEY][peer_id] = pc
     await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-    pc.addTrack(NaiveSpeechTrack(request.app[PCM_KEY], request.app[LATENESS_KEY]))
+    # ?idle=1: a session with nothing to say sends silence (aiortc's AudioStreamTrack)
+    pcm = request.app[PCM_KEY]
+    if request.query.get("idle") == "1":
+        pcm = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+    pc.addTrack(NaiveSpeechTrack(pcm, request.app[LATENESS_KEY]))
     await pc.setLocalDescription(await pc.createAnswer())
     return web.Response(
         status=201,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -44,7 +45,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Final
@@ -220,6 +221,8 @@ class Step:
     client: ClientStats
     others_cores: float
     bot_errors: int
+    churn: tuple[int, int, float, float] | None = None
+    """Peers that joined (and left) during the window: joined, failed, join p50 s, max s."""
 
     @property
     def server_cpu(self) -> float:
@@ -330,11 +333,24 @@ def progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-async def run_mode(mode: str, plan: Plan, speech: Speech) -> ModeResult:
-    result = ModeResult(mode)
-    started = time.monotonic()
+@dataclass
+class Harness:
+    """A server process, a listeners process and (in a room) the bot, for one mode."""
+
+    mode: str
+    base_url: str
+    server: Connection
+    client: Connection
+    pids: tuple[int, int]
+    bot: BotState
+
+
+@contextlib.asynccontextmanager
+async def open_harness(
+    mode: str, speech: Speech, max_listeners: int, engine: str = "replay"
+) -> AsyncIterator[Harness]:
+    """Start the server (pinned to core 0) and the listeners (core 1); stop both after."""
     ctx = multiprocessing.get_context("spawn")
-    top = max(plan.steps)
     port = free_port()
     base_url = f"http://{LOOPBACK}:{port}"
     settings = Settings(
@@ -342,15 +358,23 @@ async def run_mode(mode: str, plan: Plan, speech: Speech) -> ModeResult:
         ice_host_addresses=(LOOPBACK,),
         token_secret=SECRET,
         max_rooms=2,
-        max_room_participants=top + 2,
-        max_sessions=top + 2,
+        max_room_participants=max_listeners + 2,
+        max_sessions=max_listeners + 200,  # room for peers joining during a window
         # Each naive session holds a synthesis slot while its replayed utterance is read.
-        synthesis_workers=top + 4,
+        synthesis_workers=max_listeners + 4,
     )
     server_conn, server_end = ctx.Pipe()
     server = ctx.Process(
         target=server_process,
-        args=(server_end, settings, speech.chunks, speech.sample_rate_hz, speech.voice_id, mode),
+        args=(
+            server_end,
+            settings,
+            speech.chunks,
+            speech.sample_rate_hz,
+            speech.voice_id,
+            mode,
+            engine,
+        ),
         name=f"fanout-server-{mode}",
         daemon=True,
     )
@@ -374,14 +398,47 @@ async def run_mode(mode: str, plan: Plan, speech: Speech) -> ModeResult:
             client.start()
             client_end.close()
             (_, client_pid) = await recv_message(client_conn, START_WAIT_S)
+            yield Harness(
+                mode, base_url, server_conn, client_conn, (server_pid, client_pid), bot_state
+            )
+            await ask(client_conn, ("close",), STOP_WAIT_S)
+    finally:
+        if bot is not None:
+            bot.cancel()
+            await asyncio.gather(bot, return_exceptions=True)
+        for conn, process in ((client_conn, client), (server_conn, server)):
+            if process.is_alive():
+                try:
+                    if process is server:
+                        await ask(conn, ("stop",), STOP_WAIT_S)
+                except (ChildError, TimeoutError, EOFError, OSError):
+                    pass
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+
+
+HARNESS_ERRORS: Final = (ChildError, TimeoutError, EOFError, OSError, aiohttp.ClientError)
+
+
+async def run_mode(
+    mode: str,
+    plan: Plan,
+    speech: Speech,
+    churn: tuple[float, float] | None = None,
+    engine: str = "replay",
+) -> ModeResult:
+    result = ModeResult(mode)
+    started = time.monotonic()
+    try:
+        async with open_harness(mode, speech, max(plan.steps), engine) as h:
             failing = 0
             for n in plan.steps:
                 if time.monotonic() - started > plan.mode_budget_s:
                     result.stopped = f"time budget ({plan.mode_budget_s:.0f} s) spent before N={n}"
                     break
-                step = await run_step(
-                    n, plan, server_conn, client_conn, (server_pid, client_pid), bot_state
-                )
+                step = await run_step(n, plan, h.server, h.client, h.pids, h.bot, churn)
                 result.steps.append(step)
                 progress(
                     f"  {MODE_SHORT[mode]:<20} N={n:<4} p99 {step.server.lateness.p99_ms:6.2f} ms"
@@ -398,25 +455,9 @@ async def run_mode(mode: str, plan: Plan, speech: Speech) -> ModeResult:
                 if failing >= 2:
                     result.stopped = "two failing steps in a row"
                     break
-            await ask(client_conn, ("close",), STOP_WAIT_S)
-    except (ChildError, TimeoutError, EOFError, OSError, aiohttp.ClientError) as exc:
+    except HARNESS_ERRORS as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         result.stopped = "error"
-    finally:
-        if bot is not None:
-            bot.cancel()
-            await asyncio.gather(bot, return_exceptions=True)
-        for conn, process in ((client_conn, client), (server_conn, server)):
-            if process.is_alive():
-                try:
-                    if process is server:
-                        await ask(conn, ("stop",), STOP_WAIT_S)
-                except (ChildError, TimeoutError, EOFError, OSError):
-                    pass
-            process.join(5)
-            if process.is_alive():
-                process.terminate()
-                process.join(5)
     result.wall_s = time.monotonic() - started
     return result
 
@@ -428,7 +469,10 @@ async def run_step(
     client: Connection,
     pids: tuple[int, int],
     bot: BotState,
+    churn: tuple[float, float] | None = None,
 ) -> Step:
+    """Join ``n``, let them settle, measure one window; with ``churn`` (joins per second,
+    seconds each stays), other peers keep joining and leaving through the window."""
     _, joined, failed, join_s = await ask(client, ("join", n), JOIN_WAIT_S)
     _, receiving, _ = await ask(client, ("flowing", FLOWING_WAIT_S), FLOWING_WAIT_S + REPLY_WAIT_S)
     # New 1:1 sessions first encode 5 s ahead at once: start the window once every speaker
@@ -444,7 +488,14 @@ async def run_step(
     cpu_start = CpuSample.take(pids)
     await ask(server, ("mark",), REPLY_WAIT_S)
     await ask(client, ("mark",), REPLY_WAIT_S)
-    await asyncio.sleep(plan.hold_s)
+    churned = None
+    if churn is None:
+        await asyncio.sleep(plan.hold_s)
+    else:
+        rate, life = churn
+        wait = plan.hold_s + life + JOIN_WAIT_S
+        (_, *counts) = await ask(client, ("churn", rate, plan.hold_s, life), wait)
+        churned = (int(counts[0]), int(counts[1]), float(counts[2]), float(counts[3]))
     (_, server_stats) = await ask(server, ("collect",), REPLY_WAIT_S)
     (_, client_stats) = await ask(client, ("collect",), REPLY_WAIT_S)
     cpu_end = CpuSample.take(pids)
@@ -458,14 +509,21 @@ async def run_step(
         client=client_stats,
         others_cores=cpu_start.others_until(cpu_end),
         bot_errors=bot.errors - bot_errors,
+        churn=churned,
     )
 
 
-async def run_all(plan: Plan, speech: Speech, modes: Sequence[str]) -> list[ModeResult]:
+async def run_all(
+    plan: Plan,
+    speech: Speech,
+    modes: Sequence[str],
+    churn: tuple[float, float] | None = None,
+    engine: str = "replay",
+) -> list[ModeResult]:
     results = []
     for mode in modes:
         progress(f"{MODE_SHORT[mode]}: ramping N over {', '.join(map(str, plan.steps))}")
-        results.append(await run_mode(mode, plan, speech))
+        results.append(await run_mode(mode, plan, speech, churn, engine))
     return results
 
 
