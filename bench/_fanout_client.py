@@ -48,6 +48,8 @@ GAP_S: Final = 0.060
 """An arrival gap longer than this counts as a client-side gap (3 frames' worth)."""
 COMMAND_WAIT_S: Final = 900.0
 RTP_WRAP: Final = 1 << 32
+DRIFT_BLOCK: Final = 250
+"""Packets (5 s) per block whose least arrival offset measures drift."""
 
 
 class Counters:
@@ -63,6 +65,10 @@ class Counters:
         "total",
         "first_at",
         "media_s",
+        "block_min",
+        "block_packets",
+        "first_block_min",
+        "last_block_min",
     )
 
     def __init__(self) -> None:
@@ -79,12 +85,23 @@ class Counters:
         self.first_at: float | None = None
         self.media_s = 0.0
         """RTP time advanced since the first packet of the window (unwrapped)."""
+        self.block_min = float("inf")
+        self.block_packets = 0
+        self.first_block_min: float | None = None
+        self.last_block_min: float | None = None
 
     def drift_s(self) -> float:
-        """RTP time minus arrival time since the window's first packet (+ = media ran fast)."""
-        if self.first_at is None:
+        """How far RTP time ran ahead of the arrival clock over the window (+ = media fast).
+
+        Each packet's offset (arrival time minus RTP time, both since the window's
+        first packet) holds the clock difference plus that packet's queueing and
+        scheduling delay. The least offset in a block of :data:`DRIFT_BLOCK`
+        packets strips most of the delay, so the drift is the first block's least
+        offset minus the last complete block's.
+        """
+        if self.first_block_min is None or self.last_block_min is None:
             return 0.0
-        return self.media_s - (self.last_at - self.first_at)
+        return self.first_block_min - self.last_block_min
 
     def on_packet(self, timestamp: int, now: float) -> None:
         if self.first_at is None:
@@ -106,6 +123,16 @@ class Counters:
         self.last_at = now
         self.packets += 1
         self.total += 1
+        offset = (now - self.first_at) - self.media_s
+        if offset < self.block_min:
+            self.block_min = offset
+        self.block_packets += 1
+        if self.block_packets == DRIFT_BLOCK:
+            if self.first_block_min is None:
+                self.first_block_min = self.block_min
+            self.last_block_min = self.block_min
+            self.block_min = float("inf")
+            self.block_packets = 0
 
 
 def _no_decoder(*_: Any) -> None:

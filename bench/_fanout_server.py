@@ -19,6 +19,7 @@ aiortc's RTP sender, SRTP, ICE.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -49,7 +50,6 @@ from synthesis import (
     EngineCapabilities,
     SynthesisError,
     VoiceInfo,
-    create_engine,
 )
 from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
 
@@ -410,7 +410,7 @@ def _looped_speech_48k(engine: ReplayEngine) -> np.ndarray:
 
 
 async def _serve(
-    conn: Connection, settings: Settings, engine: Engine, replay: ReplayEngine, mode: str
+    conn: Connection, settings: Settings, engine: Engine | None, replay: ReplayEngine, mode: str
 ) -> None:
     probe: Probe | BaselineProbe
     if mode == MODE_AIORTC:
@@ -466,5 +466,8 @@ def server_process(
     os.sched_setaffinity(0, {SERVER_CORE})
     logging.basicConfig(level=logging.WARNING)
     replay = ReplayEngine(chunks, sample_rate_hz, voice_id)
-    engine: Engine = replay if engine_name == "replay" else create_engine(engine_name)
+    # A real engine is loaded by the app itself, as the server does in production.
+    engine = replay if engine_name == "replay" else None
+    if engine is None:
+        settings = dataclasses.replace(settings, engine=engine_name)
     asyncio.run(_serve(conn, settings, engine, replay, mode))

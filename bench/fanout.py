@@ -343,6 +343,9 @@ class Harness:
     client: Connection
     pids: tuple[int, int]
     bot: BotState
+    churner: Connection
+    """A second peers process (core 1) for peers that join during a window: its own
+    event loop, so their negotiation cannot delay the measured receivers' timestamps."""
 
 
 @contextlib.asynccontextmanager
@@ -385,6 +388,13 @@ async def open_harness(
         name=f"fanout-listeners-{mode}",
         daemon=True,
     )
+    churn_conn, churn_end = ctx.Pipe()
+    churner = ctx.Process(
+        target=client_process,
+        args=(churn_end, base_url, mode, ROOM, SECRET, PARAGRAPH),
+        name=f"fanout-joiners-{mode}",
+        daemon=True,
+    )
     bot_state = BotState()
     bot: asyncio.Task[None] | None = None
     try:
@@ -398,15 +408,25 @@ async def open_harness(
             client.start()
             client_end.close()
             (_, client_pid) = await recv_message(client_conn, START_WAIT_S)
+            churner.start()
+            churn_end.close()
+            await recv_message(churn_conn, START_WAIT_S)
             yield Harness(
-                mode, base_url, server_conn, client_conn, (server_pid, client_pid), bot_state
+                mode,
+                base_url,
+                server_conn,
+                client_conn,
+                (server_pid, client_pid),
+                bot_state,
+                churn_conn,
             )
             await ask(client_conn, ("close",), STOP_WAIT_S)
+            await ask(churn_conn, ("close",), STOP_WAIT_S)
     finally:
         if bot is not None:
             bot.cancel()
             await asyncio.gather(bot, return_exceptions=True)
-        for conn, process in ((client_conn, client), (server_conn, server)):
+        for conn, process in ((churn_conn, churner), (client_conn, client), (server_conn, server)):
             if process.is_alive():
                 try:
                     if process is server:
@@ -438,7 +458,7 @@ async def run_mode(
                 if time.monotonic() - started > plan.mode_budget_s:
                     result.stopped = f"time budget ({plan.mode_budget_s:.0f} s) spent before N={n}"
                     break
-                step = await run_step(n, plan, h.server, h.client, h.pids, h.bot, churn)
+                step = await run_step(n, plan, h, churn)
                 result.steps.append(step)
                 progress(
                     f"  {MODE_SHORT[mode]:<20} N={n:<4} p99 {step.server.lateness.p99_ms:6.2f} ms"
@@ -465,14 +485,12 @@ async def run_mode(
 async def run_step(
     n: int,
     plan: Plan,
-    server: Connection,
-    client: Connection,
-    pids: tuple[int, int],
-    bot: BotState,
+    h: Harness,
     churn: tuple[float, float] | None = None,
 ) -> Step:
     """Join ``n``, let them settle, measure one window; with ``churn`` (joins per second,
     seconds each stays), other peers keep joining and leaving through the window."""
+    server, client, pids, bot = h.server, h.client, h.pids, h.bot
     _, joined, failed, join_s = await ask(client, ("join", n), JOIN_WAIT_S)
     _, receiving, _ = await ask(client, ("flowing", FLOWING_WAIT_S), FLOWING_WAIT_S + REPLY_WAIT_S)
     # New 1:1 sessions first encode 5 s ahead at once: start the window once every speaker
@@ -494,7 +512,7 @@ async def run_step(
     else:
         rate, life = churn
         wait = plan.hold_s + life + JOIN_WAIT_S
-        (_, *counts) = await ask(client, ("churn", rate, plan.hold_s, life), wait)
+        (_, *counts) = await ask(h.churner, ("churn", rate, plan.hold_s, life), wait)
         churned = (int(counts[0]), int(counts[1]), float(counts[2]), float(counts[3]))
     (_, server_stats) = await ask(server, ("collect",), REPLY_WAIT_S)
     (_, client_stats) = await ask(client, ("collect",), REPLY_WAIT_S)

@@ -111,9 +111,14 @@ def create_app(
         owned = engine is None
         loaded = engine
         if loaded is None:
-            loaded = await asyncio.get_running_loop().run_in_executor(
-                None, create_engine, settings.engine
-            )
+            # Loaded in a thread below the loop's priority: threads the engine starts
+            # (ONNX Runtime's pool) inherit it, so synthesis never delays a frame.
+            with concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="engine-load", initializer=lower_thread_priority
+            ) as loader:
+                loaded = await asyncio.get_running_loop().run_in_executor(
+                    loader, create_engine, settings.engine
+                )
         app[ENGINE_KEY] = loaded
         yield
         if owned:
@@ -124,6 +129,7 @@ def create_app(
             app[ENGINE_KEY],
             settings.synthesis_workers,
             chunk_timeout_s=settings.synthesis_chunk_timeout_s,
+            thread_initializer=lower_thread_priority,
         )
         app[SYNTHESIS_KEY] = synthesis
         encode_pool = concurrent.futures.ThreadPoolExecutor(

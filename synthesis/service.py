@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -53,14 +54,19 @@ class SynthesisService:
         max_concurrent: int,
         *,
         chunk_timeout_s: float = CHUNK_TIMEOUT_S,
+        thread_initializer: Callable[[], object] | None = None,
     ) -> None:
+        """``thread_initializer`` runs first in every worker thread (e.g. to lower its
+        priority below the event loop's)."""
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self.engine = engine
         self.max_concurrent = max_concurrent
         self._chunk_timeout_s = chunk_timeout_s
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_concurrent, thread_name_prefix=f"synthesis-{engine.name}"
+            max_concurrent,
+            thread_name_prefix=f"synthesis-{engine.name}",
+            initializer=thread_initializer,
         )
         self._running = 0
         self._started_total = 0
