@@ -272,9 +272,10 @@ async def run_pacing(config: Config, speech: Speech) -> None:
         left=(0,),
     )
     print(
-        "drift: for each receiver, RTP time advanced minus arrival time elapsed over the\n"
-        "window (first to last packet); the largest |drift| of any receiver. It includes the\n"
-        "network and receive-loop jitter of the two packets it is taken from.\n"
+        "drift: how far RTP time ran ahead of arrival time over the window, the largest |drift|\n"
+        "of any receiver. Per 5 s block of packets the least (arrival - RTP time) offset is\n"
+        "kept, which strips queueing and scheduling delay; drift = first block's least offset\n"
+        "minus the last block's (0 when the window is shorter than two blocks).\n"
     )
 
 

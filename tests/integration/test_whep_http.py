@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from media_server.config import Settings
+from signaling.app import create_app
 from signaling.keys import REGISTRY_KEY
+from synthesis import Engine
 from tests.conftest import loopback_settings
 
 SDP = {"Content-Type": "application/sdp"}
@@ -176,7 +179,24 @@ async def test_health_and_stats(client: TestClient) -> None:
     resp = await client.get("/healthz")
     assert resp.status == 200 and (await resp.json())["engine"] == "piper"
     resp = await client.get("/stats")
-    assert (await resp.json())["sessions"] == 0
+    stats = await resp.json()
+    assert stats["sessions"] == 0
+    # the encode budget is visible: no load yet, so the configured best complexity
+    assert stats["opus"]["complexity"] == Settings().opus.complexity
+    assert stats["opus"]["encode_budget_cores"] == Settings().opus.encode_budget_pct / 100
+
+
+async def test_start_up_objects_are_frozen_out_of_gc_while_serving(client: TestClient) -> None:
+    # start-up objects (modules, the engine) are never walked by a collection again,
+    # so collections during joins stay short; cleanup gives them back
+    assert gc.get_freeze_count() > 10_000
+
+
+async def test_cleanup_unfreezes(piper_engine: Engine) -> None:
+    app = create_app(loopback_settings(), engine=piper_engine)
+    async with TestClient(TestServer(app, host="127.0.0.1")):
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
 
 
 async def test_index_page_is_served(client: TestClient) -> None:
