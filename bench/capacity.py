@@ -51,6 +51,7 @@ from typing import Final
 
 from bench._fanout_client import CLIENT_CORE
 from bench._fanout_server import MODE_AIORTC, MODE_NAIVE
+from bench._report import parse_steps, positive_seconds, print_table
 from bench.fanout import (
     DEFAULT_PLAN,
     HARNESS_ERRORS,
@@ -66,7 +67,6 @@ from bench.fanout import (
     print_legend,
     print_machine,
     print_mode,
-    print_table,
     progress,
     run_all,
     synthesise_once,
@@ -399,16 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     if args.steps:
-        try:
-            steps = tuple(sorted({int(v) for v in args.steps.split(",") if v.strip()}))
-        except ValueError:
-            parser.error("--steps takes comma-separated integers")
-        if not steps or steps[0] < 1:
-            parser.error("--steps must be positive")
+        steps = parse_steps(parser, args.steps)
         config = dataclasses.replace(config, speaking=steps, joining=steps, piper=steps)
     if args.hold is not None:
-        if args.hold <= 0:
-            parser.error("--hold must be positive")
+        positive_seconds(parser, args.hold, "--hold")
         config = dataclasses.replace(
             config, plan=dataclasses.replace(config.plan, hold_s=args.hold)
         )

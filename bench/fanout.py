@@ -34,13 +34,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import datetime
-import importlib.metadata
 import json
 import logging
 import multiprocessing
 import os
-import platform
 import socket
 import sys
 import threading
@@ -62,6 +59,14 @@ from bench._fanout_server import (
     SERVER_CORE,
     ServerStats,
     server_process,
+)
+from bench._report import (
+    machine_rows,
+    parse_steps,
+    positive_seconds,
+    print_table,
+    process_cpu_s,
+    system_busy_s,
 )
 from media_server.config import Settings
 from media_server.tokens import Role, TokenSigner
@@ -152,26 +157,6 @@ def synthesise_once() -> Speech:
 
 
 # -- CPU accounting -------------------------------------------------------------------
-
-_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) used so far by process ``pid``."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
-def system_busy_s() -> float:
-    """CPU seconds all cores have spent busy since boot."""
-    with open("/proc/stat", encoding="ascii") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
-    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,61 +533,9 @@ async def run_all(
 # -- output ---------------------------------------------------------------------------
 
 
-def print_table(
-    title: str,
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    left: Iterable[int] = (0,),
-) -> None:
-    """Print ``rows`` under ``headers``; columns in ``left`` are left-aligned, others right."""
-    left_columns = set(left)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def render(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i in left_columns else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    print(title)
-    header = render(headers)
-    print(header)
-    print("-" * max(len(header), *(len(render(r)) for r in rows)))
-    for row in rows:
-        print(render(row))
-    print()
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def print_machine() -> None:
-    rows = [
-        ("CPU", _cpu_model()),
-        ("cores", str(os.cpu_count())),
-        ("Python", f"{platform.python_version()} ({platform.python_implementation()})"),
-        ("aiortc", _version("aiortc")),
-        ("aioice", _version("aioice")),
-        ("av", _version("av")),
-        ("pylibsrtp", _version("pylibsrtp")),
-        ("OS", platform.platform()),
-        ("load average (1/5/15 min)", " ".join(f"{v:.2f}" for v in os.getloadavg())),
-        ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")),
+    rows = machine_rows(("aiortc", "aioice", "av", "pylibsrtp"))
+    rows += [
         ("pinning: server process", f"core {SERVER_CORE} (os.sched_setaffinity)"),
         ("pinning: listeners, bot, this script", f"core {CLIENT_CORE}"),
     ]
@@ -806,16 +739,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = QUICK_PLAN if args.quick else DEFAULT_PLAN
     if args.steps:
-        try:
-            steps = tuple(sorted({int(v) for v in args.steps.split(",") if v.strip()}))
-        except ValueError:
-            parser.error("--steps takes comma-separated integers")
-        if not steps or steps[0] < 1:
-            parser.error("--steps must be positive")
+        steps = parse_steps(parser, args.steps)
         plan = dataclasses.replace(plan, steps=steps)
     if args.hold is not None:
-        if args.hold <= 0:
-            parser.error("--hold must be positive")
+        positive_seconds(parser, args.hold, "--hold")
         plan = dataclasses.replace(plan, hold_s=args.hold)
     if len(os.sched_getaffinity(0)) < 2 or (os.cpu_count() or 1) < 2:
         # Not an error: CI on a one-core runner keeps going, with the reason printed.

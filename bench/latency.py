@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import importlib.metadata
 import logging
 import multiprocessing
 import os
-import platform
 import socket
 import sys
 import threading
@@ -47,6 +44,7 @@ import numpy as np
 from aiohttp import web
 
 from bench._client import AUDIBLE_RMS, ClientSummary, ClientTiming, client_process, recv_message
+from bench._report import machine_rows, print_table, process_cpu_s, system_busy_s
 from media_server.config import Settings
 from media_server.encoding import UtteranceEncoder
 from media_server.opus import OpusEncoder
@@ -342,24 +340,6 @@ def _ms(start: float | None, end: float | None) -> float | None:
     return None if start is None or end is None else (end - start) * 1000
 
 
-_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) used so far by process ``pid``."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
-def system_busy_s() -> float:
-    """CPU seconds all cores have spent busy (not idle or waiting for I/O) since boot."""
-    with open("/proc/stat", encoding="ascii") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
-    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
-
-
 @dataclass(frozen=True, slots=True)
 class CpuSample:
     at: float
@@ -637,68 +617,12 @@ def _free_port() -> int:
 # -- output -----------------------------------------------------------------------
 
 
-def print_table(
-    title: str,
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    left: Iterable[int] = (0,),
-) -> None:
-    """Print ``rows`` under ``headers``; columns in ``left`` are left-aligned, others right."""
-    left_columns = set(left)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def render(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i in left_columns else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    print(title)
-    header = render(headers)
-    print(header)
-    print("-" * max(len(header), *(len(render(r)) for r in rows)))
-    for row in rows:
-        print(render(row))
-    print()
-
-
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def print_machine() -> None:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    rows = [
-        ("CPU", _cpu_model()),
-        ("cores", f"{os.cpu_count()} (usable by this process: {affinity})"),
-        ("Python", f"{platform.python_version()} ({platform.python_implementation()})"),
-        ("aiortc", _version("aiortc")),
-        ("av", _version("av")),
-        ("piper-tts", _version("piper-tts")),
-        ("onnxruntime", _version("onnxruntime")),
-        ("numpy", _version("numpy")),
-        ("OS", platform.platform()),
-        ("load average (1/5/15 min)", " ".join(f"{v:.2f}" for v in os.getloadavg())),
-        ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")),
-    ]
+    rows = machine_rows(("aiortc", "av", "piper-tts", "onnxruntime", "numpy"))
     print_table("Machine", ("item", "value"), rows, left=(0, 1))
 
 

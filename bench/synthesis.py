@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import importlib
 import importlib.metadata
 import logging
 import math
 import os
-import platform
 import queue
 import resource
 import sys
@@ -45,6 +43,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from bench._report import machine_rows, print_table
 from synthesis import (
     Engine,
     EngineBusy,
@@ -447,31 +446,6 @@ def engine_rows(engine: Engine, load_s: float, threads_added: int) -> list[tuple
 # -- output ----------------------------------------------------------------------------
 
 
-def print_table(
-    title: str,
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    left: Iterable[int] = (0,),
-) -> None:
-    """Print ``rows`` under ``headers``; columns in ``left`` are left-aligned, others right."""
-    left_columns = set(left)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def render(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i in left_columns else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    print(title)
-    header = render(headers)
-    print(header)
-    print("-" * max(len(header), *(len(render(r)) for r in rows)))
-    for row in rows:
-        print(render(row))
-    print()
-
-
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -480,43 +454,8 @@ def _ratio(value: float | None, base: float | None) -> str:
     return "-" if value is None or not base else f"{value / base:.2f}x"
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def print_machine() -> None:
-    rows = [
-        ("CPU", _cpu_model()),
-        ("cores", f"{os.cpu_count()} (usable by this process: {_usable_cores()})"),
-        ("Python", f"{platform.python_version()} ({platform.python_implementation()})"),
-        ("onnxruntime", _version("onnxruntime")),
-        ("torch", _version("torch")),
-        ("piper-tts", _version("piper-tts")),
-        ("numpy", _version("numpy")),
-        ("OS", platform.platform()),
-        ("load average (1/5/15 min)", " ".join(f"{v:.2f}" for v in os.getloadavg())),
-        ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")),
-    ]
+    rows = machine_rows(("onnxruntime", "torch", "piper-tts", "numpy"))
     print_table("Machine", ("item", "value"), rows, left=(0, 1))
 
 
@@ -593,7 +532,7 @@ def print_results(runs: Sequence[Run]) -> None:
         rows,
     )
 
-    cores = _usable_cores()
+    cores = len(os.sched_getaffinity(0))
     rows = []
     for run in runs:
         usage = run.usage
@@ -664,7 +603,7 @@ def print_results(runs: Sequence[Run]) -> None:
 def print_notes(
     engine_name: str, onnx: bool, threads_added: int, baseline_cores: float | None
 ) -> None:
-    cores = _usable_cores()
+    cores = len(os.sched_getaffinity(0))
     print(
         "Columns: streams = concurrent streams (= the service's max_concurrent); RTF = sum of\n"
         "per-sentence synthesis times / sum of audio durations (per stream, so above the core\n"
