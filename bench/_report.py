@@ -88,18 +88,23 @@ def system_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
 
 
-def parse_steps(parser: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
-    """``--steps 10,20,40`` as sorted distinct positive counts (or a usage error)."""
+def counts(text: str) -> tuple[int, ...]:
+    """argparse type: ``"1,4,16"`` as sorted, distinct, positive integers."""
     try:
-        steps = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+        values = {int(v) for v in text.split(",") if v.strip()}
     except ValueError:
-        parser.error("--steps takes comma-separated integers")
-    if not steps or steps[0] < 1:
-        parser.error("--steps must be positive")
-    return steps
+        raise argparse.ArgumentTypeError("expected integers, e.g. 1,4,16") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("expected integers of at least 1")
+    return tuple(sorted(values))
 
 
-def positive_seconds(parser: argparse.ArgumentParser, value: float, option: str) -> float:
+def positive_float(text: str) -> float:
+    """argparse type: a number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if value <= 0:
-        parser.error(f"{option} must be positive")
+        raise argparse.ArgumentTypeError("expected a number above 0")
     return value

@@ -51,7 +51,7 @@ from typing import Final
 
 from bench._fanout_client import CLIENT_CORE
 from bench._fanout_server import MODE_AIORTC, MODE_NAIVE
-from bench._report import parse_steps, positive_seconds, print_table
+from bench._report import counts, positive_float, print_table
 from bench.fanout import (
     DEFAULT_PLAN,
     HARNESS_ERRORS,
@@ -393,16 +393,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="every run, small (CI)")
     parser.add_argument("--run", choices=RUNS, action="append", help="only these runs")
-    parser.add_argument("--steps", type=str, default=None, help="session counts for run 1/2/5")
-    parser.add_argument("--hold", type=float, default=None, help="seconds measured per step")
-    parser.add_argument("--pacing-minutes", type=float, default=None, help="run 3's window")
+    parser.add_argument("--steps", type=counts, default=None, help="session counts for run 1/2/5")
+    parser.add_argument("--hold", type=positive_float, default=None, help="seconds per step")
+    parser.add_argument(
+        "--pacing-minutes", type=positive_float, default=None, help="run 3's window"
+    )
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     if args.steps:
-        steps = parse_steps(parser, args.steps)
-        config = dataclasses.replace(config, speaking=steps, joining=steps, piper=steps)
+        config = dataclasses.replace(
+            config, speaking=args.steps, joining=args.steps, piper=args.steps
+        )
     if args.hold is not None:
-        positive_seconds(parser, args.hold, "--hold")
         config = dataclasses.replace(
             config, plan=dataclasses.replace(config.plan, hold_s=args.hold)
         )

@@ -61,9 +61,9 @@ from bench._fanout_server import (
     server_process,
 )
 from bench._report import (
+    counts,
     machine_rows,
-    parse_steps,
-    positive_seconds,
+    positive_float,
     print_table,
     process_cpu_s,
     system_busy_s,
@@ -730,19 +730,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a few small steps, under a minute")
     parser.add_argument(
-        "--steps", type=str, default=None, help="comma-separated listener counts to ramp through"
+        "--steps", type=counts, default=None, help="comma-separated listener counts to ramp through"
     )
-    parser.add_argument("--hold", type=float, default=None, help="seconds measured per step")
+    parser.add_argument(
+        "--hold", type=positive_float, default=None, help="seconds measured per step"
+    )
     parser.add_argument(
         "--only", choices=("ours", "naive"), default=None, help="ramp one mode only"
     )
     args = parser.parse_args(argv)
     plan = QUICK_PLAN if args.quick else DEFAULT_PLAN
     if args.steps:
-        steps = parse_steps(parser, args.steps)
-        plan = dataclasses.replace(plan, steps=steps)
+        plan = dataclasses.replace(plan, steps=args.steps)
     if args.hold is not None:
-        positive_seconds(parser, args.hold, "--hold")
         plan = dataclasses.replace(plan, hold_s=args.hold)
     if len(os.sched_getaffinity(0)) < 2 or (os.cpu_count() or 1) < 2:
         # Not an error: CI on a one-core runner keeps going, with the reason printed.

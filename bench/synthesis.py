@@ -43,7 +43,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from bench._report import machine_rows, print_table
+from bench._report import counts, machine_rows, print_table
 from synthesis import (
     Engine,
     EngineBusy,
@@ -639,16 +639,6 @@ def print_notes(
         )
 
 
-def _levels(text: str) -> tuple[int, ...]:
-    try:
-        levels = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError("levels must be integers, e.g. 1,4,16") from None
-    if not levels or min(levels) < 1:
-        raise argparse.ArgumentTypeError("levels must be at least 1")
-    return tuple(sorted(set(levels)))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.synthesis",
@@ -667,7 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--levels",
-        type=_levels,
+        type=counts,
         default=DEFAULT_LEVELS,
         help="concurrency levels, comma-separated (default 1,4,16)",
     )
