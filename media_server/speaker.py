@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from media_server.audio import FRAME_MS
+from media_server.audio import FRAME_MS, FRAME_SAMPLES
 from media_server.encode_budget import EncodeBudget
 from media_server.encoding import UtteranceEncoder, leading_silence
 from media_server.opus import OpusEncoder
@@ -24,8 +24,15 @@ MAX_FRAMES_AHEAD: Final = 250
 """Encoded speech buffered ahead of playout (5 s); synthesis pauses beyond it."""
 ENCODE_SLICE_MS: Final = 200
 """Engine PCM is resampled and encoded this much at a time (one worker hop each)."""
-FIRST_SLICE_MS: Final = 40
-"""The first slice of an utterance is short, so its first packets exist sooner."""
+FIRST_SLICE_MS: Final = 80
+"""The first slice of an utterance is short, so its first packets exist sooner.
+
+80 ms of engine audio is :data:`START_FRAMES` frames once the resampler's delay
+is taken off: one worker hop (about 0.5 ms of encoding) starts the utterance."""
+START_FRAMES: Final = 3
+"""An utterance starts playing once this many frames are encoded (or all of it is,
+or its producer is waiting for streamed text). The next slice then has 60 ms to
+arrive instead of 20, so a busy machine does not open speech with a gap."""
 
 Event = dict[str, Any]
 EventCallback = Callable[[Event], None]
@@ -53,6 +60,10 @@ class Utterance:
     """Synthesis failed; an ``error`` event was sent. Its played part still ends with done."""
     frames_played: int = 0
     first_pts: int | None = None
+    end_pts: int | None = None
+    """Stream position just after the last speech frame sent (``end_ts`` in events)."""
+    waiting_for_text: bool = False
+    """The producer has spoken every piece and waits for more streamed text."""
     source_samples: int = 0
     """Samples the engine produced (trimmed lead-in included)."""
     trimmed_samples: int = 0
@@ -74,6 +85,10 @@ class Utterance:
     @property
     def awaiting_text(self) -> bool:
         return not self.pieces and not self.text_closed
+
+    @property
+    def ready_to_start(self) -> bool:
+        return len(self.packets) >= START_FRAMES or self.produced or self.waiting_for_text
 
     def add_text(self, pieces: list[str]) -> None:
         self.pieces.extend(pieces)
@@ -231,6 +246,7 @@ class Speaker:
                 utterance,
                 played_ms=utterance.played_ms,
                 stream_ts=utterance.first_pts,
+                end_ts=utterance.end_pts,
             )
         self._space.set()
         self._wakeup.set()
@@ -255,12 +271,15 @@ class Speaker:
     def next_payload(self, pts: int) -> bytes | None:
         while self._queue:
             utterance = self._queue[0]
+            if utterance.first_pts is None and not utterance.ready_to_start:
+                return None
             if utterance.packets:
                 payload = utterance.packets.popleft()
                 if utterance.first_pts is None:
                     utterance.first_pts = pts
                     self._emit("speech.started", utterance, stream_ts=pts)
                 utterance.frames_played += 1
+                utterance.end_pts = pts + FRAME_SAMPLES
                 if not self._space.is_set() and self._buffered_frames() < MAX_FRAMES_AHEAD:
                     self._space.set()
                 return payload
@@ -278,6 +297,7 @@ class Speaker:
                 source_duration_ms=round(utterance.source_ms, 1),
                 trimmed_ms=round(utterance.trimmed_ms, 1),
                 stream_ts=utterance.first_pts,
+                end_ts=utterance.end_pts,
             )
         return None
 
@@ -359,7 +379,11 @@ class Speaker:
                 if utterance.text_closed:
                     break
                 utterance.text_arrived.clear()
-                await utterance.text_arrived.wait()
+                utterance.waiting_for_text = True
+                try:
+                    await utterance.text_arrived.wait()
+                finally:
+                    utterance.waiting_for_text = False
                 continue
             piece = utterance.pieces.popleft()
             request = dataclasses.replace(utterance.request, text=piece)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -48,21 +49,32 @@ async def voice(client: TestClient, http: aiohttp.ClientSession) -> AsyncIterato
     await peer.close(http)
 
 
+async def server_stats(peer: WhepClient, http: aiohttp.ClientSession) -> dict[str, Any]:
+    """The session's pacing stats: ``underruns`` (silent ticks inside an utterance
+    because encoding fell behind) and ``skipped_frames`` (ticks the pacer skipped
+    after a stall) are what may legitimately separate frames from positions."""
+    async with http.get(f"{peer.base_url}{peer.location}/stats") as resp:
+        assert resp.status == 200
+        stats: dict[str, Any] = await resp.json()
+        return stats
+
+
 async def wait_frames_until(peer: WhepClient, pts: int, wait_s: float = 5.0) -> None:
     async with asyncio.timeout(wait_s):
         while not peer.frames or peer.frames[-1].pts < pts:
             await asyncio.sleep(0.02)
 
 
-async def test_say_is_heard_with_the_duration_the_engine_produced(voice: WhepClient) -> None:
+async def test_say_is_heard_with_the_duration_the_engine_produced(
+    voice: WhepClient, http: aiohttp.ClientSession
+) -> None:
     voice.say(SENTENCE, "s1")
     started = await voice.next_event()
     assert started["type"] == "speech.started" and started["id"] == "s1"
     done = await voice.next_event()
     assert done["type"] == "speech.done" and done["id"] == "s1"
-    start_ts = started["stream_ts"]
+    start_ts, end_ts = started["stream_ts"], done["end_ts"]
     assert done["stream_ts"] == start_ts
-    end_ts = start_ts + done["duration_ms"] * FRAME_SAMPLES // FRAME_MS
     await wait_frames_until(voice, end_ts + 10 * FRAME_SAMPLES)
 
     # What the engine produced (at 22.05 kHz), less the near-silent lead-in the
@@ -75,9 +87,13 @@ async def test_say_is_heard_with_the_duration_the_engine_produced(voice: WhepCli
     before = voice.frames_between(0, start_ts)
     during = voice.frames_between(start_ts, end_ts)
     after = voice.frames_between(end_ts, end_ts + 10 * FRAME_SAMPLES)
-    # every frame of the utterance arrived, none missing, none extra
-    assert [f.pts for f in during] == list(range(start_ts, end_ts, FRAME_SAMPLES))
-    assert len(during) * FRAME_MS == done["duration_ms"]
+    # Every frame of the utterance arrived, none missing, none extra: its span is
+    # its duration, plus any silent ticks the server counted as underruns.
+    stats = await server_stats(voice, http)
+    speech_frames = done["duration_ms"] // FRAME_MS
+    assert speech_frames <= len(during) <= speech_frames + stats["underruns"]
+    if stats["skipped_frames"] == 0:
+        assert [f.pts for f in during] == list(range(start_ts, end_ts, FRAME_SAMPLES))
     # silence before speech.started's position, speech during, silence after
     assert before and max(f.rms for f in before) < SILENT_RMS
     assert np.mean([f.rms for f in during]) > SPEECH_RMS
@@ -87,7 +103,7 @@ async def test_say_is_heard_with_the_duration_the_engine_produced(voice: WhepCli
 
 
 async def test_cancel_silences_within_a_frame_and_reports_played_time(
-    voice: WhepClient,
+    voice: WhepClient, http: aiohttp.ClientSession
 ) -> None:
     voice.say(LONG_TEXT, "long")
     voice.say("This queued sentence is dropped by the cancel.", "queued")
@@ -102,13 +118,17 @@ async def test_cancel_silences_within_a_frame_and_reports_played_time(
         "id": "queued",
         "played_ms": 0,
         "stream_ts": None,
+        "end_ts": None,
     }
     played_ms = cancelled["played_ms"]
     assert 800 <= played_ms < 5000
-    stop_ts = started["stream_ts"] + played_ms * FRAME_SAMPLES // FRAME_MS
+    assert cancelled["stream_ts"] == started["stream_ts"]
+    stop_ts = cancelled["end_ts"]
     await wait_frames_until(voice, stop_ts + 25 * FRAME_SAMPLES)
     played = voice.frames_between(started["stream_ts"], stop_ts)
-    assert len(played) * FRAME_MS == played_ms
+    # played_ms is the speech sent; its span also holds any underrun ticks
+    underruns = (await server_stats(voice, http))["underruns"]
+    assert played_ms // FRAME_MS <= len(played) <= played_ms // FRAME_MS + underruns
     assert np.mean([f.rms for f in played]) > SPEECH_RMS
     # Silent within one frame: the frame at the reported position may still hold
     # Opus's 6.5 ms algorithmic-delay tail of the last speech frame; from the next
@@ -122,7 +142,13 @@ async def test_cancel_silences_within_a_frame_and_reports_played_time(
 
 
 async def test_says_queue_in_order(voice: WhepClient) -> None:
-    for i, text in enumerate(["First.", "Second one.", "Third and last."]):
+    # each is long enough to cover the synthesis of the next on a busy runner
+    texts = [
+        "First, a sentence that is long enough to cover the next one.",
+        "Second, another one of about the same length, as you hear.",
+        "Third and last.",
+    ]
+    for i, text in enumerate(texts):
         voice.say(text, f"q{i}")
     events = [await voice.next_event() for _ in range(6)]
     assert [(e["type"], e["id"]) for e in events] == [
@@ -135,8 +161,7 @@ async def test_says_queue_in_order(voice: WhepClient) -> None:
     ]
     # back to back: each starts where the previous ended
     for done, nxt in [(events[1], events[2]), (events[3], events[4])]:
-        end = done["stream_ts"] + done["duration_ms"] * FRAME_SAMPLES // FRAME_MS
-        assert nxt["stream_ts"] == end
+        assert nxt["stream_ts"] == done["end_ts"]
 
 
 async def test_bad_messages_get_error_events_and_the_session_stays_up(

@@ -92,6 +92,11 @@ def skipped_ticks(client: TestClient, room: str) -> int:
     return client.app[ROOMS_KEY].rooms[room].pacer.stats.skipped_frames
 
 
+def underruns(client: TestClient, room: str) -> int:
+    """Silent ticks inside an utterance because encoding fell behind playout."""
+    return client.app[ROOMS_KEY].rooms[room].speaker.underruns
+
+
 def gaps(positions: list[int]) -> int:
     """Missing 20 ms positions between the first and the last."""
     return (positions[-1] - positions[0]) // FRAME_SAMPLES + 1 - len(positions)
@@ -111,6 +116,7 @@ async def test_every_listener_hears_the_same_frames(
     joined = await bot_event(bot, "participant.joined")
     assert joined["role"] in ("bot", "listener")
     skipped_before = skipped_ticks(client, "hall")
+    underruns_before = underruns(client, "hall")
     await bot.send_json({"type": "say", "text": SENTENCE, "id": "welcome"})
     started = await bot_event(bot, "speech.started")
     done = await bot_event(bot, "speech.done")
@@ -118,16 +124,16 @@ async def test_every_listener_hears_the_same_frames(
     # a stalled loop (a loaded 2-core runner) makes the pacer skip ticks: their RTP
     # positions are never sent, and the speech goes on after them
     skipped = skipped_ticks(client, "hall") - skipped_before
+    silent = underruns(client, "hall") - underruns_before
     speech_frames = done["duration_ms"] // FRAME_MS
-    start = started["stream_ts"]
-    end = start + (speech_frames + skipped) * FRAME_SAMPLES
+    start, end = started["stream_ts"], done["end_ts"]
     await wait_until_heard(listeners, end + 5 * FRAME_SAMPLES)
     # listeners get the events too
     for listener in listeners:
         assert (await listener.next_event("speech.started"))["stream_ts"] == start
     heard = [lst.room_frames(start, end) for lst in listeners]
     positions = sorted(heard[0])
-    assert speech_frames <= len(positions) <= speech_frames + skipped
+    assert speech_frames <= len(positions) <= speech_frames + silent
     assert gaps(positions) <= skipped
     for frames in heard:
         assert sorted(frames) == positions  # every frame, at the same positions
@@ -180,10 +186,11 @@ async def test_bot_text_deltas_are_heard(
     await bot.send_json({"type": "text.done", "id": "reply"})
     done = await bot_event(bot, "speech.done")
     assert done["id"] == "reply" == started["id"]
-    end = started["stream_ts"] + done["duration_ms"] * 48
+    end = done["end_ts"]
     await wait_until_heard([listener], end)
     frames = listener.room_frames(started["stream_ts"], end)
-    assert len(frames) * FRAME_MS == done["duration_ms"]
+    # the span may also hold ticks that waited for the bot's next text (silence)
+    assert len(frames) >= done["duration_ms"] // FRAME_MS
     assert np.mean(list(frames.values())) > SPEECH_RMS
     await listener.close(http)
 

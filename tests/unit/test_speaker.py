@@ -9,7 +9,7 @@ import pytest
 
 from media_server.audio import FRAME_MS
 from media_server.opus import OpusEncoder, OpusSettings
-from media_server.speaker import Speaker
+from media_server.speaker import START_FRAMES, Speaker
 from synthesis import SynthesisRequest, SynthesisService
 from tests.fakes import ScriptedEngine
 
@@ -63,7 +63,8 @@ async def test_utterances_play_in_order_with_events() -> None:
     done_a = events[1]
     assert done_a["duration_ms"] == 400 and done_a["source_duration_ms"] == 400.0
     assert done_a["trimmed_ms"] == 0
-    assert events[2]["stream_ts"] == 20 * 960  # b starts right after a's 20 frames
+    assert done_a["end_ts"] == done_a["stream_ts"] + 20 * 960
+    assert events[2]["stream_ts"] == done_a["end_ts"]  # b starts right after a's 20 frames
     await speaker.aclose()
 
 
@@ -80,8 +81,14 @@ async def test_cancel_silences_the_next_tick_and_reports_played_time() -> None:
     assert speaker.next_payload(12 * 960) is None  # silent on the very next tick
     cancel_events = [e for e in events if e["type"] == "speech.cancelled"]
     assert cancel_events == [
-        {"type": "speech.cancelled", "id": "a", "played_ms": 12 * FRAME_MS, "stream_ts": 0},
-        {"type": "speech.cancelled", "id": "b", "played_ms": 0, "stream_ts": None},
+        {
+            "type": "speech.cancelled",
+            "id": "a",
+            "played_ms": 12 * FRAME_MS,
+            "stream_ts": 0,
+            "end_ts": 12 * 960,
+        },
+        {"type": "speech.cancelled", "id": "b", "played_ms": 0, "stream_ts": None, "end_ts": None},
     ]
     await asyncio.sleep(0.1)
     assert await play(speaker, 5) == [None] * 5
@@ -120,9 +127,40 @@ async def test_underruns_are_counted_when_synthesis_is_slower_than_playout() -> 
     engine = ScriptedEngine(chunk_s=0.02, chunks=20, delay_s=0.05)
     speaker, _ = make(engine)
     speaker.say(req("slow"))
-    await wait_buffered(speaker, 1)
+    await wait_buffered(speaker, START_FRAMES)
     await play(speaker, 20)
     assert speaker.underruns > 0
+    await speaker.aclose()
+
+
+async def test_speech_starts_once_three_frames_are_encoded() -> None:
+    # 20 ms of audio every 50 ms: a speaker that started on its first frame
+    # would open with a gap on the very next tick
+    engine = ScriptedEngine(chunk_s=0.02, chunks=12, delay_s=0.05)
+    speaker, events = make(engine)
+    speaker.say(req("slow start"), "s")
+    await wait_buffered(speaker, 1)
+    assert speaker._buffered_frames() < START_FRAMES
+    assert speaker.next_payload(0) is None
+    assert events == [] and speaker.underruns == 0  # waiting to start is not an underrun
+    await wait_buffered(speaker, START_FRAMES)
+    first = [speaker.next_payload(pts * 960) for pts in range(1, 1 + START_FRAMES)]
+    assert all(p is not None for p in first)
+    assert events == [{"type": "speech.started", "id": "s", "stream_ts": 960}]
+    await speaker.aclose()
+
+
+async def test_an_utterance_shorter_than_the_start_buffer_still_plays() -> None:
+    speaker, events = make(ScriptedEngine(chunk_s=0.03, chunks=1))
+    speaker.say(req("Hi"), "hi")
+    for _ in range(200):
+        if speaker._queue and speaker._queue[0].produced:
+            break
+        await asyncio.sleep(0.005)
+    payloads = await play(speaker, 5)
+    assert 1 <= sum(p is not None for p in payloads) < START_FRAMES
+    done = next(e for e in events if e["type"] == "speech.done")
+    assert done["end_ts"] - done["stream_ts"] == done["duration_ms"] * 48
     await speaker.aclose()
 
 
@@ -175,6 +213,7 @@ async def test_text_done_without_open_text_and_cancel_of_open_text() -> None:
     assert speaker.text_done("nothing") is None
     speaker.text_delta("Never finished", req(" "), "open")
     speaker.cancel()
-    assert events == [{"type": "speech.cancelled", "id": "open", "played_ms": 0, "stream_ts": None}]
+    never_started = {"played_ms": 0, "stream_ts": None, "end_ts": None}
+    assert events == [{"type": "speech.cancelled", "id": "open", **never_started}]
     await asyncio.sleep(0.05)
     await speaker.aclose()
