@@ -104,21 +104,20 @@ class Counters:
         return self.first_block_min - self.last_block_min
 
     def on_packet(self, timestamp: int, now: float) -> None:
-        if self.first_at is None:
-            self.first_at = now
-        elif self.last_ts is not None:
-            step = (timestamp - self.last_ts) % RTP_WRAP
-            if step < RTP_WRAP // 2:
-                self.media_s += step / SAMPLE_RATE_HZ
         if self.last_ts is not None:
             step = (timestamp - self.last_ts) % RTP_WRAP
-            if FRAME_SAMPLES < step < RTP_WRAP // 2:
+            forward = step < RTP_WRAP // 2
+            if forward and self.first_at is not None:  # RTP time within the window
+                self.media_s += step / SAMPLE_RATE_HZ
+            if forward and step > FRAME_SAMPLES:
                 self.missing += step // FRAME_SAMPLES - 1
             gap = now - self.last_at
             if gap > GAP_S:
                 self.gaps += 1
             if gap > self.max_gap_s:
                 self.max_gap_s = gap
+        if self.first_at is None:
+            self.first_at = now
         self.last_ts = timestamp
         self.last_at = now
         self.packets += 1

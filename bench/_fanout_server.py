@@ -224,6 +224,49 @@ class GcPauses:
             self.max_generation = info["generation"]
 
 
+class ProcessWindow:
+    """This process over one measuring window: wall time, CPU by thread group, GC pauses."""
+
+    def __init__(self) -> None:
+        self._gc = GcPauses()
+        self._at = 0.0
+        self._cpu_at = 0.0
+        self._cpu_s = 0.0
+        self._threads: dict[int, tuple[str, float]] = {}
+        self._wall = 0.0
+        self._by_group: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._gc.reset()
+        self._at = time.monotonic()
+        self._cpu_at = time.process_time()
+        self._threads = thread_cpu_s()
+
+    def end(self) -> None:
+        """Stop the clocks (before the figures are computed, which is not measured)."""
+        self._wall = time.monotonic() - self._at
+        self._cpu_s = time.process_time() - self._cpu_at
+        by_group = {"loop": 0.0, "encode": 0.0, "synthesis": 0.0}
+        for tid, (group, used) in thread_cpu_s().items():
+            if group in by_group:
+                by_group[group] += used - self._threads.get(tid, (group, 0.0))[1]
+        by_group["other"] = max(0.0, self._cpu_s - sum(by_group.values()))
+        self._by_group = by_group
+
+    def stats(self, **measured: Any) -> ServerStats:
+        """The ended window: ``measured`` (the media figures) plus this process's usage."""
+        return ServerStats(
+            wall_s=self._wall,
+            cpu_s=self._cpu_s,
+            thread_cpu_s=self._by_group,
+            gc_collections=self._gc.count,
+            gc_total_ms=self._gc.total_s * 1000,
+            gc_max_ms=self._gc.max_s * 1000,
+            gc_max_generation=self._gc.max_generation,
+            **measured,
+        )
+
+
 class Probe:
     """Finds the live pacers, speakers and tracks of the app and measures one window."""
 
@@ -233,12 +276,9 @@ class Probe:
         self._stamped: set[EncodedAudioTrack] = set()
         self._send_lateness: list[float] = []
         self._recording = False
-        self._at = 0.0
-        self._cpu = 0.0
-        self._threads: dict[int, tuple[str, float]] = {}
         self._underruns: dict[int, int] = {}
         self._dropped: dict[int, int] = {}
-        self._gc = GcPauses()
+        self._window = ProcessWindow()
 
     def streams(self) -> list[tuple[Pacer, Speaker, list[EncodedAudioTrack]]]:
         if self._mode == MODE_ROOM:
@@ -283,24 +323,18 @@ class Probe:
                 self._dropped[id(track)] = track.dropped_frames
                 if track not in self._stamped:
                     self._stamp(track, pacer)
-        self._gc.reset()
         self._recording = True
-        self._at = time.monotonic()
-        self._cpu = time.process_time()
-        self._threads = thread_cpu_s()
+        self._window.start()
 
     def collect(self) -> ServerStats:
-        wall = time.monotonic() - self._at
-        cpu = time.process_time() - self._cpu
-        by_group = _by_group(self._threads, cpu)
+        self._window.end()
         self._recording = False
         streams = self.streams()
         lateness = [p.stats.lateness_s() for p, _, _ in streams]
         samples = np.concatenate(lateness) if lateness else np.zeros(0)
         send = np.asarray(self._send_lateness, dtype=np.float64)
         self._send_lateness.clear()
-        return ServerStats(
-            wall_s=wall,
+        return self._window.stats(
             streams=len(streams),
             listeners=sum(len(t) for _, _, t in streams),
             lateness=Percentiles.of(samples),
@@ -313,12 +347,6 @@ class Probe:
             dropped_frames=sum(
                 t.dropped_frames - self._dropped.get(id(t), 0) for _, _, ts in streams for t in ts
             ),
-            cpu_s=cpu,
-            thread_cpu_s=by_group,
-            gc_collections=self._gc.count,
-            gc_total_ms=self._gc.total_s * 1000,
-            gc_max_ms=self._gc.max_s * 1000,
-            gc_max_generation=self._gc.max_generation,
             opus_complexity=self._complexity(),
         )
 
@@ -329,10 +357,7 @@ class BaselineProbe:
     def __init__(self, app: web.Application, lateness: Lateness) -> None:
         self._app = app
         self._lateness = lateness
-        self._gc = GcPauses()
-        self._at = 0.0
-        self._cpu = 0.0
-        self._threads: dict[int, tuple[str, float]] = {}
+        self._window = ProcessWindow()
 
     def least_buffered(self) -> int:
         return FILLED  # looped PCM: always ready
@@ -341,21 +366,15 @@ class BaselineProbe:
         self._lateness.samples.clear()
         self._lateness.frames = 0
         self._lateness.recording = True
-        self._gc.reset()
-        self._at = time.monotonic()
-        self._cpu = time.process_time()
-        self._threads = thread_cpu_s()
+        self._window.start()
 
     def collect(self) -> ServerStats:
-        wall = time.monotonic() - self._at
-        cpu = time.process_time() - self._cpu
+        self._window.end()
         self._lateness.recording = False
-        by_group = _by_group(self._threads, cpu)
         samples = np.asarray(self._lateness.samples, dtype=np.float64)
         lateness = Percentiles.of(samples)
         count = peers(self._app)
-        return ServerStats(
-            wall_s=wall,
+        return self._window.stats(
             streams=count,
             listeners=count,
             lateness=lateness,
@@ -366,25 +385,10 @@ class BaselineProbe:
             underruns=0,
             skipped_frames=0,
             dropped_frames=0,
-            cpu_s=cpu,
-            thread_cpu_s=by_group,
-            gc_collections=self._gc.count,
-            gc_total_ms=self._gc.total_s * 1000,
-            gc_max_ms=self._gc.max_s * 1000,
-            gc_max_generation=self._gc.max_generation,
         )
 
 
 FILLED: Final = 1_000_000
-
-
-def _by_group(before: dict[int, tuple[str, float]], cpu: float) -> dict[str, float]:
-    by_group = {"loop": 0.0, "encode": 0.0, "synthesis": 0.0}
-    for tid, (group, used) in thread_cpu_s().items():
-        if group in by_group:
-            by_group[group] += used - before.get(tid, (group, 0.0))[1]
-    by_group["other"] = max(0.0, cpu - sum(by_group.values()))
-    return by_group
 
 
 def rss_bytes() -> int:

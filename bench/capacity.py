@@ -293,8 +293,6 @@ class Memory:
 async def measure_memory(mode: str, config: Config, speech: Speech) -> Memory:
     n = config.memory_sessions
     async with open_harness(mode, speech, n) as h:
-        await asyncio.sleep(config.memory_settle_s)
-        (_, start, _) = await ask(h.server, ("rss",), REPLY_WAIT_S)
         # warm-up: the first sessions load code paths and caches once
         await ask(h.client, ("idle", min(5, n)), JOIN_WAIT_S)
         await ask(h.client, ("close_idle",), JOIN_WAIT_S)
@@ -317,7 +315,6 @@ async def measure_memory(mode: str, config: Config, speech: Speech) -> Memory:
                 break
         await asyncio.sleep(config.memory_settle_s)
         (_, after_cycled, _) = await ask(h.server, ("rss",), REPLY_WAIT_S)
-    del start
     return Memory(
         start_mb=base / MB,
         idle_mb=idle / MB,

@@ -45,6 +45,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any, Final
 
 import aiohttp
@@ -366,20 +367,19 @@ async def open_harness(
         name=f"fanout-server-{mode}",
         daemon=True,
     )
-    client_conn, client_end = ctx.Pipe()
-    client = ctx.Process(
-        target=client_process,
-        args=(client_end, base_url, mode, ROOM, SECRET, PARAGRAPH),
-        name=f"fanout-listeners-{mode}",
-        daemon=True,
-    )
-    churn_conn, churn_end = ctx.Pipe()
-    churner = ctx.Process(
-        target=client_process,
-        args=(churn_end, base_url, mode, ROOM, SECRET, PARAGRAPH),
-        name=f"fanout-joiners-{mode}",
-        daemon=True,
-    )
+
+    def peers_process(role: str) -> tuple[Connection, Connection, BaseProcess]:
+        conn, end = ctx.Pipe()
+        process = ctx.Process(
+            target=client_process,
+            args=(end, base_url, mode, ROOM, SECRET, PARAGRAPH),
+            name=f"fanout-{role}-{mode}",
+            daemon=True,
+        )
+        return conn, end, process
+
+    client_conn, client_end, client = peers_process("listeners")
+    churn_conn, churn_end, churner = peers_process("joiners")
     bot_state = BotState()
     bot: asyncio.Task[None] | None = None
     try:

@@ -101,9 +101,10 @@ async def gc_ctx(app: web.Application) -> AsyncIterator[None]:
     """Keep what start-up built out of every later garbage collection.
 
     A full collection holds the event loop while it walks every tracked object, and
-    most of them (modules, the engine, aiortc's and aiohttp's classes) live as long
-    as the server. Frozen after start-up, they are never walked again: collections
-    triggered by peers joining and leaving stay short, so the audio does not stall.
+    most of them after start-up (modules, the engine, aiortc's and aiohttp's classes)
+    live as long as the server. Frozen, they are never walked again (about 68k objects
+    here, against 29k live with 20 sessions). It does not shorten the collections that
+    free closed peers' cyclic garbage: those still reach tens of ms while peers churn.
     """
     gc.collect()
     gc.freeze()
@@ -118,6 +119,7 @@ def create_app(
     """Build the server. ``engine`` defaults to the one named in ``settings`` (loaded off-loop)."""
     app = web.Application(middlewares=[cors_middleware, error_middleware])
     app[SETTINGS_KEY] = settings
+    media_clock = clock or MonotonicClock()  # one clock for pacing and the encode budget
     if settings.token_secret is not None:
         app[SIGNER_KEY] = TokenSigner(settings.token_secret.encode())
     if settings.ice_host_addresses:
@@ -156,20 +158,24 @@ def create_app(
             settings.opus.encode_budget_pct / 100,
             settings.opus.complexity,
             settings.opus.min_complexity,
-            now=(clock or MonotonicClock()).now,
+            now=media_clock.now,
         )
         app[ENCODE_BUDGET_KEY] = budget
         registry = SessionRegistry(
             settings,
             synthesis,
-            clock=clock,
+            clock=media_clock,
             encode_executor=encode_pool,
             encode_budget=budget,
         )
         registry.start()
         app[REGISTRY_KEY] = registry
         rooms = RoomRegistry(
-            settings, synthesis, clock=clock, encode_executor=encode_pool, encode_budget=budget
+            settings,
+            synthesis,
+            clock=media_clock,
+            encode_executor=encode_pool,
+            encode_budget=budget,
         )
         rooms.start()
         app[ROOMS_KEY] = rooms
