@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import glob
 import os
 from dataclasses import dataclass
@@ -46,11 +47,14 @@ class OpusSettings:
             raise ValueError("opus expected_loss_pct must be within 0..100")
 
 
+@functools.cache
 def _load_opuslib() -> tuple[ModuleType, ModuleType, ModuleType]:
     """Import opuslib, pointing it at the libopus that PyAV's wheel ships if none is installed.
 
     opuslib resolves the library with ``ctypes.util.find_library('opus')`` at import
     time; no system libopus exists on a fresh machine, but ``av.libs`` has one.
+    Cached: ``find_library`` runs ``ldconfig`` and a compiler in subprocesses, which
+    took about 2 ms of the event loop for every new session.
     """
     original = ctypes.util.find_library
     if original("opus") is None:

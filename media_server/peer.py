@@ -19,6 +19,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from media_server.config import IceServer
+from media_server.teardown import release_peer
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,14 @@ def check_offer(sdp: str) -> None:
         )
 
 
+def _ignore_message(raw: str | bytes) -> None:
+    """What a closed peer does with a late data-channel message."""
+
+
+def _ignore_state(state: str) -> None:
+    """What a closed peer does with a late state change."""
+
+
 class PeerSession:
     """Owns one ``RTCPeerConnection``.
 
@@ -83,12 +92,13 @@ class PeerSession:
         self.channel: RTCDataChannel | None = None
         self._unsent: deque[str] = deque(maxlen=MAX_UNSENT_MESSAGES)
         self._remote_ufrag: str | None = None
+        self._released = False
         self.pc.on("connectionstatechange", self._state_changed)
         self.pc.on("datachannel", self._channel_opened)
 
     @property
     def connection_state(self) -> str:
-        return str(self.pc.connectionState)
+        return "closed" if self._released else str(self.pc.connectionState)
 
     def _state_changed(self) -> None:
         logger.debug("PeerSession(%s) connection %s", self.label, self.pc.connectionState)
@@ -134,6 +144,8 @@ class PeerSession:
 
     async def add_trickle(self, sdpfrag: str) -> int:
         """Apply an ``application/trickle-ice-sdpfrag`` body; returns candidates added."""
+        if self._released:
+            return 0
         ufrag = re.search(r"^a=ice-ufrag:(\S+)", sdpfrag, re.MULTILINE)
         if ufrag and self._remote_ufrag and ufrag.group(1) != self._remote_ufrag:
             raise IceRestartUnsupported(
@@ -168,6 +180,8 @@ class PeerSession:
     def send(self, text: str) -> bool:
         """Send on the data channel; before it is open, keep the message (the newest
         :data:`MAX_UNSENT_MESSAGES`) for when it opens. False once it has closed."""
+        if self._released:
+            return False
         channel = self.channel
         if channel is None or channel.readyState == "connecting":
             self._unsent.append(text)
@@ -179,4 +193,17 @@ class PeerSession:
         return True
 
     async def close(self) -> None:
+        """Close the connection, then free its parts at once (no garbage collection
+        needed, see :mod:`media_server.teardown`)."""
+        if self._released:
+            return
         await self.pc.close()
+        if self._released:  # closed meanwhile by another task
+            return
+        self._released = True
+        self.channel = None
+        self._unsent.clear()
+        # the owner's callbacks point back at it: drop them, so nothing is cyclic
+        self._on_message = _ignore_message
+        self._on_state = _ignore_state
+        await release_peer(self.pc)

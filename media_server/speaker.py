@@ -95,6 +95,10 @@ class Utterance:
         self.text_arrived.set()
 
 
+def _drop_event(event: Event) -> None:
+    """Where a closed speaker's events go."""
+
+
 class Speaker:
     """A queue of utterances for one stream and the task that produces their frames.
 
@@ -253,6 +257,7 @@ class Speaker:
         return cancelled
 
     async def aclose(self) -> None:
+        self._on_event = _drop_event  # a closed speaker tells nobody (and holds no owner)
         for utterance in self._queue:
             utterance.cancelled = True
             utterance.text_arrived.set()
