@@ -37,7 +37,7 @@ from bench._client import recv_message
 from bench._naive_aiortc import Lateness, create_naive_app, peers
 from media_server.audio import FRAME_S, FRAME_SAMPLES
 from media_server.config import Settings
-from media_server.pacer import Pacer
+from media_server.pacer import OutgoingFrame, Pacer
 from media_server.resampler import StreamResampler
 from media_server.speaker import Speaker
 from media_server.stats import PacingStats
@@ -297,9 +297,24 @@ class Probe:
         return min((s._buffered_frames() for _, s, _ in self.streams()), default=0)
 
     def _stamp(self, track: EncodedAudioTrack, pacer: Pacer) -> None:
-        """Wrap the live track's ``recv``: note when aiortc's sender takes each packet."""
-        recv = track.recv
+        """Note when each packet is sent: wrap the track's writer (RTP written from the
+        tick) or its ``recv`` (where aiortc's sender task takes each packet)."""
         lateness = self._send_lateness
+        writer = track.writer
+        if writer is not None:
+            write = writer.write
+
+            def write_stamped(frame: OutgoingFrame) -> None:
+                write(frame)
+                start = pacer._start
+                if self._recording and start is not None:
+                    deadline = start + (frame.pts // FRAME_SAMPLES) * FRAME_S
+                    lateness.append(time.monotonic() - deadline)
+
+            writer.write = write_stamped  # type: ignore[method-assign]
+            self._stamped.add(track)
+            return
+        recv = track.recv
 
         async def recv_stamped() -> Any:
             packet = await recv()

@@ -292,7 +292,7 @@ class Memory:
 
 async def measure_memory(mode: str, config: Config, speech: Speech) -> Memory:
     n = config.memory_sessions
-    async with open_harness(mode, speech, n) as h:
+    async with open_harness(mode, speech, n, direct_rtp=config.plan.direct_rtp) as h:
         # warm-up: the first sessions load code paths and caches once
         await ask(h.client, ("idle", min(5, n)), JOIN_WAIT_S)
         await ask(h.client, ("close_idle",), JOIN_WAIT_S)
@@ -395,6 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--pacing-minutes", type=positive_float, default=None, help="run 3's window"
     )
+    parser.add_argument(
+        "--sender",
+        choices=("direct", "aiortc"),
+        default="direct",
+        help="how our server sends RTP: from the tick (default) or aiortc's sender task",
+    )
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     if args.steps:
@@ -407,6 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.pacing_minutes is not None:
         config = dataclasses.replace(config, pacing_s=args.pacing_minutes * 60)
+    if args.sender == "aiortc":
+        config = dataclasses.replace(
+            config, plan=dataclasses.replace(config.plan, direct_rtp=False)
+        )
     if len(os.sched_getaffinity(0)) < 2 or (os.cpu_count() or 1) < 2:
         print("bench.capacity not run: it pins the server and the receivers to two cores.")
         return 0
@@ -416,10 +426,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.flush()
     speech = synthesise_once()
     os.sched_setaffinity(0, {CLIENT_CORE})
+    sender = "from the tick (RtpWriter)" if config.plan.direct_rtp else "aiortc's sender task"
     print(
         f"Speech: Piper synthesised {speech.duration_s:.1f} s once; outside run 5 both servers"
         f" replay it.\nPer step: join, settle {config.plan.settle_s:g} s, measure"
-        f" {config.plan.hold_s:g} s.\n"
+        f" {config.plan.hold_s:g} s.\nOur RTP: {sender}.\n"
     )
     runs = {
         "speaking": run_speaking,

@@ -93,6 +93,8 @@ class Plan:
     """Wall time after which a mode starts no further step."""
     fill_wait_s: float
     """At most this long for every speaker to be 3 s ahead before a window (see run_step)."""
+    direct_rtp: bool = True
+    """Our server writes RTP from the tick (``Settings.direct_rtp``), or aiortc's sender does."""
 
 
 DEFAULT_PLAN: Final = Plan(
@@ -336,7 +338,7 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def open_harness(
-    mode: str, speech: Speech, max_listeners: int, engine: str = "replay"
+    mode: str, speech: Speech, max_listeners: int, engine: str = "replay", direct_rtp: bool = True
 ) -> AsyncIterator[Harness]:
     """Start the server (pinned to core 0) and the listeners (core 1); stop both after."""
     ctx = multiprocessing.get_context("spawn")
@@ -351,6 +353,7 @@ async def open_harness(
         max_sessions=max_listeners + 200,  # room for peers joining during a window
         # Each naive session holds a synthesis slot while its replayed utterance is read.
         synthesis_workers=max_listeners + 4,
+        direct_rtp=direct_rtp,
     )
     server_conn, server_end = ctx.Pipe()
     server = ctx.Process(
@@ -437,7 +440,7 @@ async def run_mode(
     result = ModeResult(mode)
     started = time.monotonic()
     try:
-        async with open_harness(mode, speech, max(plan.steps), engine) as h:
+        async with open_harness(mode, speech, max(plan.steps), engine, plan.direct_rtp) as h:
             failing = 0
             for n in plan.steps:
                 if time.monotonic() - started > plan.mode_budget_s:

@@ -47,6 +47,9 @@ class Settings:
     """HMAC secret for room join tokens (at least 16 bytes); rooms are off without it."""
     max_rooms: int = 100
     max_room_participants: int = 50
+    direct_rtp: bool = True
+    """Write RTP from the pacer's tick (:mod:`media_server.rtp_writer`) instead of
+    through aiortc's per-track sender task; off only to compare the two."""
     opus: OpusSettings = field(default_factory=OpusSettings)
 
     def __post_init__(self) -> None:
@@ -104,6 +107,15 @@ def _parse_ice_servers(raw: str) -> tuple[IceServer, ...]:
     return (IceServer(urls=tuple(u.strip() for u in raw.split(",") if u.strip())),)
 
 
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("use 1/0, true/false, yes/no or on/off")
+
+
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Read ``VMS_*`` variables (e.g. ``VMS_PORT=9000``); unknown ones are ignored."""
     env = os.environ if environ is None else environ
@@ -122,6 +134,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
                 values[f.name] = int(raw)
             elif f.type in ("float",):
                 values[f.name] = float(raw)
+            elif f.type in ("bool",):
+                values[f.name] = _parse_bool(raw)
             else:
                 values[f.name] = raw
         except ValueError as exc:
@@ -131,7 +145,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         key = f"{ENV_PREFIX}OPUS_{f.name.upper()}"
         if key in env:
             raw = env[key]
-            opus[f.name] = raw.lower() in ("1", "true", "yes") if f.type == "bool" else int(raw)
+            try:
+                opus[f.name] = _parse_bool(raw) if f.type == "bool" else int(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{key}={raw!r}: {exc}") from exc
     if opus:
         values["opus"] = OpusSettings(**opus)
     return Settings(**values)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
+
+import av
 
 from media_server.pacer import OutgoingFrame
 from media_server.track import EncodedAudioTrack, make_packet
@@ -14,8 +17,9 @@ logger = logging.getLogger(__name__)
 class FanOut:
     """Sends every frame the room's pacer emits to every joined track.
 
-    The packet is built once per tick and the same object is queued on each
-    track: per listener there is only aiortc's RTP/SRTP work and the send. A
+    Per listener there is only the RTP header, SRTP and the send (each listener's
+    :class:`~media_server.rtp_writer.RtpWriter`); for a track without a writer
+    the ``av.Packet`` is built once per tick and the same object queued on each. A
     track added between ticks gets the next frame; ``on_first`` tells its owner
     at which stream position that listener started.
     """
@@ -35,9 +39,15 @@ class FanOut:
     def send(self, frame: OutgoingFrame) -> None:
         if not self._tracks:
             return
-        packet = make_packet(frame)
+        packet: av.Packet[Any] | None = None
         for track, on_first in list(self._tracks.items()):
-            track.send_packet(packet)
+            writer = track.writer
+            if writer is not None:
+                writer.write(frame)
+            else:
+                if packet is None:
+                    packet = make_packet(frame)
+                track.send_packet(packet)
             if on_first is not None:
                 self._tracks[track] = None
                 on_first(frame.pts)

@@ -19,6 +19,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from media_server.config import IceServer
+from media_server.rtp_writer import RtpWriter
 from media_server.teardown import release_peer
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,15 @@ class PeerSession:
         ufrag = re.search(r"^a=ice-ufrag:(\S+)", offer_sdp, re.MULTILINE)
         self._remote_ufrag = ufrag.group(1) if ufrag else None
         return str(self.pc.localDescription.sdp)
+
+    def rtp_writer(self, track: MediaStreamTrack) -> RtpWriter | None:
+        """A direct writer for ``track``'s RTP once its sender has started, or None."""
+        if self._released:
+            return None
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.sender.track is track:
+                return RtpWriter.bind(transceiver)
+        return None
 
     async def add_trickle(self, sdpfrag: str) -> int:
         """Apply an ``application/trickle-ice-sdpfrag`` body; returns candidates added."""

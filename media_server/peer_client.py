@@ -55,6 +55,15 @@ class PeerClient(abc.ABC):
     async def _run_media(self) -> None:
         """Feed ``self.track`` until cancelled (started once negotiation is done)."""
 
+    async def _transport_ready(self) -> None:
+        """Wait until aiortc's sender asks for the first frame (DTLS is up), then,
+        unless ``direct_rtp`` is off, send the track's frames straight to the wire."""
+        await self.track.first_recv.wait()
+        if self._settings.direct_rtp:
+            writer = self.peer.rtp_writer(self.track)
+            if writer is not None:
+                self.track.attach_writer(writer)
+
     @abc.abstractmethod
     def _on_message(self, raw: str | bytes) -> None:
         """A data-channel message arrived."""

@@ -208,7 +208,7 @@ class ListenerSession(PeerClient):
     async def _run_media(self) -> None:
         # Join the fan-out once aiortc's sender asks for frames: the first packet
         # this listener gets is the room's next frame.
-        await self.track.first_recv.wait()
+        await self._transport_ready()
         self.room.fanout.add(self.track, on_first=self._joined_at)
         await asyncio.Event().wait()
 

@@ -69,7 +69,7 @@ class VoiceSession(PeerClient):
         self.speaker.start()
         # RTP starts when aiortc's sender first asks for a frame (DTLS is up):
         # the first packet on the wire is stream position 0.
-        await self.track.first_recv.wait()
+        await self._transport_ready()
         if self._ticker is None:
             await self.pacer.run()
             return

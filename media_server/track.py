@@ -11,6 +11,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media_server.audio import SAMPLE_RATE_HZ
 from media_server.pacer import OutgoingFrame
+from media_server.rtp_writer import RtpWriter
 
 TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE_HZ)
 QUEUE_FRAMES: Final = 10
@@ -25,11 +26,14 @@ def make_packet(frame: OutgoingFrame) -> av.Packet[Any]:
 
 
 class EncodedAudioTrack(MediaStreamTrack):
-    """An audio track whose ``recv`` returns ``av.Packet`` s already encoded by us.
+    """The outgoing audio of one peer: frames already encoded by us.
 
-    aiortc's ``RTCRtpSender`` packs a packet as-is (no re-encode, no thread
-    hop); RTP timestamps come from the packet's ``pts``. The pacer decides when
-    a frame exists; this track only queues it for the sender.
+    Once an :class:`~media_server.rtp_writer.RtpWriter` is attached, a frame is
+    written to the wire at once, inside the pacer's tick. Until then (or where the
+    writer cannot be bound) ``recv`` returns it as an ``av.Packet`` to aiortc's
+    ``RTCRtpSender``, which packs it as-is (no re-encode, no thread hop); RTP
+    timestamps come from the packet's ``pts``. The pacer decides when a frame
+    exists; this track only delivers it.
     """
 
     kind = "audio"
@@ -40,9 +44,19 @@ class EncodedAudioTrack(MediaStreamTrack):
         self.dropped_frames = 0
         self.first_recv = asyncio.Event()
         """Set when aiortc's sender first asks for a frame: the transport is up."""
+        self.writer: RtpWriter | None = None
+
+    def attach_writer(self, writer: RtpWriter) -> None:
+        """Send every later frame through ``writer`` instead of aiortc's sender task."""
+        if self.readyState == "live":
+            self.writer = writer
 
     def send(self, frame: OutgoingFrame) -> None:
-        self.send_packet(make_packet(frame))
+        writer = self.writer
+        if writer is not None:
+            writer.write(frame)
+        else:
+            self.send_packet(make_packet(frame))
 
     def send_packet(self, packet: av.Packet[Any]) -> None:
         """Queue a packet; the same packet object may go to many tracks (fan-out)."""
@@ -63,6 +77,7 @@ class EncodedAudioTrack(MediaStreamTrack):
         return packet
 
     def stop(self) -> None:
+        self.writer = None
         if self.readyState == "live":
             super().stop()
             while not self._queue.empty():

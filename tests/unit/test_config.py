@@ -21,8 +21,10 @@ def test_environment_overrides() -> None:
             "VMS_ICE_HOST_ADDRESSES": "127.0.0.1, 10.1.2.3",
             "VMS_OPUS_BITRATE_BPS": "24000",
             "VMS_OPUS_INBAND_FEC": "false",
+            "VMS_DIRECT_RTP": "off",
         }
     )
+    assert settings.direct_rtp is False
     assert settings.port == 9000 and settings.max_sessions == 3
     assert settings.idle_timeout_s == 2.5
     assert settings.ice_servers == (IceServer(urls=("stun:stun.example.org:3478",)),)
@@ -44,6 +46,8 @@ def test_turn_servers_as_json() -> None:
         {"VMS_PORT": "0"},
         {"VMS_MAX_SESSIONS": "0"},
         {"VMS_ICE_SERVERS": "[{"},
+        {"VMS_DIRECT_RTP": "maybe"},
+        {"VMS_OPUS_DTX": "maybe"},
     ],
 )
 def test_bad_values_are_config_errors(env: dict[str, str]) -> None:
