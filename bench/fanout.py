@@ -70,6 +70,7 @@ from bench._report import (
     system_busy_s,
 )
 from media_server.config import Settings
+from media_server.opus import libopus_version
 from media_server.tokens import Role, TokenSigner
 from synthesis import SynthesisRequest, create_engine
 
@@ -538,6 +539,7 @@ async def run_all(
 
 def print_machine() -> None:
     rows = machine_rows(("aiortc", "aioice", "av", "pylibsrtp"))
+    rows.append(("libopus (our encoder)", libopus_version()))
     rows += [
         ("pinning: server process", f"core {SERVER_CORE} (os.sched_setaffinity)"),
         ("pinning: listeners, bot, this script", f"core {CLIENT_CORE}"),

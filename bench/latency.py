@@ -47,7 +47,7 @@ from bench._client import AUDIBLE_RMS, ClientSummary, ClientTiming, client_proce
 from bench._report import machine_rows, print_table, process_cpu_s, system_busy_s
 from media_server.config import Settings
 from media_server.encoding import UtteranceEncoder
-from media_server.opus import OpusEncoder
+from media_server.opus import OpusEncoder, libopus_version
 from media_server.pacer import OutgoingFrame
 from media_server.session import VoiceSession
 from media_server.speaker import ENCODE_SLICE_MS, Utterance
@@ -623,6 +623,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 def print_machine() -> None:
     rows = machine_rows(("aiortc", "av", "piper-tts", "onnxruntime", "numpy"))
+    rows.append(("libopus (our encoder)", libopus_version()))
     print_table("Machine", ("item", "value"), rows, left=(0, 1))
 
 

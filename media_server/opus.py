@@ -47,29 +47,37 @@ class OpusSettings:
             raise ValueError("opus expected_loss_pct must be within 0..100")
 
 
+def bundled_libopus() -> str | None:
+    """The libopus that PyAV's wheel ships (``av.libs``), if there is one."""
+    import av
+
+    candidates = sorted(
+        glob.glob(os.path.join(os.path.dirname(av.__file__), os.pardir, "av.libs", "libopus*"))
+    )
+    return os.path.abspath(candidates[0]) if candidates else None
+
+
 @functools.cache
 def _load_opuslib() -> tuple[ModuleType, ModuleType, ModuleType]:
-    """Import opuslib, pointing it at the libopus that PyAV's wheel ships if none is installed.
+    """Import opuslib, pointing it at the libopus that PyAV's wheel ships.
 
     opuslib resolves the library with ``ctypes.util.find_library('opus')`` at import
-    time; no system libopus exists on a fresh machine, but ``av.libs`` has one.
+    time. PyAV's copy is preferred to a system one: it is what every install has
+    (no system libopus exists on a fresh machine), and it is newer. Measured here
+    on speech, one 20 ms frame at 32 kbps with FEC: PyAV's libopus 1.6.1 took
+    237 µs at complexity 10 and 67 µs at 1, Debian's 1.3.1 371 µs and 79 µs.
+    Only without a bundled copy is the system's used.
     Cached: ``find_library`` runs ``ldconfig`` and a compiler in subprocesses, which
     took about 2 ms of the event loop for every new session.
     """
     original = ctypes.util.find_library
-    if original("opus") is None:
-        import av
+    bundled = bundled_libopus()
+    if bundled is not None:
 
-        candidates = sorted(
-            glob.glob(os.path.join(os.path.dirname(av.__file__), os.pardir, "av.libs", "libopus*"))
-        )
-        if candidates:
-            bundled = os.path.abspath(candidates[0])
+        def find_library(name: str) -> str | None:
+            return bundled if name == "opus" else original(name)
 
-            def find_library(name: str) -> str | None:
-                return bundled if name == "opus" else original(name)
-
-            ctypes.util.find_library = find_library
+        ctypes.util.find_library = find_library
     try:
         import opuslib
         import opuslib.api.ctl as ctl
@@ -77,6 +85,15 @@ def _load_opuslib() -> tuple[ModuleType, ModuleType, ModuleType]:
     finally:
         ctypes.util.find_library = original
     return opuslib, ctl, encoder_api
+
+
+def libopus_version() -> str:
+    """The version string of the libopus in use, e.g. ``libopus 1.6.1``."""
+    _load_opuslib()
+    from opuslib.api import libopus
+
+    libopus.opus_get_version_string.restype = ctypes.c_char_p
+    return str(libopus.opus_get_version_string().decode())
 
 
 class OpusEncoder:

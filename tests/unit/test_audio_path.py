@@ -7,7 +7,14 @@ import pytest
 
 from media_server.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from media_server.encoding import Framer, UtteranceEncoder, leading_silence
-from media_server.opus import OpusEncoder, OpusSettings, _load_opuslib, encode_silence
+from media_server.opus import (
+    OpusEncoder,
+    OpusSettings,
+    _load_opuslib,
+    bundled_libopus,
+    encode_silence,
+    libopus_version,
+)
 from media_server.resampler import StreamResampler
 
 
@@ -50,6 +57,17 @@ def test_framer_cuts_960_sample_frames_and_pads_the_last() -> None:
     assert len(last) == 1 and last[0].size == FRAME_SAMPLES
     assert last[0][:20].tolist() == [1] * 20 and not last[0][20:].any()
     assert framer.flush() == []
+
+
+def test_the_libopus_pyav_ships_is_the_one_encoding() -> None:
+    bundled = bundled_libopus()
+    assert bundled is not None, "PyAV's wheel ships libopus in av.libs"
+    _load_opuslib()
+    from opuslib.api import libopus
+
+    assert libopus._name == bundled  # preferred to any system copy
+    major, minor = (int(v) for v in libopus_version().split()[1].split(".")[:2])
+    assert (major, minor) >= (1, 4)
 
 
 def test_encoder_applies_our_settings() -> None:
