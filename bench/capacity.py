@@ -51,7 +51,7 @@ from typing import Final
 
 from bench._fanout_client import CLIENT_CORE
 from bench._fanout_server import MODE_AIORTC, MODE_NAIVE
-from bench._report import counts, positive_float, print_table
+from bench._report import counts, positive_float, positive_int, print_table
 from bench.fanout import (
     DEFAULT_PLAN,
     HARNESS_ERRORS,
@@ -98,7 +98,7 @@ FULL: Final = Config(
     speaking=(10, 20, 30, 40, 50, 60, 70, 80, 100, 120, 150, 200),
     joining=(10, 20, 30, 40, 60, 80, 100, 120, 150),
     piper=(1, 2, 4, 6, 8, 10, 12, 16),
-    pacing_sessions=50,
+    pacing_sessions=75,
     pacing_s=600.0,
     memory_sessions=100,
     memory_cycled=1000,
@@ -396,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pacing-minutes", type=positive_float, default=None, help="run 3's window"
     )
     parser.add_argument(
+        "--pacing-sessions", type=positive_int, default=None, help="run 3's session count"
+    )
+    parser.add_argument(
         "--sender",
         choices=("direct", "aiortc"),
         default="direct",
@@ -413,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.pacing_minutes is not None:
         config = dataclasses.replace(config, pacing_s=args.pacing_minutes * 60)
+    if args.pacing_sessions is not None:
+        config = dataclasses.replace(config, pacing_sessions=args.pacing_sessions)
     if args.sender == "aiortc":
         config = dataclasses.replace(
             config, plan=dataclasses.replace(config.plan, direct_rtp=False)
