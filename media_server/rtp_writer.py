@@ -112,9 +112,15 @@ class RtpWriter:
 
     def write(self, frame: OutgoingFrame) -> None:
         """Send ``frame`` now (called from the pacer's tick, on the event loop)."""
-        pair = self._nominated.get(RTP_COMPONENT)
-        srtp = self._dtls._tx_srtp
-        if pair is None or srtp is None or self._dtls._state is not State.CONNECTED:
+        srtp, connected = None, False
+        try:
+            pair = self._nominated.get(RTP_COMPONENT)
+            srtp = self._dtls._tx_srtp
+            connected = self._dtls._state is State.CONNECTED
+            transport = pair.protocol.transport if pair is not None else None
+        except AttributeError:  # the connection was already released (media_server.teardown)
+            transport = None
+        if transport is None or srtp is None or not connected:
             self.unsent += 1
             return
         # marker: the first packet of the stream and of each talkspurt (RFC 3551)
@@ -127,7 +133,7 @@ class RtpWriter:
             header, 1, (marker << 7) | self._payload_type, self._sequence, timestamp
         )
         data = srtp.protect(bytes(header) + frame.payload)
-        pair.protocol.transport.sendto(data, pair.remote_addr)
+        transport.sendto(data, pair.remote_addr)
         self._sequence = (self._sequence + 1) & 0xFFFF
         self.sent += 1
         self._count(timestamp, len(frame.payload), len(data))

@@ -22,6 +22,7 @@ from aiortc.rtp import RtpPacket
 
 from media_server.audio import FRAME_SAMPLES
 from media_server.config import Settings
+from media_server.pacer import OutgoingFrame
 from media_server.session import VoiceSession
 from signaling.keys import REGISTRY_KEY
 from tests.conftest import loopback_settings
@@ -133,6 +134,22 @@ async def test_sender_reports_count_what_the_writer_sent(
     # the report's NTP time is the wall clock when a packet went out
     age = datetime.datetime.now(datetime.UTC) - remote.remoteTimestamp
     assert datetime.timedelta(0) <= age < datetime.timedelta(seconds=3), age
+
+
+async def test_a_writer_whose_peer_went_away_counts_instead_of_raising(
+    client: TestClient, peer: CapturingClient
+) -> None:
+    session = server_session(client, peer)
+    await asyncio.sleep(0.2)
+    writer = session.track.writer
+    assert writer is not None
+    await peer.pc.close()  # the client vanishes; the server notices by itself
+    async with asyncio.timeout(15):
+        while session.peer.connection_state not in ("closed", "failed"):
+            await asyncio.sleep(0.1)
+    before = writer.unsent
+    writer.write(OutgoingFrame(b"\xf8\xff\xfe", 0, False))
+    assert writer.unsent == before + 1
 
 
 @pytest.mark.parametrize("settings", [loopback_settings(direct_rtp=False)])
