@@ -112,15 +112,14 @@ class RtpWriter:
 
     def write(self, frame: OutgoingFrame) -> None:
         """Send ``frame`` now (called from the pacer's tick, on the event loop)."""
-        srtp, connected = None, False
+        pair = self._nominated.get(RTP_COMPONENT)
         try:
-            pair = self._nominated.get(RTP_COMPONENT)
             srtp = self._dtls._tx_srtp
-            connected = self._dtls._state is State.CONNECTED
-            transport = pair.protocol.transport if pair is not None else None
+            ready = self._dtls._state is State.CONNECTED and srtp is not None
+            transport = pair.protocol.transport if pair is not None and ready else None
         except AttributeError:  # the connection was already released (media_server.teardown)
             transport = None
-        if transport is None or srtp is None or not connected:
+        if transport is None or pair is None:
             self.unsent += 1
             return
         # marker: the first packet of the stream and of each talkspurt (RFC 3551)
