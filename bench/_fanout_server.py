@@ -35,7 +35,7 @@ from aiohttp import web
 
 from bench._client import recv_message
 from bench._naive_aiortc import Lateness, create_naive_app, peers
-from media_server.audio import FRAME_S, FRAME_SAMPLES
+from media_server.audio import FRAME_SAMPLES
 from media_server.config import Settings
 from media_server.pacer import OutgoingFrame, Pacer
 from media_server.resampler import StreamResampler
@@ -299,33 +299,32 @@ class Probe:
     def _stamp(self, track: EncodedAudioTrack, pacer: Pacer) -> None:
         """Note when each packet is sent: wrap the track's writer (RTP written from the
         tick) or its ``recv`` (where aiortc's sender task takes each packet)."""
-        lateness = self._send_lateness
         writer = track.writer
         if writer is not None:
             write = writer.write
 
             def write_stamped(frame: OutgoingFrame) -> None:
                 write(frame)
-                start = pacer._start
-                if self._recording and start is not None:
-                    deadline = start + (frame.pts // FRAME_SAMPLES) * FRAME_S
-                    lateness.append(time.monotonic() - deadline)
+                self._note_sent(pacer, frame.pts)
 
             writer.write = write_stamped  # type: ignore[method-assign]
-            self._stamped.add(track)
-            return
-        recv = track.recv
+        else:
+            recv = track.recv
 
-        async def recv_stamped() -> Any:
-            packet = await recv()
-            start = pacer._start
-            if self._recording and start is not None and packet.pts is not None:
-                deadline = start + (packet.pts // FRAME_SAMPLES) * FRAME_S
-                lateness.append(time.monotonic() - deadline)
-            return packet
+            async def recv_stamped() -> Any:
+                packet = await recv()
+                if packet.pts is not None:
+                    self._note_sent(pacer, packet.pts)
+                return packet
 
-        track.recv = recv_stamped  # type: ignore[method-assign]
+            track.recv = recv_stamped  # type: ignore[method-assign]
         self._stamped.add(track)
+
+    def _note_sent(self, pacer: Pacer, pts: int) -> None:
+        """Record how long after its tick's deadline the packet at ``pts`` went out."""
+        if self._recording and pacer._start is not None:
+            deadline = pacer.tick_deadline(pts // FRAME_SAMPLES)
+            self._send_lateness.append(time.monotonic() - deadline)
 
     def mark(self) -> None:
         self._underruns.clear()
