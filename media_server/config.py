@@ -10,6 +10,9 @@ from typing import Any
 
 from media_server.opus import OpusSettings
 
+MAX_DEFAULT_ENCODE_WORKERS = 4
+"""Encode threads when ``encode_workers`` is not set and more CPUs are available."""
+
 
 class ConfigError(ValueError):
     """A setting has a value the server cannot use."""
@@ -41,6 +44,9 @@ class Settings:
     disconnect_grace_s: float = 10.0
     synthesis_workers: int = 4
     """Requests the engine runs at once; more are refused (503 / ``engine_busy``)."""
+    encode_workers: int | None = None
+    """Threads that resample and Opus-encode speech; None: one per CPU this process
+    may run on (its affinity), at most :data:`MAX_DEFAULT_ENCODE_WORKERS`."""
     synthesis_chunk_timeout_s: float = 30.0
     """An engine silent this long has hung: that request fails with ``timeout``."""
     token_secret: str | None = None
@@ -66,6 +72,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        if self.encode_workers is not None and self.encode_workers < 1:
+            raise ConfigError("encode_workers must be at least 1")
         if self.token_secret is not None and len(self.token_secret.encode()) < 16:
             raise ConfigError("token_secret must be at least 16 bytes")
         for name in (
@@ -76,6 +84,18 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+
+    @property
+    def encode_thread_count(self) -> int:
+        """:attr:`encode_workers`, or one per CPU this process may use (at most 4).
+
+        On one core, a second encode thread only contends with the event loop and
+        the first for the GIL: 140 speaking sessions held with one thread where
+        120 was the limit with two (``bench.capacity``, server pinned to one core).
+        """
+        if self.encode_workers is not None:
+            return self.encode_workers
+        return max(1, min(MAX_DEFAULT_ENCODE_WORKERS, len(os.sched_getaffinity(0))))
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -130,7 +150,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
                 values[f.name] = _parse_ice_servers(raw)
             elif f.name == "ice_host_addresses":
                 values[f.name] = tuple(a.strip() for a in raw.split(",") if a.strip())
-            elif f.type in ("int",):
+            elif f.type in ("int", "int | None"):
                 values[f.name] = int(raw)
             elif f.type in ("float",):
                 values[f.name] = float(raw)

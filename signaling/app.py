@@ -38,8 +38,6 @@ from synthesis import Engine, SynthesisService, create_engine
 
 logger = logging.getLogger(__name__)
 
-ENCODE_WORKERS = 2
-
 
 def _web_client_dir() -> Path:
     return Path(str(resources.files("web_client")))
@@ -152,7 +150,9 @@ def create_app(
         )
         app[SYNTHESIS_KEY] = synthesis
         encode_pool = concurrent.futures.ThreadPoolExecutor(
-            ENCODE_WORKERS, thread_name_prefix="opus-encode", initializer=lower_thread_priority
+            settings.encode_thread_count,
+            thread_name_prefix="opus-encode",
+            initializer=lower_thread_priority,
         )
         # One Opus complexity for every stream, lowered when encoding outgrows its budget.
         budget = EncodeBudget(

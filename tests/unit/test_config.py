@@ -57,3 +57,17 @@ def test_bad_values_are_config_errors(env: dict[str, str]) -> None:
 
 def test_overrides_ignore_none() -> None:
     assert Settings().with_overrides(port=None, host="0.0.0.0").host == "0.0.0.0"
+
+
+def test_encode_workers_follow_the_cpus_this_process_may_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("media_server.config.os.sched_getaffinity", lambda pid: {0})
+    assert Settings().encode_thread_count == 1
+    monkeypatch.setattr("media_server.config.os.sched_getaffinity", lambda pid: set(range(64)))
+    assert Settings().encode_thread_count == 4
+    assert settings_from_env({"VMS_ENCODE_WORKERS": "6"}).encode_thread_count == 6
+    with pytest.raises(ConfigError, match="encode_workers"):
+        Settings(encode_workers=0)
+    with pytest.raises(ConfigError, match="VMS_ENCODE_WORKERS"):
+        settings_from_env({"VMS_ENCODE_WORKERS": "two"})
