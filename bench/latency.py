@@ -46,8 +46,8 @@ from aiohttp import web
 from bench._client import AUDIBLE_RMS, ClientSummary, ClientTiming, client_process, recv_message
 from bench._report import machine_rows, print_table, process_cpu_s, system_busy_s
 from media_server.config import Settings
-from media_server.encoding import UtteranceEncoder
-from media_server.opus import OpusEncoder, libopus_version
+from media_server.encoding import StreamEncoder, UtteranceEncoder
+from media_server.opus import libopus_version
 from media_server.pacer import OutgoingFrame
 from media_server.session import VoiceSession
 from media_server.speaker import ENCODE_SLICE_MS, Utterance
@@ -279,7 +279,7 @@ def engine_first_chunk(engine: Engine, text: str) -> Standalone:
     return Standalone(started, first_chunk_s, time.monotonic(), chunk)
 
 
-def encode_first_slice_s(encoder: OpusEncoder, chunk: AudioChunk) -> float:
+def encode_first_slice_s(encoder: StreamEncoder, chunk: AudioChunk) -> float:
     """Resample and Opus-encode the first slice of ``chunk`` as the speaker does, timed."""
     utterance_encoder = UtteranceEncoder(encoder, chunk.sample_rate_hz)
     step = max(1, chunk.sample_rate_hz * ENCODE_SLICE_MS // 1000)
@@ -414,7 +414,7 @@ class Bench:
         self.probes: list[SessionProbe] = []
         self.conn: Connection | None = None
         self.settings = Settings()
-        self.encoder = OpusEncoder(self.settings.opus)
+        self.encoder = StreamEncoder(self.settings.opus)
         self.standalone_runs: list[Standalone] = []
 
     async def _standalone(self, text: str) -> tuple[Standalone, float]:

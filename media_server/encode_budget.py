@@ -1,9 +1,10 @@
 """One Opus complexity for the whole server, lowered when encoding outgrows its CPU budget.
 
-libopus at complexity 10 with in-band FEC costs about 360 µs per 20 ms frame on
-one core here; complexity 5 about 180 µs and complexity 1 about 85 µs. A server
-that keeps complexity 10 at any load runs out of CPU at about 40 speaking
-sessions per core, and then every listener hears gaps. This budget trades a little
+libopus (1.6.1) at complexity 10 with in-band FEC costs about 233 µs per 20 ms
+frame of speech on one core here; complexity 5 about 185 µs, and complexity 1 about
+57 µs (fed 16 kHz: :class:`~media_server.encoding.StreamEncoder`). A server that
+keeps complexity 10 at any load runs out of CPU at about 60 speaking sessions per
+core, and then every listener hears gaps. This budget trades a little
 quality for capacity instead: every encoder reports how long its frames took, and
 when the encode time per second of wall clock passes the budget, the complexity
 that every stream uses next steps down (and back up when there is room again).
@@ -20,8 +21,9 @@ logger = logging.getLogger(__name__)
 
 LEVELS: Final = (10, 7, 5, 3, 1, 0)
 """Complexities the budget steps through, best first."""
-RELATIVE_COST: Final = {10: 1.0, 7: 0.76, 5: 0.51, 3: 0.41, 1: 0.24, 0: 0.2}
-"""Encode time per frame relative to complexity 10 (libopus, 32 kbps, FEC, measured here)."""
+RELATIVE_COST: Final = {10: 1.0, 7: 0.87, 5: 0.79, 3: 0.65, 1: 0.24, 0: 0.23}
+"""Encode time per frame relative to complexity 10 (libopus 1.6.1, 32 kbps, FEC, the
+Piper voice, measured here; 1 and 0 with the 16 kHz input they get)."""
 WINDOW_S: Final = 1.0
 """Encode time is summed over windows this long; the level changes at most once per window."""
 STEP_UP_MARGIN: Final = 0.8

@@ -12,8 +12,8 @@ from typing import Any, Protocol
 from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.encode_budget import EncodeBudget
+from media_server.encoding import StreamEncoder
 from media_server.fanout import FanOut
-from media_server.opus import OpusEncoder
 from media_server.pacer import Pacer
 from media_server.peer_client import PeerClient
 from media_server.protocol import (
@@ -76,7 +76,7 @@ class Room:
         self.fanout = FanOut()
         self.speaker = Speaker(
             synthesis,
-            OpusEncoder(settings.opus),
+            StreamEncoder(settings.opus),
             self.broadcast,
             encode_executor=encode_executor,
             encode_budget=encode_budget,

@@ -10,7 +10,7 @@ from typing import Any
 from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.encode_budget import EncodeBudget
-from media_server.opus import OpusEncoder
+from media_server.encoding import StreamEncoder
 from media_server.pacer import Pacer
 from media_server.peer_client import CloseRequest, PeerClient
 from media_server.protocol import (
@@ -52,7 +52,7 @@ class VoiceSession(PeerClient):
         self._talker = Talker(None, voice_id, settings, clock)
         self.speaker = Speaker(
             synthesis,
-            OpusEncoder(settings.opus),
+            StreamEncoder(settings.opus),
             self.send_event,
             encode_executor=encode_executor,
             encode_budget=encode_budget,

@@ -13,8 +13,7 @@ from typing import Any, Final
 
 from media_server.audio import FRAME_MS, FRAME_SAMPLES
 from media_server.encode_budget import EncodeBudget
-from media_server.encoding import UtteranceEncoder, leading_silence
-from media_server.opus import OpusEncoder
+from media_server.encoding import StreamEncoder, UtteranceEncoder, leading_silence
 from synthesis import Engine, SynthesisError, SynthesisRequest, SynthesisService
 from synthesis.text import TextAccumulator
 
@@ -115,7 +114,7 @@ class Speaker:
     def __init__(
         self,
         synthesis: SynthesisService,
-        encoder: OpusEncoder,
+        encoder: StreamEncoder,
         on_event: EventCallback,
         *,
         encode_executor: concurrent.futures.Executor | None = None,
@@ -149,6 +148,10 @@ class Speaker:
     @property
     def engine(self) -> Engine:
         return self._engine
+
+    @property
+    def encoder(self) -> StreamEncoder:
+        return self._encoder
 
     @property
     def pending(self) -> int:

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from media_server.audio import FRAME_MS, FRAME_SAMPLES
 from media_server.config import Settings
+from media_server.opus import WIDEBAND_MAX_COMPLEXITY, OpusSettings
 from signaling.keys import REGISTRY_KEY
 from tests.conftest import loopback_settings
 from tests.whep_client import WhepClient
@@ -65,9 +66,16 @@ async def wait_frames_until(peer: WhepClient, pts: int, wait_s: float = 5.0) -> 
             await asyncio.sleep(0.02)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [loopback_settings(), loopback_settings(opus=OpusSettings(complexity=1))],
+    ids=["fullband", "complexity-1-wideband"],
+)
 async def test_say_is_heard_with_the_duration_the_engine_produced(
-    voice: WhepClient, http: aiohttp.ClientSession
+    client: TestClient, voice: WhepClient, http: aiohttp.ClientSession, settings: Settings
 ) -> None:
+    """At complexity 1 the stream's encoder takes 16 kHz (the band libopus codes
+    there anyway); what the listener hears must not change."""
     voice.say(SENTENCE, "s1")
     started = await voice.next_event()
     assert started["type"] == "speech.started" and started["id"] == "s1"
@@ -100,6 +108,11 @@ async def test_say_is_heard_with_the_duration_the_engine_produced(
     loud = [f for f in during if f.rms > SPEECH_RMS]
     assert len(loud) > 0.5 * len(during)
     assert max(f.rms for f in after) < SILENT_RMS
+    assert voice.location is not None
+    session = client.app[REGISTRY_KEY].get(voice.location.rsplit("/", 1)[-1])
+    assert session is not None and session.speaker.encoder.current is not None
+    wideband = settings.opus.complexity <= WIDEBAND_MAX_COMPLEXITY
+    assert session.speaker.encoder.current.input_rate_hz == (16_000 if wideband else 48_000)
 
 
 async def test_cancel_silences_within_a_frame_and_reports_played_time(

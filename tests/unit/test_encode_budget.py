@@ -7,8 +7,8 @@ import pytest
 
 from media_server.audio import FRAME_SAMPLES
 from media_server.encode_budget import EncodeBudget
-from media_server.encoding import UtteranceEncoder
-from media_server.opus import OpusEncoder, OpusSettings
+from media_server.encoding import StreamEncoder, UtteranceEncoder
+from media_server.opus import OpusSettings
 
 
 class FakeTime:
@@ -39,8 +39,8 @@ def test_steps_down_under_load_and_back_up_when_there_is_room() -> None:
     assert run_window(budget, clock, 0.9) == 1  # the floor holds
     assert budget.load_cores == pytest.approx(0.9)
     # load falls: step up only while the better level is projected to fit with a margin
-    assert run_window(budget, clock, 0.35) == 1  # 0.35 * 0.41/0.24 = 0.6 > 0.4
-    assert run_window(budget, clock, 0.2) == 3  # 0.2 * 0.41/0.24 = 0.34 fits
+    assert run_window(budget, clock, 0.2) == 1  # 0.2 * 0.65/0.24 = 0.54 > 0.4
+    assert run_window(budget, clock, 0.14) == 3  # 0.14 * 0.65/0.24 = 0.38 fits
     assert run_window(budget, clock, 0.05) == 5
     assert run_window(budget, clock, 0.0) == 7
     assert run_window(budget, clock, 0.0) == 10
@@ -67,8 +67,8 @@ def test_rejects_nonsense() -> None:
 def test_utterance_encoder_uses_the_budgets_complexity_and_reports_its_cpu() -> None:
     clock = FakeTime()
     budget = EncodeBudget(1e-6, 10, 3, now=clock)  # any real encoding is over budget
-    encoder = OpusEncoder(OpusSettings())
-    utterance = UtteranceEncoder(encoder, 48_000, budget)
+    stream = StreamEncoder(OpusSettings())
+    utterance = UtteranceEncoder(stream, 48_000, budget)
     t = np.arange(48_000 * 2) / 48_000
     pcm = (8000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
     for second in range(3):
@@ -78,4 +78,6 @@ def test_utterance_encoder_uses_the_budgets_complexity_and_reports_its_cpu() -> 
     assert budget.load_cores > 0
     assert budget.complexity < 10
     utterance.feed(pcm[:9600])  # the next slice is encoded at the budget's level
+    encoder = utterance.encoder
+    assert encoder is not None
     assert encoder.get(encoder.ctl.get_complexity) == encoder.complexity == budget.complexity

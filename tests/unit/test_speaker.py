@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from media_server.audio import FRAME_MS
-from media_server.opus import OpusEncoder, OpusSettings
+from media_server.encoding import StreamEncoder
+from media_server.opus import OpusSettings
 from media_server.speaker import START_FRAMES, Speaker
 from synthesis import SynthesisRequest, SynthesisService
 from tests.fakes import ScriptedEngine
@@ -21,7 +22,7 @@ def req(text: str, **fields: Any) -> SynthesisRequest:
 def make(engine: ScriptedEngine, **kwargs: Any) -> tuple[Speaker, list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
     speaker = Speaker(
-        SynthesisService(engine, 4), OpusEncoder(OpusSettings()), events.append, **kwargs
+        SynthesisService(engine, 4), StreamEncoder(OpusSettings()), events.append, **kwargs
     )
     speaker.start()
     return speaker, events
