@@ -294,7 +294,7 @@ class Probe:
 
     def least_buffered(self) -> int:
         """Encoded frames waiting in the least-fed speaker (each fills up to 250 = 5 s)."""
-        return min((s._buffered_frames() for _, s, _ in self.streams()), default=0)
+        return min((s.buffered_frames for _, s, _ in self.streams()), default=0)
 
     def _stamp(self, track: EncodedAudioTrack, pacer: Pacer) -> None:
         """Note when each packet is sent: wrap the track's writer (RTP written from the

@@ -21,8 +21,17 @@ logger = logging.getLogger(__name__)
 
 MAX_FRAMES_AHEAD: Final = 250
 """Encoded speech buffered ahead of playout (5 s); synthesis pauses beyond it."""
+REFILL_FRAMES: Final = 50
+"""A full buffer is refilled once this much of it (1 s) has played, not frame by frame."""
 ENCODE_SLICE_MS: Final = 200
-"""Engine PCM is resampled and encoded this much at a time (one worker hop each)."""
+"""Engine PCM is resampled and encoded this much at a time (one worker hop each)..."""
+BULK_SLICE_MS: Final = 1000
+"""...or this much, once a second or more is already encoded ahead of playout.
+
+Every slice is a round trip to an encode thread (a queue, a future, a wake-up of
+the event loop). With a stream far ahead of its listener, larger slices cost no
+latency and fewer round trips: one a second instead of five."""
+BULK_AHEAD_FRAMES: Final = 50
 FIRST_SLICE_MS: Final = 80
 """The first slice of an utterance is short, so its first packets exist sooner.
 
@@ -133,6 +142,8 @@ class Speaker:
         self._wakeup = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
+        self._buffered = 0
+        """Encoded frames queued in every utterance, not yet played."""
         self._task: asyncio.Task[None] | None = None
         self._next_id = 0
         self.underruns = 0
@@ -246,6 +257,7 @@ class Speaker:
                 self._to_produce.remove(utterance)
         for utterance in cancelled:
             utterance.cancelled = True
+            self._buffered -= len(utterance.packets)
             utterance.packets.clear()
             utterance.text_arrived.set()
             self._emit(
@@ -266,6 +278,7 @@ class Speaker:
             utterance.text_arrived.set()
         self._queue.clear()
         self._to_produce.clear()
+        self._buffered = 0
         if self._task is not None:
             self._task.cancel()
             try:
@@ -283,12 +296,13 @@ class Speaker:
                 return None
             if utterance.packets:
                 payload = utterance.packets.popleft()
+                self._buffered -= 1
                 if utterance.first_pts is None:
                     utterance.first_pts = pts
                     self._emit("speech.started", utterance, stream_ts=pts)
                 utterance.frames_played += 1
                 utterance.end_pts = pts + FRAME_SAMPLES
-                if not self._space.is_set() and self._buffered_frames() < MAX_FRAMES_AHEAD:
+                if self._buffered <= MAX_FRAMES_AHEAD - REFILL_FRAMES and not self._space.is_set():
                     self._space.set()
                 return payload
             if not utterance.produced:
@@ -311,8 +325,15 @@ class Speaker:
 
     # -- production (producer task) -------------------------------------------
 
-    def _buffered_frames(self) -> int:
-        return sum(len(u.packets) for u in self._queue)
+    @property
+    def buffered_frames(self) -> int:
+        """Encoded frames waiting to be played, across the queue."""
+        return self._buffered
+
+    def _add_packets(self, utterance: Utterance, packets: list[bytes]) -> None:
+        if not utterance.cancelled:  # a cancelled utterance has left the queue
+            utterance.packets.extend(packets)
+            self._buffered += len(packets)
 
     def _emit(self, event_type: str, utterance: Utterance, **fields: Any) -> None:
         event: Event = {"type": event_type, "id": utterance.utterance_id, **fields}
@@ -368,7 +389,12 @@ class Speaker:
                 heard = pcm.size > 0
             start = 0
             while start < pcm.size:
-                slice_ms = FIRST_SLICE_MS if encoder.input_samples == 0 else ENCODE_SLICE_MS
+                if encoder.input_samples == 0:
+                    slice_ms = FIRST_SLICE_MS
+                elif self._buffered >= BULK_AHEAD_FRAMES:
+                    slice_ms = BULK_SLICE_MS
+                else:
+                    slice_ms = ENCODE_SLICE_MS
                 end = start + max(1, rate * slice_ms // 1000)
                 packets = await loop.run_in_executor(
                     self._encode_executor, encoder.feed, pcm[start:end]
@@ -376,8 +402,8 @@ class Speaker:
                 start = end
                 if utterance.cancelled:
                     return False
-                utterance.packets.extend(packets)
-                while self._buffered_frames() >= MAX_FRAMES_AHEAD and not utterance.cancelled:
+                self._add_packets(utterance, packets)
+                while self._buffered >= MAX_FRAMES_AHEAD and not utterance.cancelled:
                     self._space.clear()
                     await self._space.wait()
             return not utterance.cancelled
@@ -408,4 +434,6 @@ class Speaker:
             return
         if stretcher is not None and not await encode(stretcher.flush()):
             return
-        utterance.packets.extend(await loop.run_in_executor(self._encode_executor, encoder.finish))
+        self._add_packets(
+            utterance, await loop.run_in_executor(self._encode_executor, encoder.finish)
+        )

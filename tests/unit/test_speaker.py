@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from typing import Any
 
 import pytest
@@ -10,7 +11,14 @@ import pytest
 from media_server.audio import FRAME_MS
 from media_server.encoding import StreamEncoder
 from media_server.opus import OpusSettings
-from media_server.speaker import START_FRAMES, Speaker
+from media_server.speaker import (
+    BULK_SLICE_MS,
+    ENCODE_SLICE_MS,
+    MAX_FRAMES_AHEAD,
+    REFILL_FRAMES,
+    START_FRAMES,
+    Speaker,
+)
 from synthesis import SynthesisRequest, SynthesisService
 from tests.fakes import ScriptedEngine
 
@@ -38,7 +46,7 @@ async def play(speaker: Speaker, ticks: int) -> list[bytes | None]:
 
 async def wait_buffered(speaker: Speaker, frames: int) -> None:
     for _ in range(500):
-        if speaker._buffered_frames() >= frames:
+        if speaker.buffered_frames >= frames:
             return
         await asyncio.sleep(0.005)
     raise AssertionError("speaker never buffered enough frames")
@@ -141,7 +149,7 @@ async def test_speech_starts_once_three_frames_are_encoded() -> None:
     speaker, events = make(engine)
     speaker.say(req("slow start"), "s")
     await wait_buffered(speaker, 1)
-    assert speaker._buffered_frames() < START_FRAMES
+    assert speaker.buffered_frames < START_FRAMES
     assert speaker.next_payload(0) is None
     assert events == [] and speaker.underruns == 0  # waiting to start is not an underrun
     await wait_buffered(speaker, START_FRAMES)
@@ -217,4 +225,58 @@ async def test_text_done_without_open_text_and_cancel_of_open_text() -> None:
     never_started = {"played_ms": 0, "stream_ts": None, "end_ts": None}
     assert events == [{"type": "speech.cancelled", "id": "open", **never_started}]
     await asyncio.sleep(0.05)
+    await speaker.aclose()
+
+
+class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """An encode pool that counts its round trips (one per slice)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.hops = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        self.hops += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_a_full_buffer_is_refilled_a_second_at_a_time() -> None:
+    engine = ScriptedEngine(chunk_s=2.0, chunks=6)  # 12 s, more than the buffer holds
+    pool = CountingExecutor()
+    speaker, _ = make(engine, encode_executor=pool)
+    speaker.say(req("long"))
+    await wait_buffered(speaker, MAX_FRAMES_AHEAD)
+    await asyncio.sleep(0.05)
+    # the buffer stops growing within one bulk slice of its limit
+    full = speaker.buffered_frames
+    assert MAX_FRAMES_AHEAD <= full < MAX_FRAMES_AHEAD + BULK_SLICE_MS // FRAME_MS
+    # after the first second, slices were a second each: few hops for 5 s of audio
+    assert pool.hops <= 1 + 1000 // ENCODE_SLICE_MS + MAX_FRAMES_AHEAD * FRAME_MS // BULK_SLICE_MS
+    # playing less than a refill's worth wakes nobody
+    hops = pool.hops
+    await play(speaker, full - MAX_FRAMES_AHEAD + REFILL_FRAMES - 1)
+    assert pool.hops == hops and speaker.buffered_frames == MAX_FRAMES_AHEAD - REFILL_FRAMES + 1
+    # one more frame: the next second is encoded in one round trip
+    await play(speaker, 1)
+    await wait_buffered(speaker, MAX_FRAMES_AHEAD)
+    await asyncio.sleep(0.05)
+    assert pool.hops == hops + 1
+    assert speaker.underruns == 0
+    await speaker.aclose()
+    assert speaker.buffered_frames == 0
+    pool.shutdown()
+
+
+async def test_cancel_takes_its_frames_out_of_the_buffer() -> None:
+    engine = ScriptedEngine(chunk_s=0.5, chunks=2)
+    speaker, _ = make(engine)
+    speaker.say(req("one"), "a", owner="bot1")
+    speaker.say(req("two"), "b", owner="bot2")
+    await wait_buffered(speaker, 100)
+    await asyncio.sleep(0.05)
+    assert speaker.buffered_frames == 100
+    speaker.cancel("bot1", everyone=False)
+    assert speaker.buffered_frames == 50
+    assert sum(p is not None for p in await play(speaker, 60)) == 50
+    assert speaker.buffered_frames == 0
     await speaker.aclose()
