@@ -8,6 +8,12 @@ core, and then every listener hears gaps. This budget trades a little
 quality for capacity instead: every encoder reports how long its frames took, and
 when the encode time per second of wall clock passes the budget, the complexity
 that every stream uses next steps down (and back up when there is room again).
+
+Down is fast and up is slow: an overloaded window moves straight to the best level
+projected to fit the budget, and to the lowest level if streams also ran dry
+(underruns: encoding is saturated, so the measured load understates the demand,
+as when many sessions start at once at complexity 10). Up is one level per window,
+only when the next level is projected to fit with a margin and nothing ran dry.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class EncodeBudget:
         self._lock = threading.Lock()
         self._window_start = now()
         self._busy_s = 0.0
+        self._underruns = 0
         self.load_cores = 0.0
         """Encode time per wall second in the last full window."""
         self.changes = 0
@@ -66,6 +73,11 @@ class EncodeBudget:
     @property
     def complexity(self) -> int:
         return self._levels[self._index]
+
+    def record_underrun(self) -> None:
+        """A stream had no encoded frame when one was due (any thread)."""
+        with self._lock:
+            self._underruns += 1
 
     def record(self, encode_s: float) -> None:
         """Report encode time spent (any thread); may move the level at a window's end."""
@@ -78,16 +90,26 @@ class EncodeBudget:
             self.load_cores = self._busy_s / elapsed
             self._busy_s = 0.0
             self._window_start = now
-            self._adjust()
+            underruns, self._underruns = self._underruns, 0
+            self._adjust(underruns)
 
-    def _adjust(self) -> None:
+    def _adjust(self, underruns: int) -> None:
         level = self.complexity
-        if self.load_cores > self.budget_cores and self._index + 1 < len(self._levels):
-            self._index += 1
-        elif self._index > 0:
-            better = self._levels[self._index - 1]
-            projected = self.load_cores * _cost(better) / _cost(level)
-            if projected <= STEP_UP_MARGIN * self.budget_cores:
+        lowest = len(self._levels) - 1
+        if self.load_cores > self.budget_cores and self._index < lowest:
+            if underruns:
+                self._index = lowest
+            else:  # the best lower level projected to fit, at least one step down
+                self._index = next(
+                    (
+                        i
+                        for i in range(self._index + 1, lowest)
+                        if self._projected(i) <= self.budget_cores
+                    ),
+                    lowest,
+                )
+        elif self._index > 0 and not underruns:
+            if self._projected(self._index - 1) <= STEP_UP_MARGIN * self.budget_cores:
                 self._index -= 1
         if self.complexity != level:
             self.changes += 1
@@ -98,6 +120,10 @@ class EncodeBudget:
                 level,
                 self.complexity,
             )
+
+    def _projected(self, index: int) -> float:
+        """The last window's load had every stream encoded at level ``index`` instead."""
+        return self.load_cores * _cost(self._levels[index]) / _cost(self.complexity)
 
 
 def _cost(level: int) -> float:

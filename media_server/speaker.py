@@ -308,6 +308,8 @@ class Speaker:
             if not utterance.produced:
                 if utterance.first_pts is not None and not utterance.awaiting_text:
                     self.underruns += 1
+                    if self._encode_budget is not None:
+                        self._encode_budget.record_underrun()
                 return None
             self._queue.popleft()
             if utterance.failed and utterance.first_pts is None:
