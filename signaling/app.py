@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from media_server.clock import Clock, MonotonicClock
+from media_server.clock import Clock, PreciseClock
 from media_server.config import Settings
 from media_server.encode_budget import EncodeBudget
 from media_server.ice import restrict_host_addresses
@@ -118,7 +118,11 @@ def create_app(
     """Build the server. ``engine`` defaults to the one named in ``settings`` (loaded off-loop)."""
     app = web.Application(middlewares=[cors_middleware, error_middleware])
     app[SETTINGS_KEY] = settings
-    media_clock = clock or MonotonicClock()  # one clock for pacing and the encode budget
+    # one clock for pacing and the encode budget; its timers are released at cleanup
+    owned_clock: PreciseClock | None = None
+    if clock is None:
+        clock = owned_clock = PreciseClock()
+    media_clock: Clock = clock
     if settings.token_secret is not None:
         app[SIGNER_KEY] = TokenSigner(settings.token_secret.encode())
     if settings.ice_host_addresses:
@@ -187,6 +191,8 @@ def create_app(
             await registry.aclose()
             synthesis.close()
             encode_pool.shutdown(wait=False, cancel_futures=True)
+            if owned_clock is not None:
+                owned_clock.close()
 
     app.cleanup_ctx.append(engine_ctx)
     app.cleanup_ctx.append(registry_ctx)
