@@ -47,6 +47,9 @@ class Settings:
     encode_workers: int | None = None
     """Threads that resample and Opus-encode speech; None: one per CPU this process
     may run on (its affinity), at most :data:`MAX_DEFAULT_ENCODE_WORKERS`."""
+    heap_trim_idle_s: float = 2.0
+    """Once no session or room has been open this long, freed heap memory goes back to
+    the OS (glibc ``malloc_trim``, :mod:`media_server.heap`); 0 turns it off."""
     synthesis_chunk_timeout_s: float = 30.0
     """An engine silent this long has hung: that request fails with ``timeout``."""
     token_secret: str | None = None
@@ -72,6 +75,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        if self.heap_trim_idle_s < 0:
+            raise ConfigError("heap_trim_idle_s must be 0 (off) or positive")
         if self.encode_workers is not None and self.encode_workers < 1:
             raise ConfigError("encode_workers must be at least 1")
         if self.token_secret is not None and len(self.token_secret.encode()) < 16:

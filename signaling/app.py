@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -16,6 +17,7 @@ from aiohttp import web
 from media_server.clock import Clock, PreciseClock
 from media_server.config import Settings
 from media_server.encode_budget import EncodeBudget
+from media_server.heap import HeapTrimmer, glibc_malloc_trim
 from media_server.ice import restrict_host_addresses
 from media_server.priority import lower_thread_priority
 from media_server.registry import SessionRegistry
@@ -27,6 +29,7 @@ from signaling.errors import error_middleware
 from signaling.keys import (
     ENCODE_BUDGET_KEY,
     ENGINE_KEY,
+    HEAP_TRIMMER_KEY,
     REGISTRY_KEY,
     ROOMS_KEY,
     SETTINGS_KEY,
@@ -77,6 +80,7 @@ async def health(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY_KEY]
     budget = request.app[ENCODE_BUDGET_KEY]
+    trimmer = request.app[HEAP_TRIMMER_KEY]
     return web.json_response(
         {
             "sessions": len(registry),
@@ -88,6 +92,10 @@ async def stats(request: web.Request) -> web.Response:
                 "encode_load_cores": round(budget.load_cores, 3),
                 "encode_budget_cores": budget.budget_cores,
                 "complexity_changes": budget.changes,
+            },
+            "heap": {
+                "idle_trims": trimmer.trims,
+                "freed_mb": round(trimmer.freed_bytes / 2**20, 1),
             },
             "rooms": room_routes.rooms_stats(request),
             "per_session": [s.stats() for s in registry.sessions()],
@@ -184,9 +192,20 @@ def create_app(
         )
         rooms.start()
         app[ROOMS_KEY] = rooms
+        trimmer = HeapTrimmer(
+            lambda: len(registry) > 0 or bool(rooms.rooms),
+            media_clock,
+            settings.heap_trim_idle_s,
+            trim=glibc_malloc_trim() if settings.heap_trim_idle_s > 0 else None,
+        )
+        app[HEAP_TRIMMER_KEY] = trimmer
+        trim_task = asyncio.get_running_loop().create_task(trimmer.run(), name="heap-trimmer")
         try:
             yield
         finally:
+            trim_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trim_task
             await rooms.aclose()
             await registry.aclose()
             synthesis.close()

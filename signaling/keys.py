@@ -6,6 +6,7 @@ from aiohttp import web
 
 from media_server.config import Settings
 from media_server.encode_budget import EncodeBudget
+from media_server.heap import HeapTrimmer
 from media_server.registry import SessionRegistry
 from media_server.rooms import RoomRegistry
 from media_server.tokens import TokenSigner
@@ -18,3 +19,4 @@ SYNTHESIS_KEY = web.AppKey("synthesis", SynthesisService)
 ROOMS_KEY = web.AppKey("rooms", RoomRegistry)
 SIGNER_KEY = web.AppKey("token_signer", TokenSigner)
 ENCODE_BUDGET_KEY = web.AppKey("encode_budget", EncodeBudget)
+HEAP_TRIMMER_KEY = web.AppKey("heap_trimmer", HeapTrimmer)

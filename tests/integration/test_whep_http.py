@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import platform
 from collections.abc import AsyncIterator
 
 import pytest
@@ -202,3 +203,22 @@ async def test_cleanup_unfreezes(piper_engine: Engine) -> None:
 async def test_index_page_is_served(client: TestClient) -> None:
     resp = await client.get("/")
     assert resp.status == 200 and "html" in resp.content_type
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+@pytest.mark.parametrize("settings", [loopback_settings(heap_trim_idle_s=0.2)])
+async def test_heap_is_trimmed_once_the_last_session_has_gone(
+    client: TestClient, offer: str, settings: Settings
+) -> None:
+    resp = await client.post("/whep", data=offer, headers=SDP)
+    assert resp.status == 201
+    await asyncio.sleep(0.5)
+    stats = await (await client.get("/stats")).json()
+    assert stats["heap"]["idle_trims"] == 0  # never while a session is open
+    assert (await client.delete(resp.headers["Location"])).status == 200
+    for _ in range(50):
+        stats = await (await client.get("/stats")).json()
+        if stats["heap"]["idle_trims"]:
+            break
+        await asyncio.sleep(0.1)
+    assert stats["heap"]["idle_trims"] == 1 and stats["heap"]["freed_mb"] >= 0
