@@ -37,6 +37,7 @@ from bench._client import recv_message
 from bench._naive_aiortc import Lateness, create_naive_app, peers
 from media_server.audio import FRAME_SAMPLES
 from media_server.config import Settings
+from media_server.heap import rss_bytes
 from media_server.pacer import OutgoingFrame, Pacer
 from media_server.resampler import StreamResampler
 from media_server.speaker import Speaker
@@ -403,12 +404,6 @@ class BaselineProbe:
 
 
 FILLED: Final = 1_000_000
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process."""
-    with open("/proc/self/statm", encoding="ascii") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _session_count(app: web.Application, mode: str) -> int:

@@ -36,9 +36,6 @@ class MonotonicClock:
         # asyncio.sleep(0) still yields, so a late pacer never starves the loop.
         await asyncio.sleep(delay if delay > 0 else 0)
 
-    def close(self) -> None:
-        """Nothing to release."""
-
 
 _CLOCK_MONOTONIC: Final = 1
 _TFD_NONBLOCK: Final = os.O_NONBLOCK

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Final
@@ -36,9 +37,7 @@ def rss_bytes() -> int:
             resident_pages = int(statm.read().split()[1])
     except (OSError, ValueError, IndexError):
         return 0
-    import resource
-
-    return resident_pages * resource.getpagesize()
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
 class HeapTrimmer:
@@ -77,7 +76,10 @@ class HeapTrimmer:
         return self._trim is not None
 
     async def run(self) -> None:
-        """Check every second (or every ``idle_s``, if shorter) until cancelled."""
+        """Check every second (or every ``idle_s``, if shorter) until cancelled; returns
+        at once where there is nothing to trim with."""
+        if self._trim is None:
+            return
         interval = min(CHECK_INTERVAL_S, self.idle_s) if self.idle_s > 0 else CHECK_INTERVAL_S
         while True:
             await self._clock.sleep_until(self._clock.now() + interval)
@@ -94,9 +96,9 @@ class HeapTrimmer:
         if not self._dirty or now - self._idle_since < self.idle_s or self._trim is None:
             return
         self._dirty = False
-        before = self._rss()
-        released = await asyncio.get_running_loop().run_in_executor(None, self._trim)
-        after = self._rss()
+        before, released, after = await asyncio.get_running_loop().run_in_executor(
+            None, self._trim_measured, self._trim
+        )
         self.trims += 1
         self.freed_bytes += max(0, before - after)
         logger.info(
@@ -105,3 +107,9 @@ class HeapTrimmer:
             after / 2**20,
             released,
         )
+
+    def _trim_measured(self, trim: Callable[[], int]) -> tuple[int, int, int]:
+        """RSS before, what ``trim`` returned, RSS after (a worker thread: /proc is I/O)."""
+        before = self._rss()
+        released = trim()
+        return before, released, self._rss()
