@@ -128,9 +128,14 @@ class SessionRegistry:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(min(SWEEP_INTERVAL_S, self.settings.idle_timeout_s / 4))
-            for session in self.sessions():
-                if session.idle_for() > self.settings.idle_timeout_s:
-                    self.request_close(session.session_id, "idle timeout")
+            self._close_idle()
+
+    def _close_idle(self) -> None:
+        # A method of its own: a loop variable in ``_sweep`` would keep the last session
+        # it saw alive (peer connection, DTLS, SRTP) while that coroutine sleeps.
+        for session in self.sessions():
+            if session.idle_for() > self.settings.idle_timeout_s:
+                self.request_close(session.session_id, "idle timeout")
 
     async def aclose(self) -> None:
         for task in self._tasks:

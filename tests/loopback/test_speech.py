@@ -9,6 +9,8 @@ fields of the server's events, so the test can line up audio and events.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -219,6 +221,23 @@ async def test_delete_frees_the_session(
     async with http.delete(f"{voice.base_url}{voice.location}") as resp:
         assert resp.status == 200
     assert len(registry) == 0
+
+
+@pytest.mark.parametrize("settings", [loopback_settings(idle_timeout_s=2.0)])
+async def test_closed_session_is_not_kept_alive(
+    client: TestClient, voice: WhepClient, http: aiohttp.ClientSession, settings: Settings
+) -> None:
+    """Nothing the server keeps (the idle sweeper's loop included) holds a closed session."""
+    registry = client.app[REGISTRY_KEY]
+    (session,) = registry.sessions()
+    closed = weakref.ref(session)
+    del session
+    await asyncio.sleep(0.6)  # the sweeper (every 0.5 s here) has looked at the session
+    async with http.delete(f"{voice.base_url}{voice.location}") as resp:
+        assert resp.status == 200
+    await asyncio.sleep(0.6)  # and has looked again, with no session left to see
+    gc.collect()
+    assert closed() is None
 
 
 @pytest.mark.parametrize("settings", [loopback_settings(idle_timeout_s=0.6)])
