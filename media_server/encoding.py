@@ -140,8 +140,9 @@ class UtteranceEncoder:
     def _encode(self, encoder: OpusEncoder, frames: list[Pcm]) -> list[bytes]:
         if self._budget is None:
             return [encoder.encode(f) for f in frames]
-        encoder.set_complexity(self._budget.complexity)
+        complexity = self._budget.complexity
+        encoder.set_complexity(complexity)
         started = time.thread_time()  # this thread's CPU, not wall time it was preempted
         packets = [encoder.encode(f) for f in frames]
-        self._budget.record(time.thread_time() - started)
+        self._budget.record(time.thread_time() - started, len(frames), complexity)
         return packets

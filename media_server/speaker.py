@@ -146,6 +146,8 @@ class Speaker:
         """Encoded frames queued in every utterance, not yet played."""
         self._task: asyncio.Task[None] | None = None
         self._next_id = 0
+        self._counted_speaking = False
+        """This stream is among the budget's speaking streams."""
         self.underruns = 0
 
     # -- control (event loop) -------------------------------------------------
@@ -172,6 +174,18 @@ class Speaker:
     def speaking(self) -> bool:
         return bool(self._queue)
 
+    def _count_speaking(self) -> None:
+        """Tell the encode budget when this stream starts or stops speaking (after any
+        change to the queue): it sizes the Opus level for what all of them will need."""
+        speaking = bool(self._queue)
+        if self._encode_budget is None or speaking == self._counted_speaking:
+            return
+        self._counted_speaking = speaking
+        if speaking:
+            self._encode_budget.stream_started()
+        else:
+            self._encode_budget.stream_stopped()
+
     def _enqueue(
         self, request: SynthesisRequest, utterance_id: str | None, owner: str | None
     ) -> Utterance:
@@ -183,6 +197,7 @@ class Speaker:
         utterance = Utterance(utterance_id, request, owner)
         self._queue.append(utterance)
         self._to_produce.append(utterance)
+        self._count_speaking()
         self._wakeup.set()
         return utterance
 
@@ -255,6 +270,7 @@ class Speaker:
             self._queue.remove(utterance)
             if utterance in self._to_produce:
                 self._to_produce.remove(utterance)
+        self._count_speaking()
         for utterance in cancelled:
             utterance.cancelled = True
             self._buffered -= len(utterance.packets)
@@ -278,6 +294,7 @@ class Speaker:
             utterance.text_arrived.set()
         self._queue.clear()
         self._to_produce.clear()
+        self._count_speaking()
         self._buffered = 0
         if self._task is not None:
             self._task.cancel()
@@ -312,6 +329,7 @@ class Speaker:
                         self._encode_budget.record_underrun()
                 return None
             self._queue.popleft()
+            self._count_speaking()
             if utterance.failed and utterance.first_pts is None:
                 continue  # the error event already ended it; nothing was heard
             self._emit(

@@ -92,6 +92,8 @@ async def stats(request: web.Request) -> web.Response:
                 "encode_load_cores": round(budget.load_cores, 3),
                 "encode_budget_cores": budget.budget_cores,
                 "complexity_changes": budget.changes,
+                "speaking_streams": budget.active_streams,
+                "frame_cost_us": round(budget.frame_cost_s * 1e6, 1),
             },
             "heap": {
                 "idle_trims": trimmer.trims,

@@ -185,6 +185,7 @@ async def test_health_and_stats(client: TestClient) -> None:
     # the encode budget is visible: no load yet, so the configured best complexity
     assert stats["opus"]["complexity"] == Settings().opus.complexity
     assert stats["opus"]["encode_budget_cores"] == Settings().opus.encode_budget_pct / 100
+    assert stats["opus"]["speaking_streams"] == 0
 
 
 async def test_start_up_objects_are_frozen_out_of_gc_while_serving(client: TestClient) -> None:

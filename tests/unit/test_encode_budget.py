@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from media_server.audio import FRAME_SAMPLES
-from media_server.encode_budget import EncodeBudget
+from media_server.encode_budget import (
+    FRAMES_PER_S,
+    MIN_FRAMES_TO_LEARN,
+    PRIOR_FRAME_COST_S,
+    EncodeBudget,
+)
 from media_server.encoding import StreamEncoder, UtteranceEncoder
 from media_server.opus import OpusSettings
 
@@ -19,11 +24,13 @@ class FakeTime:
         return self.t
 
 
-def run_window(budget: EncodeBudget, clock: FakeTime, load_cores: float) -> int:
+def run_window(
+    budget: EncodeBudget, clock: FakeTime, load_cores: float, frames: int = 0, complexity: int = 10
+) -> int:
     """One second in which encoders used ``load_cores`` of CPU, reported in 8 parts."""
     for _ in range(8):
         clock.t += 0.125
-        budget.record(load_cores * 0.125)
+        budget.record(load_cores * 0.125, frames // 8, complexity)
     return budget.complexity
 
 
@@ -78,6 +85,44 @@ def test_min_equal_to_max_never_changes() -> None:
     for _ in range(3):
         assert run_window(budget, clock, 5.0) == 6
     assert budget.changes == 0
+
+
+def test_many_streams_starting_at_once_start_at_a_level_they_fit() -> None:
+    """Before any window is measured, the speaking streams' steady demand caps the level:
+    150 sessions starting together begin at the floor instead of at complexity 10."""
+    budget = EncodeBudget(0.5, 10, 1, now=FakeTime())
+    per_stream_cores = FRAMES_PER_S * PRIOR_FRAME_COST_S  # at complexity 10
+    fits_at_10 = int(0.5 / per_stream_cores)
+    for _ in range(fits_at_10):
+        budget.stream_started()
+    assert budget.complexity == 10
+    budget.stream_started()  # one more: 10 no longer fits, 7 (0.87 of the cost) does
+    assert budget.complexity == 7
+    for _ in range(150 - budget.active_streams):
+        budget.stream_started()
+    assert budget.complexity == 1
+    for _ in range(150 - fits_at_10):
+        budget.stream_stopped()
+    assert budget.complexity == 10  # the cap goes as the streams stop
+    assert budget.changes == 0  # nothing measured moved
+    for _ in range(fits_at_10 + 5):
+        budget.stream_stopped()
+    assert budget.active_streams == 0
+
+
+def test_the_cost_of_a_frame_is_measured() -> None:
+    clock = FakeTime()
+    budget = EncodeBudget(0.5, 10, 1, now=clock)
+    for _ in range(100):
+        budget.stream_started()
+    assert budget.complexity == 1  # 100 streams at the prior's 250 µs a frame
+    # a machine twice as fast: 5000 frames at complexity 1 took 0.24 * 125 µs each
+    run_window(budget, clock, 5000 * 0.24 * 125e-6, frames=5000, complexity=1)
+    assert budget.frame_cost_s == pytest.approx(125e-6)
+    assert budget.complexity == 5  # 100 * 50 * 125 µs * 0.79 = 0.49 cores
+    # a window with too few frames to tell keeps the last measurement
+    run_window(budget, clock, 0.001, frames=MIN_FRAMES_TO_LEARN - 8)
+    assert budget.frame_cost_s == pytest.approx(125e-6)
 
 
 def test_rejects_nonsense() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from media_server.audio import FRAME_MS
+from media_server.encode_budget import EncodeBudget
 from media_server.encoding import StreamEncoder
 from media_server.opus import OpusSettings
 from media_server.speaker import (
@@ -280,3 +281,30 @@ async def test_cancel_takes_its_frames_out_of_the_buffer() -> None:
     assert sum(p is not None for p in await play(speaker, 60)) == 50
     assert speaker.buffered_frames == 0
     await speaker.aclose()
+
+
+async def test_the_encode_budget_counts_speaking_streams() -> None:
+    """A stream counts from its first queued utterance until its queue is empty again,
+    however it empties: played out, cancelled or closed; and never twice."""
+    budget = EncodeBudget(0.5, now=lambda: 0.0)
+    engine = ScriptedEngine(chunk_s=0.1, chunks=1)
+    first, _ = make(engine, encode_budget=budget)
+    second, _ = make(engine, encode_budget=budget)
+    assert budget.active_streams == 0
+    first.say(req("one"))
+    first.say(req("two"))
+    second.say(req("three"))
+    assert budget.active_streams == 2
+    await wait_buffered(first, 10)
+    await play(first, 5)
+    assert budget.active_streams == 2  # still speaking its first utterance
+    await play(first, 30)
+    assert not first.speaking and budget.active_streams == 1  # both played out
+    first.say(req("four"))
+    assert budget.active_streams == 2
+    first.cancel()
+    assert budget.active_streams == 1
+    await second.aclose()
+    assert budget.active_streams == 0
+    await first.aclose()
+    assert budget.active_streams == 0
