@@ -50,6 +50,10 @@ class Settings:
     heap_trim_idle_s: float = 2.0
     """Once no session or room has been open this long, freed heap memory goes back to
     the OS (glibc ``malloc_trim``, :mod:`media_server.heap`); 0 turns it off."""
+    gc_full_interval_s: float = 300.0
+    """CPython's full garbage collections (which hold the event loop for tens of ms with
+    a hundred sessions) run once nobody listens, and while someone always does at most
+    this often (:mod:`media_server.collector`); 0 leaves CPython's own schedule."""
     synthesis_chunk_timeout_s: float = 30.0
     """An engine silent this long has hung: that request fails with ``timeout``."""
     token_secret: str | None = None
@@ -77,6 +81,8 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1")
         if self.heap_trim_idle_s < 0:
             raise ConfigError("heap_trim_idle_s must be 0 (off) or positive")
+        if self.gc_full_interval_s < 0:
+            raise ConfigError("gc_full_interval_s must be 0 (off) or positive")
         if self.encode_workers is not None and self.encode_workers < 1:
             raise ConfigError("encode_workers must be at least 1")
         if self.token_secret is not None and len(self.token_secret.encode()) < 16:

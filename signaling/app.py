@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import dataclasses
 import gc
 import logging
@@ -15,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from media_server.clock import Clock, PreciseClock
+from media_server.collector import CollectionScheduler
 from media_server.config import Settings
 from media_server.encode_budget import EncodeBudget
 from media_server.heap import HeapTrimmer, glibc_malloc_trim
@@ -27,6 +27,7 @@ from signaling import rooms as room_routes
 from signaling import tts, tts_ws, whep
 from signaling.errors import error_middleware
 from signaling.keys import (
+    COLLECTOR_KEY,
     ENCODE_BUDGET_KEY,
     ENGINE_KEY,
     HEAP_TRIMMER_KEY,
@@ -81,6 +82,7 @@ async def stats(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY_KEY]
     budget = request.app[ENCODE_BUDGET_KEY]
     trimmer = request.app[HEAP_TRIMMER_KEY]
+    collector = request.app[COLLECTOR_KEY]
     return web.json_response(
         {
             "sessions": len(registry),
@@ -94,6 +96,10 @@ async def stats(request: web.Request) -> web.Response:
                 "complexity_changes": budget.changes,
                 "speaking_streams": budget.active_streams,
                 "frame_cost_us": round(budget.frame_cost_s * 1e6, 1),
+            },
+            "gc": {
+                "full_collections": collector.collections,
+                "longest_full_ms": round(collector.longest_s * 1000, 1),
             },
             "heap": {
                 "idle_trims": trimmer.trims,
@@ -113,7 +119,8 @@ async def gc_ctx(app: web.Application) -> AsyncIterator[None]:
     live as long as the server. Frozen, they are never walked again (about 68k objects
     here, against 29k live with 20 sessions). Closed peers leave almost no cyclic
     garbage (:mod:`media_server.teardown`), but the collections that walk the live
-    sessions' objects still reach tens of ms with 50 sessions while peers churn.
+    sessions' objects still reach tens of ms with 50 sessions while peers churn: those
+    are scheduled by :class:`~media_server.collector.CollectionScheduler`.
     """
     gc.collect()
     gc.freeze()
@@ -194,20 +201,32 @@ def create_app(
         )
         rooms.start()
         app[ROOMS_KEY] = rooms
+
+        def busy() -> bool:
+            return len(registry) > 0 or bool(rooms.rooms)
+
         trimmer = HeapTrimmer(
-            lambda: len(registry) > 0 or bool(rooms.rooms),
+            busy,
             media_clock,
             settings.heap_trim_idle_s,
             trim=glibc_malloc_trim() if settings.heap_trim_idle_s > 0 else None,
         )
         app[HEAP_TRIMMER_KEY] = trimmer
-        trim_task = asyncio.get_running_loop().create_task(trimmer.run(), name="heap-trimmer")
+        collector = CollectionScheduler(busy, media_clock, settings.gc_full_interval_s)
+        collector.install()
+        app[COLLECTOR_KEY] = collector
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(trimmer.run(), name="heap-trimmer"),
+            loop.create_task(collector.run(), name="gc-scheduler"),
+        ]
         try:
             yield
         finally:
-            trim_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await trim_task
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            collector.uninstall()
             await rooms.aclose()
             await registry.aclose()
             synthesis.close()

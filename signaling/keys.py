@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from media_server.collector import CollectionScheduler
 from media_server.config import Settings
 from media_server.encode_budget import EncodeBudget
 from media_server.heap import HeapTrimmer
@@ -20,3 +21,4 @@ ROOMS_KEY = web.AppKey("rooms", RoomRegistry)
 SIGNER_KEY = web.AppKey("token_signer", TokenSigner)
 ENCODE_BUDGET_KEY = web.AppKey("encode_budget", EncodeBudget)
 HEAP_TRIMMER_KEY = web.AppKey("heap_trimmer", HeapTrimmer)
+COLLECTOR_KEY = web.AppKey("collector", CollectionScheduler)

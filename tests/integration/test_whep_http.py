@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+from media_server.collector import NEVER
 from media_server.config import Settings
 from signaling.app import create_app
 from signaling.keys import REGISTRY_KEY
@@ -186,6 +187,9 @@ async def test_health_and_stats(client: TestClient) -> None:
     assert stats["opus"]["complexity"] == Settings().opus.complexity
     assert stats["opus"]["encode_budget_cores"] == Settings().opus.encode_budget_pct / 100
     assert stats["opus"]["speaking_streams"] == 0
+    # full collections are the server's to schedule (CPython's own are off while it runs)
+    assert gc.get_threshold()[2] == NEVER
+    assert stats["gc"]["full_collections"] >= 0
 
 
 async def test_start_up_objects_are_frozen_out_of_gc_while_serving(client: TestClient) -> None:
