@@ -77,19 +77,20 @@ class _TimerFd:
         self._waiter = None
         self._libc.timerfd_settime(self.fd, 0, ctypes.byref(_Itimerspec()), None)
 
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def _expired(self) -> None:
         try:
             os.read(self.fd, 8)
         except BlockingIOError:  # disarmed or re-armed since the loop saw it
             return
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def close(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)  # its sleeper finishes the wait on asyncio.sleep
+        self._wake()  # its sleeper finishes the wait on asyncio.sleep
         if not self._loop.is_closed():
             self._loop.remove_reader(self.fd)
         os.close(self.fd)
