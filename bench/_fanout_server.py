@@ -43,7 +43,7 @@ from media_server.resampler import StreamResampler
 from media_server.speaker import Speaker
 from media_server.stats import PacingStats
 from media_server.track import EncodedAudioTrack
-from signaling.app import create_app
+from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
 from signaling.keys import ENCODE_BUDGET_KEY, REGISTRY_KEY, ROOMS_KEY
 from synthesis import (
     AudioChunk,
@@ -433,7 +433,7 @@ async def _serve(
     else:
         app = create_app(settings, engine=engine)
         probe = Probe(app, mode)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, LOOPBACK, settings.port)
     await site.start()

@@ -52,7 +52,7 @@ from media_server.pacer import OutgoingFrame
 from media_server.session import VoiceSession
 from media_server.speaker import ENCODE_SLICE_MS, Utterance
 from media_server.stats import PacingStats
-from signaling.app import create_app
+from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
 from signaling.keys import REGISTRY_KEY
 from synthesis import (
     AudioChunk,
@@ -473,7 +473,7 @@ class Bench:
             host=LOOPBACK, port=port, ice_host_addresses=(LOOPBACK,)
         )
         app = create_app(settings, engine=self.timed)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT_S)
         await runner.setup()
         registry = app[REGISTRY_KEY]
         create = registry.create

@@ -9,7 +9,7 @@ import sys
 from aiohttp import web
 
 from media_server.config import ConfigError, settings_from_env
-from signaling.app import create_app
+from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
         return 2
-    web.run_app(create_app(settings), host=settings.host, port=settings.port)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
+from typing import Final
 
 from aiohttp import web
 
@@ -42,6 +43,13 @@ from signaling.openapi import openapi_handler
 from synthesis import Engine, SynthesisService, create_engine
 
 logger = logging.getLogger(__name__)
+
+KEEPALIVE_TIMEOUT_S: Final = 75.0
+"""An idle HTTP keep-alive connection is closed after this long.
+
+``web.run_app`` uses 75 s; a bare ``web.AppRunner`` would keep one for an hour,
+and with it the connection's cancelled timer on the event loop. Every runner of
+this app (the server, the benchmarks, the browser check) passes this value."""
 
 
 def _web_client_dir() -> Path:

@@ -187,11 +187,11 @@ async def _run(screenshot: Path) -> int:
     from aiohttp import ClientSession, web
 
     from media_server.config import Settings
-    from signaling.app import create_app
+    from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
 
     port = _free_port()
     settings = Settings(port=port, ice_host_addresses=("127.0.0.1",), token_secret=SECRET)
-    runner = web.AppRunner(create_app(settings))
+    runner = web.AppRunner(create_app(settings), keepalive_timeout=KEEPALIVE_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
