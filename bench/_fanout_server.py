@@ -4,7 +4,11 @@ Started by ``bench.fanout`` (multiprocessing ``spawn``). It pins itself to
 :data:`SERVER_CORE`, serves ``signaling.app.create_app`` on 127.0.0.1 and answers
 the parent's commands over a pipe:
 
-* ``("mark",)``: start a measuring window (fresh ``PacingStats`` on every pacer,
+* ``("prepare",)``: get the next window ready (wrap every track to stamp its sends,
+  make a fresh ``PacingStats`` for every pacer) -> ``("prepared",)``. Sent before
+  the settling time: with 150 sessions this takes the loop 90 ms, a stall the
+  window must not contain;
+* ``("mark",)``: start a measuring window (swap the prepared ``PacingStats`` in,
   baselines for underruns and dropped frames, CPU times) -> ``("marked",)``;
 * ``("collect",)``: end the window -> ``("stats", ServerStats)``;
 * ``("buffered",)``: encoded frames queued in the least-fed speaker -> ``("buffered", n)``;
@@ -280,6 +284,10 @@ class Probe:
         self._underruns: dict[int, int] = {}
         self._dropped: dict[int, int] = {}
         self._window = ProcessWindow()
+        self._prepared: dict[int, PacingStats] = {}
+        self._retired: list[PacingStats] = []
+        """The last window's stats, freed once this window has ended (freeing 150 large
+        rings costs the loop milliseconds too)."""
 
     def streams(self) -> list[tuple[Pacer, Speaker, list[EncodedAudioTrack]]]:
         if self._mode == MODE_ROOM:
@@ -327,23 +335,36 @@ class Probe:
             deadline = pacer.tick_deadline(pts // FRAME_SAMPLES)
             self._send_lateness.append(time.monotonic() - deadline)
 
+    def prepare(self) -> None:
+        """Wrap new tracks and make the next window's stats (outside any window)."""
+        self._prepared.clear()
+        for pacer, _, tracks in self.streams():
+            self._prepared[id(pacer)] = PacingStats(WINDOW_FRAMES)
+            for track in tracks:
+                if track not in self._stamped:
+                    self._stamp(track, pacer)
+
     def mark(self) -> None:
         self._underruns.clear()
         self._dropped.clear()
         self._send_lateness.clear()
         for pacer, speaker, tracks in self.streams():
-            pacer.stats = PacingStats(WINDOW_FRAMES)
+            self._retired.append(pacer.stats)
+            fresh = self._prepared.pop(id(pacer), None)
+            pacer.stats = PacingStats(WINDOW_FRAMES) if fresh is None else fresh
             self._underruns[id(speaker)] = speaker.underruns
             for track in tracks:
                 self._dropped[id(track)] = track.dropped_frames
                 if track not in self._stamped:
                     self._stamp(track, pacer)
+        self._prepared.clear()
         self._recording = True
         self._window.start()
 
     def collect(self) -> ServerStats:
         self._window.end()
         self._recording = False
+        self._retired.clear()
         streams = self.streams()
         lateness = [p.stats.lateness_s() for p, _, _ in streams]
         samples = np.concatenate(lateness) if lateness else np.zeros(0)
@@ -376,6 +397,9 @@ class BaselineProbe:
 
     def least_buffered(self) -> int:
         return FILLED  # looped PCM: always ready
+
+    def prepare(self) -> None:
+        """Nothing to get ready: the baseline's tracks record into one list."""
 
     def mark(self) -> None:
         self._lateness.samples.clear()
@@ -441,7 +465,10 @@ async def _serve(
     try:
         while True:
             command = await recv_message(conn, COMMAND_WAIT_S)
-            if command[0] == "mark":
+            if command[0] == "prepare":
+                probe.prepare()
+                conn.send(("prepared",))
+            elif command[0] == "mark":
                 probe.mark()
                 conn.send(("marked",))
             elif command[0] == "collect":

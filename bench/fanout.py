@@ -490,6 +490,7 @@ async def run_step(
         if buffered >= FILLED_FRAMES:
             break
         await asyncio.sleep(0.25)
+    await ask(server, ("prepare",), REPLY_WAIT_S)
     await asyncio.sleep(plan.settle_s)
     bot_errors = bot.errors
     cpu_start = CpuSample.take(pids)
@@ -503,8 +504,9 @@ async def run_step(
         wait = plan.hold_s + life + JOIN_WAIT_S
         (_, *counts) = await ask(h.churner, ("churn", rate, plan.hold_s, life), wait)
         churned = (int(counts[0]), int(counts[1]), float(counts[2]), float(counts[3]))
-    (_, server_stats) = await ask(server, ("collect",), REPLY_WAIT_S)
+    # The listeners' window ends first: the server's collect costs its loop tens of ms.
     (_, client_stats) = await ask(client, ("collect",), REPLY_WAIT_S)
+    (_, server_stats) = await ask(server, ("collect",), REPLY_WAIT_S)
     cpu_end = CpuSample.take(pids)
     return Step(
         n=n,
