@@ -9,6 +9,10 @@ Started by ``bench.fanout`` (multiprocessing ``spawn``). Commands from the paren
 * ``("mark",)`` / ``("collect",)``: one measuring window -> ``("stats", ClientStats)``;
 * ``("close",)``: close every peer -> ``("closed",)``.
 
+In the naive mode one more 1:1 session, the :class:`FirstSpeechProbe`, joins with
+the first listeners and keeps asking for speech: it times each utterance from the
+``say`` to its first speech packet, which is what a user waits for on a loaded server.
+
 To keep the listeners cheap, nothing is decoded: aiortc's decoder thread is
 replaced by one that exits at once, and a hook on ``RTCRtpReceiver._handle_rtp_packet``
 counts RTP timestamps and arrival times before aiortc's own receive path
@@ -50,6 +54,11 @@ COMMAND_WAIT_S: Final = 900.0
 RTP_WRAP: Final = 1 << 32
 DRIFT_BLOCK: Final = 250
 """Packets (5 s) per block whose least arrival offset measures drift."""
+SPEECH_MIN_BYTES: Final = 20
+"""An Opus payload at least this big is speech; idle frames are a few bytes of silence."""
+PROBE_PAUSE_S: Final = 0.3
+"""The probe's pause after each cancel, so no packet of the last utterance is in flight."""
+PROBE_WAIT_S: Final = 10.0
 
 
 class Counters:
@@ -155,7 +164,11 @@ def install_receive_hooks() -> None:
         counters = self.__dict__.get("fanout_counters")
         if counters is None:
             counters = self.__dict__["fanout_counters"] = Counters()
-        counters.on_packet(packet.timestamp, time.monotonic())
+        now = time.monotonic()
+        counters.on_packet(packet.timestamp, now)
+        probe = self.__dict__.get("fanout_probe")
+        if probe is not None:
+            probe.on_packet(len(packet.payload), now)
         await handle(self, packet, arrival_time_ms)
 
     receiver_class.receive = receive_without_decoder  # type: ignore[method-assign]
@@ -185,6 +198,63 @@ class BenchListener(WhepClient):
         return receivers[0].__dict__.get("fanout_counters") if receivers else None
 
 
+class FirstSpeechProbe:
+    """One more 1:1 session that keeps asking for speech and times the first packet.
+
+    It says the text, notes when the first packet of :data:`SPEECH_MIN_BYTES` or
+    more arrives, cancels, waits :data:`PROBE_PAUSE_S` and says it again. Its
+    speaker is idle each time, so every sample is a cold start of one utterance
+    while the other sessions keep the server busy.
+    """
+
+    def __init__(self, base_url: str, text: str) -> None:
+        self.listener = BenchListener(base_url)
+        self.text = text
+        self.samples_s: list[float] = []
+        self.timeouts = 0
+        self._said_at: float | None = None
+        self._heard = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, http: aiohttp.ClientSession) -> bool:
+        try:
+            await asyncio.wait_for(self.listener.connect(http), JOIN_TIMEOUT_S)
+        except Exception:
+            await self.listener.pc.close()
+            return False
+        self.listener.pc.getReceivers()[0].__dict__["fanout_probe"] = self
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="first-speech")
+        return True
+
+    def on_packet(self, payload_bytes: int, now: float) -> None:
+        if self._said_at is not None and payload_bytes >= SPEECH_MIN_BYTES:
+            self.samples_s.append(now - self._said_at)
+            self._said_at = None
+            self._heard.set()
+
+    async def _run(self) -> None:
+        while True:
+            self._heard.clear()
+            self._said_at = time.monotonic()
+            self.listener.say(self.text)
+            try:
+                await asyncio.wait_for(self._heard.wait(), PROBE_WAIT_S)
+            except TimeoutError:
+                self.timeouts += 1
+                self._said_at = None
+            self.listener.cancel()
+            await asyncio.sleep(PROBE_PAUSE_S)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.listener.pc.close()
+
+
 @dataclass(frozen=True, slots=True)
 class ClientStats:
     """One measuring window, client side (all listeners together)."""
@@ -203,6 +273,9 @@ class ClientStats:
     say_errors: int
     drift_ms: float = 0.0
     """Largest |RTP time - arrival time| over the window, any listener."""
+    first_speech_ms: tuple[float, ...] = ()
+    """The probe's utterances in the window: ``say`` sent to first speech packet."""
+    first_speech_timeouts: int = 0
 
 
 class Listeners:
@@ -215,6 +288,7 @@ class Listeners:
         self.joined: list[BenchListener] = []
         self.idle: list[BenchListener] = []
         self.failed = 0
+        self.probe: FirstSpeechProbe | None = None
         self._count = 0
         self._at = 0.0
         self._cpu = 0.0
@@ -330,6 +404,10 @@ class Listeners:
                 await self._join_one(http)
 
         await asyncio.gather(*(one() for _ in range(max(0, total - len(self.joined)))))
+        if self.mode == "naive" and self.probe is None:
+            probe = FirstSpeechProbe(self.base_url, self.text)
+            if await probe.start(http):
+                self.probe = probe
         return len(self.joined), self.failed - failed_before, time.monotonic() - started
 
     async def flowing(self, timeout_s: float) -> tuple[int, int]:
@@ -351,6 +429,9 @@ class Listeners:
             if counters is not None:
                 counters.reset()
             listener.say_errors = 0
+        if self.probe is not None:
+            self.probe.samples_s.clear()
+            self.probe.timeouts = 0
         self._at = time.monotonic()
         self._cpu = time.process_time()
 
@@ -368,9 +449,16 @@ class Listeners:
             cpu_s=time.process_time() - self._cpu,
             say_errors=sum(lst.say_errors for lst in self.joined),
             drift_ms=max((abs(c.drift_s()) for c in all_counters), default=0.0) * 1000,
+            first_speech_ms=tuple(
+                s * 1000 for s in (self.probe.samples_s if self.probe is not None else ())
+            ),
+            first_speech_timeouts=0 if self.probe is None else self.probe.timeouts,
         )
 
     async def close(self) -> None:
+        if self.probe is not None:
+            await self.probe.close()
+            self.probe = None
         gate = asyncio.Semaphore(32)
 
         async def one(listener: BenchListener) -> None:

@@ -553,6 +553,17 @@ def _ms(value: float) -> str:
     return f"{value:.2f}"
 
 
+def _first_speech(client: ClientStats) -> str:
+    """The probe's time to first speech in the window: p50/max ms (n), or '-'."""
+    samples = client.first_speech_ms
+    if not samples:
+        return "-" if not client.first_speech_timeouts else f"{client.first_speech_timeouts} t/o"
+    text = f"{np.percentile(samples, 50):.0f}/{max(samples):.0f} ({len(samples)})"
+    if client.first_speech_timeouts:
+        text += f" +{client.first_speech_timeouts} t/o"
+    return text
+
+
 def print_mode(result: ModeResult, plan: Plan) -> None:
     rows = []
     for s in result.steps:
@@ -570,6 +581,7 @@ def print_mode(result: ModeResult, plan: Plan) -> None:
                 str(s.server.dropped_frames),
                 str(s.client.missing_frames),
                 str(s.client.gaps),
+                _first_speech(s.client),
                 f"{s.speech_share * 100:.0f}",
                 f"{s.server.gc_max_ms:.0f}",
                 s.server.opus_complexity,
@@ -601,6 +613,7 @@ def print_mode(result: ModeResult, plan: Plan) -> None:
                 "dropped",
                 "missing",
                 f"gaps>{GAP_S * 1000:.0f}ms",
+                "1st speech p50/max",
                 "speech %",
                 "gc max",
                 "opus cx (load)",
@@ -718,7 +731,9 @@ def print_legend() -> None:
         "waits for all the others). underruns = Speaker.underruns; skipped = pacer ticks skipped\n"
         "after a stall; dropped = track queue overflows; missing = RTP timestamps the listeners\n"
         "never got; gaps = arrivals more than 60 ms after the previous one (the listeners' own\n"
-        "stalls count too); speech % = frames carrying speech; gc max = longest CPython garbage\n"
+        "stalls count too); 1st speech = in ours one more 1:1 session says the text, times the\n"
+        "first speech packet it receives, cancels and says it again (p50/max ms, samples);\n"
+        "speech % = frames carrying speech; gc max = longest CPython garbage\n"
         "collection in the server (it holds the event loop); opus cx (load) = the server's Opus\n"
         "complexity at the end of the window, and the encode load in cores that chose it (see\n"
         "media_server/encode_budget.py); server CPU % of its one core, split\n"
