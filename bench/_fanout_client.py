@@ -54,10 +54,12 @@ COMMAND_WAIT_S: Final = 900.0
 RTP_WRAP: Final = 1 << 32
 DRIFT_BLOCK: Final = 250
 """Packets (5 s) per block whose least arrival offset measures drift."""
-SPEECH_MIN_BYTES: Final = 20
-"""An Opus payload at least this big is speech; idle frames are a few bytes of silence."""
-PROBE_PAUSE_S: Final = 0.3
-"""The probe's pause after each cancel, so no packet of the last utterance is in flight."""
+PROBE_TEXT: Final = "One moment, please."
+"""What the probe says: short, as a voice agent's first words often are (with the real
+voice, a longer text would make the probe a synthesis load of its own)."""
+PROBE_PAUSE_S: Final = 1.0
+"""The probe's pause after each cancel: no packet of the last utterance is in flight,
+and with the real voice the probe adds little synthesis."""
 PROBE_WAIT_S: Final = 10.0
 
 
@@ -168,7 +170,7 @@ def install_receive_hooks() -> None:
         counters.on_packet(packet.timestamp, now)
         probe = self.__dict__.get("fanout_probe")
         if probe is not None:
-            probe.on_packet(len(packet.payload), now)
+            probe.on_packet(packet.payload, now)
         await handle(self, packet, arrival_time_ms)
 
     receiver_class.receive = receive_without_decoder  # type: ignore[method-assign]
@@ -198,21 +200,53 @@ class BenchListener(WhepClient):
         return receivers[0].__dict__.get("fanout_counters") if receivers else None
 
 
+class SpeechOnset:
+    """Tells a ``say``'s first speech packet from the idle stream's silence.
+
+    The server sends the same silence packet on every idle tick, so a payload
+    seen twice in a row while nothing was asked is the silence (the tail of a
+    cancelled utterance is never twice the same). After :meth:`said`, the first
+    other payload is speech.
+    """
+
+    def __init__(self) -> None:
+        self.silence: bytes | None = None
+        self.said_at: float | None = None
+        self._last = b""
+
+    def said(self, now: float) -> None:
+        self.said_at = now
+
+    def packet(self, payload: bytes, now: float) -> float | None:
+        """Seconds from the ``say`` if this packet is its first speech, else None."""
+        if self.said_at is None:
+            if payload == self._last:
+                self.silence = payload
+            self._last = payload
+            return None
+        if self.silence is None or payload == self.silence:
+            return None
+        waited = now - self.said_at
+        self.said_at = None
+        return waited
+
+
 class FirstSpeechProbe:
     """One more 1:1 session that keeps asking for speech and times the first packet.
 
-    It says the text, notes when the first packet of :data:`SPEECH_MIN_BYTES` or
-    more arrives, cancels, waits :data:`PROBE_PAUSE_S` and says it again. Its
-    speaker is idle each time, so every sample is a cold start of one utterance
-    while the other sessions keep the server busy.
+    Once it knows the idle stream's silence (:class:`SpeechOnset`), it says
+    :data:`PROBE_TEXT`, notes when the first packet that is not silence arrives,
+    cancels, waits :data:`PROBE_PAUSE_S` and says it again. Its speaker is idle
+    each time, so every sample is a cold start of one utterance while the other
+    sessions keep the server busy.
     """
 
-    def __init__(self, base_url: str, text: str) -> None:
+    def __init__(self, base_url: str) -> None:
         self.listener = BenchListener(base_url)
-        self.text = text
         self.samples_s: list[float] = []
         self.timeouts = 0
-        self._said_at: float | None = None
+        self._onset = SpeechOnset()
+        self._silence_known = asyncio.Event()
         self._heard = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -226,22 +260,25 @@ class FirstSpeechProbe:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="first-speech")
         return True
 
-    def on_packet(self, payload_bytes: int, now: float) -> None:
-        if self._said_at is not None and payload_bytes >= SPEECH_MIN_BYTES:
-            self.samples_s.append(now - self._said_at)
-            self._said_at = None
+    def on_packet(self, payload: bytes, now: float) -> None:
+        waited = self._onset.packet(payload, now)
+        if self._onset.silence is not None:
+            self._silence_known.set()
+        if waited is not None:
+            self.samples_s.append(waited)
             self._heard.set()
 
     async def _run(self) -> None:
+        await self._silence_known.wait()
         while True:
             self._heard.clear()
-            self._said_at = time.monotonic()
-            self.listener.say(self.text)
+            self._onset.said(time.monotonic())
+            self.listener.say(PROBE_TEXT)
             try:
                 await asyncio.wait_for(self._heard.wait(), PROBE_WAIT_S)
             except TimeoutError:
                 self.timeouts += 1
-                self._said_at = None
+                self._onset.said_at = None
             self.listener.cancel()
             await asyncio.sleep(PROBE_PAUSE_S)
 
@@ -405,7 +442,7 @@ class Listeners:
 
         await asyncio.gather(*(one() for _ in range(max(0, total - len(self.joined)))))
         if self.mode == "naive" and self.probe is None:
-            probe = FirstSpeechProbe(self.base_url, self.text)
+            probe = FirstSpeechProbe(self.base_url)
             if await probe.start(http):
                 self.probe = probe
         return len(self.joined), self.failed - failed_before, time.monotonic() - started
