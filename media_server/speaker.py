@@ -9,11 +9,12 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from media_server.audio import FRAME_MS, FRAME_SAMPLES
 from media_server.encode_budget import EncodeBudget
 from media_server.encoding import StreamEncoder, UtteranceEncoder, leading_silence
+from media_server.executor import DeadlineExecutor
 from synthesis import Engine, SynthesisError, SynthesisRequest, SynthesisService
 from synthesis.text import TextAccumulator
 
@@ -43,6 +44,7 @@ or its producer is waiting for streamed text). The next slice then has 60 ms to
 arrive instead of 20, so a busy machine does not open speech with a gap."""
 
 Event = dict[str, Any]
+T = TypeVar("T")
 EventCallback = Callable[[Event], None]
 
 
@@ -361,6 +363,16 @@ class Speaker:
             event["owner"] = utterance.owner
         self._on_event(event)
 
+    async def _in_encoder(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on an encode thread. A :class:`DeadlineExecutor` is told when
+        this stream's encoded audio runs out, so the stream nearest a gap goes first."""
+        if isinstance(self._encode_executor, DeadlineExecutor):
+            slack_s = self._buffered * FRAME_MS / 1000
+            return await asyncio.wrap_future(
+                self._encode_executor.submit_within(slack_s, fn, *args)
+            )
+        return await asyncio.get_running_loop().run_in_executor(self._encode_executor, fn, *args)
+
     async def _produce_forever(self) -> None:
         while True:
             if not self._to_produce:
@@ -385,7 +397,6 @@ class Speaker:
                 utterance.produced = True
 
     async def _produce(self, utterance: Utterance) -> None:
-        loop = asyncio.get_running_loop()
         rate = self._engine.sample_rate_hz
         utterance.source_rate_hz = rate
         encoder = UtteranceEncoder(self._encoder, rate, self._encode_budget)
@@ -416,9 +427,7 @@ class Speaker:
                 else:
                     slice_ms = ENCODE_SLICE_MS
                 end = start + max(1, rate * slice_ms // 1000)
-                packets = await loop.run_in_executor(
-                    self._encode_executor, encoder.feed, pcm[start:end]
-                )
+                packets = await self._in_encoder(encoder.feed, pcm[start:end])
                 start = end
                 if utterance.cancelled:
                     return False
@@ -454,6 +463,4 @@ class Speaker:
             return
         if stretcher is not None and not await encode(stretcher.flush()):
             return
-        self._add_packets(
-            utterance, await loop.run_in_executor(self._encode_executor, encoder.finish)
-        )
+        self._add_packets(utterance, await self._in_encoder(encoder.finish))

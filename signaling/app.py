@@ -18,6 +18,7 @@ from media_server.clock import Clock, PreciseClock
 from media_server.collector import CollectionScheduler
 from media_server.config import Settings
 from media_server.encode_budget import EncodeBudget
+from media_server.executor import DeadlineExecutor
 from media_server.heap import HeapTrimmer, glibc_malloc_trim
 from media_server.ice import restrict_host_addresses
 from media_server.priority import lower_thread_priority
@@ -178,7 +179,8 @@ def create_app(
             thread_initializer=lower_thread_priority,
         )
         app[SYNTHESIS_KEY] = synthesis
-        encode_pool = concurrent.futures.ThreadPoolExecutor(
+        # Earliest deadline first: the stream whose encoded audio runs out soonest.
+        encode_pool = DeadlineExecutor(
             settings.encode_thread_count,
             thread_name_prefix="opus-encode",
             initializer=lower_thread_priority,

@@ -11,6 +11,7 @@ import pytest
 from media_server.audio import FRAME_MS
 from media_server.encode_budget import EncodeBudget
 from media_server.encoding import StreamEncoder
+from media_server.executor import DeadlineExecutor
 from media_server.opus import OpusSettings
 from media_server.speaker import (
     BULK_SLICE_MS,
@@ -265,6 +266,45 @@ async def test_a_full_buffer_is_refilled_a_second_at_a_time() -> None:
     assert speaker.underruns == 0
     await speaker.aclose()
     assert speaker.buffered_frames == 0
+    pool.shutdown()
+
+
+class SlackRecordingExecutor(DeadlineExecutor):
+    """A deadline pool that keeps the slack each encode slice was submitted with."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.slacks: list[float] = []
+
+    def submit_within(
+        self, slack_s: float, fn: Any, /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        self.slacks.append(slack_s)
+        return super().submit_within(slack_s, fn, *args, **kwargs)
+
+
+async def test_encode_slices_are_due_when_the_streams_audio_runs_out() -> None:
+    engine = ScriptedEngine(chunk_s=1.0, chunks=2)  # 2 s, less than the buffer holds
+    pool = SlackRecordingExecutor()
+    speaker, _ = make(engine, encode_executor=pool)
+    speaker.say(req("two seconds"))
+    await wait_buffered(speaker, 2000 // FRAME_MS)
+    await asyncio.sleep(0.05)
+    # nothing encoded yet: the first slice is due now, ahead of any stream with audio left
+    assert pool.slacks[0] == 0.0
+    # each later slice is due when what is already encoded has played (nothing plays here)
+    assert pool.slacks == sorted(pool.slacks) and len(set(pool.slacks)) == len(pool.slacks)
+    assert pool.slacks[1] == pytest.approx((START_FRAMES + 1) * FRAME_MS / 1000, abs=0.021)
+    assert pool.slacks[-1] == pytest.approx(speaker.buffered_frames * FRAME_MS / 1000, abs=0.021)
+    # the next utterance's first slice is due when the first one has finished playing
+    await play(speaker, 60)
+    left = speaker.buffered_frames
+    submitted = len(pool.slacks)
+    speaker.say(req("more"))
+    await wait_buffered(speaker, left + START_FRAMES)
+    assert pool.slacks[submitted] == pytest.approx(left * FRAME_MS / 1000)
+    assert pool.slacks[submitted] < pool.slacks[submitted - 1]
+    await speaker.aclose()
     pool.shutdown()
 
 
