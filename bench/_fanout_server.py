@@ -335,14 +335,17 @@ class Probe:
             deadline = pacer.tick_deadline(pts // FRAME_SAMPLES)
             self._send_lateness.append(time.monotonic() - deadline)
 
+    def _stamp_new(self, tracks: list[EncodedAudioTrack], pacer: Pacer) -> None:
+        for track in tracks:
+            if track not in self._stamped:
+                self._stamp(track, pacer)
+
     def prepare(self) -> None:
         """Wrap new tracks and make the next window's stats (outside any window)."""
         self._prepared.clear()
         for pacer, _, tracks in self.streams():
             self._prepared[id(pacer)] = PacingStats(WINDOW_FRAMES)
-            for track in tracks:
-                if track not in self._stamped:
-                    self._stamp(track, pacer)
+            self._stamp_new(tracks, pacer)
 
     def mark(self) -> None:
         self._underruns.clear()
@@ -355,8 +358,7 @@ class Probe:
             self._underruns[id(speaker)] = speaker.underruns
             for track in tracks:
                 self._dropped[id(track)] = track.dropped_frames
-                if track not in self._stamped:
-                    self._stamp(track, pacer)
+            self._stamp_new(tracks, pacer)  # joined since prepare
         self._prepared.clear()
         self._recording = True
         self._window.start()
