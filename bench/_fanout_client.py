@@ -217,6 +217,10 @@ class SpeechOnset:
     def said(self, now: float) -> None:
         self.said_at = now
 
+    def gave_up(self) -> None:
+        """The ``say`` timed out: no packet answers it any more."""
+        self.said_at = None
+
     def packet(self, payload: bytes, now: float) -> float | None:
         """Seconds from the ``say`` if this packet is its first speech, else None."""
         if self.said_at is None:
@@ -278,7 +282,7 @@ class FirstSpeechProbe:
                 await asyncio.wait_for(self._heard.wait(), PROBE_WAIT_S)
             except TimeoutError:
                 self.timeouts += 1
-                self._onset.said_at = None
+                self._onset.gave_up()
             self.listener.cancel()
             await asyncio.sleep(PROBE_PAUSE_S)
 

@@ -29,7 +29,7 @@ def test_the_tail_of_a_cancelled_utterance_is_not_taken_for_silence() -> None:
     assert onset.silence is None
     onset.said(0.2)
     assert onset.packet(b"\x07" * 60, 0.22) is None  # no silence known yet: nothing to tell
-    onset.said_at = None
+    onset.gave_up()
     onset.packet(SILENCE, 0.24)
     onset.packet(SILENCE, 0.26)
     onset.said(0.27)
