@@ -89,6 +89,10 @@ class Config:
     pacing_s: float
     memory_sessions: int
     memory_cycled: int
+    """Sessions opened and closed (in batches of ``memory_sessions``) per round."""
+    memory_rounds: int
+    """Rounds of ``memory_cycled``, with an RSS reading after each: a flat series is a
+    high-water mark left by the peak, a rising one a leak."""
     memory_settle_s: float
     """Pause before each memory reading (closing peers finish in the background)."""
     plan: Plan
@@ -102,6 +106,7 @@ FULL: Final = Config(
     pacing_s=600.0,
     memory_sessions=100,
     memory_cycled=1000,
+    memory_rounds=1,
     memory_settle_s=4.0,  # > VMS_HEAP_TRIM_IDLE_S (2 s) + its 1 s check: idle readings are trimmed
     plan=DEFAULT_PLAN,
 )
@@ -113,6 +118,7 @@ QUICK: Final = Config(
     pacing_s=3.0,
     memory_sessions=10,
     memory_cycled=30,
+    memory_rounds=2,
     memory_settle_s=0.3,
     plan=dataclasses.replace(QUICK_PLAN, settle_s=0.5, hold_s=2.0, fill_wait_s=3.0),
 )
@@ -288,6 +294,8 @@ class Memory:
     after_cycled_mb: float
     cycled: int
     failed: int
+    rounds_mb: tuple[float, ...]
+    """RSS after each round of cycling (the last is ``after_cycled_mb``)."""
 
 
 async def measure_memory(mode: str, config: Config, speech: Speech) -> Memory:
@@ -305,24 +313,41 @@ async def measure_memory(mode: str, config: Config, speech: Speech) -> Memory:
         await asyncio.sleep(config.memory_settle_s)
         (_, after_close, _) = await ask(h.server, ("rss",), REPLY_WAIT_S)
         cycled = 0
-        while cycled < config.memory_cycled:
-            batch = min(n, config.memory_cycled - cycled)
-            (_, opened_batch, failed_batch) = await ask(h.client, ("idle", batch), JOIN_WAIT_S)
-            failed += failed_batch
-            await ask(h.client, ("close_idle",), JOIN_WAIT_S)
-            cycled += opened_batch
-            if not opened_batch:
-                break
-        await asyncio.sleep(config.memory_settle_s)
-        (_, after_cycled, _) = await ask(h.server, ("rss",), REPLY_WAIT_S)
+        rounds: list[float] = []
+        for round_no in range(1, config.memory_rounds + 1):
+            target = round_no * config.memory_cycled
+            while cycled < target:
+                batch = min(n, target - cycled)
+                (_, opened_batch, failed_batch) = await ask(h.client, ("idle", batch), JOIN_WAIT_S)
+                failed += failed_batch
+                await ask(h.client, ("close_idle",), JOIN_WAIT_S)
+                cycled += opened_batch
+                if not opened_batch:
+                    break
+            await asyncio.sleep(config.memory_settle_s)
+            (_, rss, _) = await ask(h.server, ("rss",), REPLY_WAIT_S)
+            rounds.append(rss / MB)
+            if cycled < target:
+                break  # nothing joins any more: the failed count says why
     return Memory(
         start_mb=base / MB,
         idle_mb=idle / MB,
         per_session_mb=(idle - base) / MB / max(1, sessions),
         after_close_mb=after_close / MB,
-        after_cycled_mb=after_cycled / MB,
+        after_cycled_mb=rounds[-1],
         cycled=cycled,
         failed=failed + (n - opened),
+        rounds_mb=tuple(rounds),
+    )
+
+
+def rounds_line(m: Memory, per_round: int) -> str:
+    """RSS after each round and the growth per round once the peak has been reached."""
+    readings = ", ".join(f"{mb:.1f} ({(i + 1) * per_round})" for i, mb in enumerate(m.rounds_mb))
+    # the peak of N idle precedes the first round: the rounds after it show what remains
+    growth = (m.rounds_mb[-1] - m.rounds_mb[0]) / max(1, len(m.rounds_mb) - 1)
+    return (
+        f"RSS after each round (sessions): {readings}; {growth:+.2f} MB per round after the first"
     )
 
 
@@ -367,6 +392,11 @@ async def run_memory(config: Config, speech: Speech) -> None:
         rows,
         left=(0, 7),
     )
+    if config.memory_rounds > 1:
+        for mode in MODES:
+            m = measured[mode]
+            if isinstance(m, Memory):
+                print(f"{NAMES[mode]}, {rounds_line(m, config.memory_cycled)}")
     ours, base = measured.get(MODE_NAIVE), measured.get(MODE_AIORTC)
     if isinstance(ours, Memory) and isinstance(base, Memory):
         print(
@@ -399,6 +429,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pacing-sessions", type=positive_int, default=None, help="run 3's session count"
     )
     parser.add_argument(
+        "--memory-rounds",
+        type=positive_int,
+        default=None,
+        help="run 4: rounds of 1000 sessions, with a reading after each (default 1)",
+    )
+    parser.add_argument(
         "--sender",
         choices=("direct", "aiortc"),
         default="direct",
@@ -418,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = dataclasses.replace(config, pacing_s=args.pacing_minutes * 60)
     if args.pacing_sessions is not None:
         config = dataclasses.replace(config, pacing_sessions=args.pacing_sessions)
+    if args.memory_rounds is not None:
+        config = dataclasses.replace(config, memory_rounds=args.memory_rounds)
     if args.sender == "aiortc":
         config = dataclasses.replace(
             config, plan=dataclasses.replace(config.plan, direct_rtp=False)
