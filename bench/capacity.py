@@ -291,11 +291,14 @@ class Memory:
     idle_mb: float
     per_session_mb: float
     after_close_mb: float
-    after_cycled_mb: float
     cycled: int
     failed: int
     rounds_mb: tuple[float, ...]
-    """RSS after each round of cycling (the last is ``after_cycled_mb``)."""
+    """RSS after each round of cycling."""
+
+    @property
+    def after_cycled_mb(self) -> float:
+        return self.rounds_mb[-1]
 
 
 async def measure_memory(mode: str, config: Config, speech: Speech) -> Memory:
@@ -334,7 +337,6 @@ async def measure_memory(mode: str, config: Config, speech: Speech) -> Memory:
         idle_mb=idle / MB,
         per_session_mb=(idle - base) / MB / max(1, sessions),
         after_close_mb=after_close / MB,
-        after_cycled_mb=rounds[-1],
         cycled=cycled,
         failed=failed + (n - opened),
         rounds_mb=tuple(rounds),

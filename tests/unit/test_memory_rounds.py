@@ -11,7 +11,6 @@ def _memory(rounds_mb: tuple[float, ...]) -> Memory:
         idle_mb=110.0,
         per_session_mb=0.2,
         after_close_mb=97.0,
-        after_cycled_mb=rounds_mb[-1],
         cycled=1000 * len(rounds_mb),
         failed=0,
         rounds_mb=rounds_mb,
