@@ -2,8 +2,56 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Final
+
 from synthesis.base import EngineCapabilities, VoiceInfo
-from synthesis.request import Mode, RequestError, SynthesisRequest
+from synthesis.request import Mode, ReferenceCheck, RequestError, SynthesisRequest
+
+REFERENCE_MODES: Final = frozenset({Mode.ZERO_SHOT, Mode.CROSS_LINGUAL, Mode.INSTRUCT})
+"""Modes that can speak in the voice of a reference clip; sft speaks a stored voice."""
+
+
+def _check_mode(engine_name: str, capabilities: EngineCapabilities, mode: Mode) -> None:
+    if mode not in capabilities.modes:
+        raise RequestError(
+            "mode",
+            f"{mode.value} is not supported by the {engine_name} engine",
+            f"{mode.value} needs the cosyvoice engine; the {engine_name} engine "
+            f"supports: {', '.join(sorted(m.value for m in capabilities.modes))}",
+            error="unsupported",
+        )
+
+
+def check_reference_supported(
+    engine_name: str, capabilities: EngineCapabilities, mode: Mode
+) -> None:
+    """Raise ``unsupported`` unless ``mode`` on this engine can use ``reference_audio``.
+
+    Callers run it before decoding the clip: decoding is the expensive, attackable
+    part, and an engine that cannot clone would throw the result away.
+    """
+    _check_mode(engine_name, capabilities, mode)
+    if not capabilities.cloning:
+        raise RequestError(
+            "reference_audio",
+            f"the {engine_name} engine cannot clone voices",
+            "omit 'reference_audio'; voice cloning needs the cosyvoice engine "
+            "(VMS_ENGINE=cosyvoice)",
+            error="unsupported",
+        )
+    if mode not in REFERENCE_MODES:
+        raise RequestError(
+            "reference_audio",
+            f"mode '{mode.value}' speaks a stored voice and takes no reference_audio",
+            "use mode 'zero_shot' or 'cross_lingual' to clone from a sample",
+            error="unsupported",
+        )
+
+
+def reference_check(engine_name: str, capabilities: EngineCapabilities) -> ReferenceCheck:
+    """:func:`check_reference_supported` for one engine, for ``parse_request``."""
+    return functools.partial(check_reference_supported, engine_name, capabilities)
 
 
 def check_supported(
@@ -13,14 +61,9 @@ def check_supported(
     request: SynthesisRequest,
 ) -> None:
     """Raise :class:`RequestError` (``unsupported``) if ``engine_name`` cannot serve ``request``."""
-    if request.mode not in capabilities.modes:
-        raise RequestError(
-            "mode",
-            f"{request.mode.value} is not supported by the {engine_name} engine",
-            f"{request.mode.value} needs the cosyvoice engine; the {engine_name} engine "
-            f"supports: {', '.join(sorted(m.value for m in capabilities.modes))}",
-            error="unsupported",
-        )
+    _check_mode(engine_name, capabilities, request.mode)
+    if request.reference_audio is not None:
+        check_reference_supported(engine_name, capabilities, request.mode)
     if request.emotion is not None and request.emotion not in capabilities.emotions:
         raise RequestError(
             "emotion",

@@ -21,6 +21,14 @@ SILENCE_PEAK: Final = 10 ** (SILENCE_PEAK_DBFS / 20)
 LENGTH_SLACK_S: Final = 0.1
 """Codec padding (MP3 frames, Opus pre-skip) may decode a clip a little longer than recorded."""
 FORMATS: Final = "WAV, MP3, OGG (Vorbis or Opus) or FLAC"
+MIN_SOURCE_RATE_HZ: Final = 8_000
+MAX_SOURCE_RATE_HZ: Final = 192_000
+"""Sample rates a recording of a voice can have; anything else is a crafted header
+(an 81-byte FLAC at 1 Hz claimed hours of audio and resampled to gigabytes)."""
+MAX_SOURCE_CHANNELS: Final = 8
+MAX_FRAME_SAMPLES: Final = 65_536
+"""Samples per channel in one decoded frame: FLAC's largest block (65535) fits, and one
+frame then holds at most a few megabytes whatever the header claims."""
 
 
 def _sniff_format(blob: bytes) -> str | None:
@@ -55,18 +63,38 @@ def _too_long(limits: RequestLimits) -> RequestError:
     )
 
 
+def _check_shape(rate_hz: int, channels: int, what: str) -> None:
+    """Refuse rates and channel counts no voice recording has, before any sample is made."""
+    if not MIN_SOURCE_RATE_HZ <= rate_hz <= MAX_SOURCE_RATE_HZ:
+        raise _undecodable(
+            f"{what} a sample rate of {rate_hz} Hz; "
+            f"{MIN_SOURCE_RATE_HZ}-{MAX_SOURCE_RATE_HZ} Hz is accepted"
+        )
+    if not 1 <= channels <= MAX_SOURCE_CHANNELS:
+        raise _undecodable(f"{what} {channels} channels; 1-{MAX_SOURCE_CHANNELS} are accepted")
+
+
 def _decode(
     container: av.container.InputContainer, limits: RequestLimits
 ) -> npt.NDArray[np.float32]:
-    """All of the first audio stream, averaged to mono at 16 kHz; stops once over the maximum."""
+    """All of the first audio stream, averaged to mono at 16 kHz; stops once over the maximum.
+
+    Length is counted in source samples as frames are decoded, before resampling, so
+    a clip that claims hours of audio costs one frame's work, not hours of samples.
+    """
     if not container.streams.audio:
         raise _undecodable("contains no audio stream")
     stream = container.streams.audio[0]
+    header_rate_hz = stream.codec_context.sample_rate
+    if header_rate_hz:  # 0: not in the header; every frame is checked below anyway
+        _check_shape(header_rate_hz, stream.codec_context.layout.nb_channels, "declares")
     # Planar float keeps each channel's samples apart, so the downmix is a plain mean.
     resampler = av.AudioResampler(format="fltp", rate=REFERENCE_RATE_HZ)
-    max_samples = int((limits.max_reference_s + LENGTH_SLACK_S) * REFERENCE_RATE_HZ)
+    max_s = limits.max_reference_s + LENGTH_SLACK_S
+    max_samples = int(max_s * REFERENCE_RATE_HZ)
     chunks: list[npt.NDArray[np.float32]] = []
     total = 0
+    source_s = 0.0
 
     def collect(frames: list[av.AudioFrame]) -> None:
         nonlocal total
@@ -79,6 +107,16 @@ def _decode(
 
     for packet in container.demux(stream):
         for frame in packet.decode():
+            # A frame may carry its own rate and layout (FLAC does): check each one.
+            _check_shape(frame.sample_rate, frame.layout.nb_channels, "has a frame with")
+            if frame.samples > MAX_FRAME_SAMPLES:
+                raise _undecodable(
+                    f"has a frame of {frame.samples} samples; at most {MAX_FRAME_SAMPLES} "
+                    "are accepted"
+                )
+            source_s += frame.samples / frame.sample_rate
+            if source_s > max_s:
+                raise _too_long(limits)
             collect(resampler.resample(frame))
     collect(resampler.resample(None))
     if not chunks:

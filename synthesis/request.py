@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -16,6 +17,12 @@ REFERENCE_RATE_HZ: Final = 16_000
 SPEED_MIN: Final = 0.5
 SPEED_MAX: Final = 2.0
 MAX_ID_CHARS: Final = 64
+STREAMED_TEXT_FACTOR: Final = 10
+"""One streamed utterance (``text.delta`` after ``text.delta``) may grow to this many
+times ``max_text_chars``; without a cap a client could queue megabytes of text."""
+_FORBIDDEN_CHARS: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+"""C0 controls but tab, newline and carriage return, and surrogates (JSON's ``\\ud800``
+escapes arrive unpaired): engines fail on them, so they are a client error, not a 500."""
 
 
 class Mode(StrEnum):
@@ -56,6 +63,11 @@ class RequestLimits:
     min_reference_s: float = 1.0
     max_reference_s: float = 30.0
 
+    @property
+    def max_streamed_text_chars(self) -> int:
+        """The most characters one streamed utterance may collect over its deltas."""
+        return STREAMED_TEXT_FACTOR * self.max_text_chars
+
 
 @dataclass(frozen=True, slots=True)
 class SynthesisRequest:
@@ -72,6 +84,21 @@ class SynthesisRequest:
 
 
 ReferenceDecoder = Callable[[bytes, RequestLimits], ReferenceAudio]
+ReferenceCheck = Callable[[Mode], None]
+"""Raises :class:`RequestError` if the engine cannot use reference audio in this mode."""
+
+
+def check_text(field: str, value: str) -> None:
+    """Refuse control characters (tab, newline, CR aside) and unpaired surrogates."""
+    bad = _FORBIDDEN_CHARS.search(value)
+    if bad is not None:
+        raise RequestError(
+            field,
+            f"contains the character U+{ord(bad.group()):04X} at position {bad.start()} "
+            "(a control character or an unpaired surrogate)",
+            "send plain text: tabs and line breaks are fine, other control characters "
+            "and lone UTF-16 surrogates are not",
+        )
 
 
 def _optional_str(data: Mapping[str, Any], field: str, max_chars: int) -> str | None:
@@ -85,6 +112,7 @@ def _optional_str(data: Mapping[str, Any], field: str, max_chars: int) -> str | 
         raise RequestError(
             field, f"is {len(value)} characters; the limit is {max_chars}", f"shorten '{field}'"
         )
+    check_text(field, value)
     return value or None
 
 
@@ -92,11 +120,14 @@ def parse_request(
     data: Mapping[str, Any],
     limits: RequestLimits,
     decode_reference: ReferenceDecoder | None = None,
+    check_reference: ReferenceCheck | None = None,
 ) -> SynthesisRequest:
     """Validate a JSON object into a :class:`SynthesisRequest`; raises :class:`RequestError`.
 
     This checks the request on its own. Whether an engine can serve it is
-    :func:`synthesis.capabilities.check_supported`'s job.
+    :func:`synthesis.capabilities.check_supported`'s job, except for reference audio:
+    ``check_reference`` (see :func:`synthesis.capabilities.reference_check`) refuses
+    it before it is decoded, so an engine that cannot clone never pays for decoding.
     """
     known = {
         "type", "id", "mode", "text", "speaker_id", "voice", "reference_audio", "reference_text",
@@ -119,6 +150,7 @@ def parse_request(
             "split the text into several requests",
             error="text_too_long",
         )
+    check_text("text", text)
     raw_mode = data.get("mode", Mode.SFT.value)
     try:
         mode = Mode(raw_mode)
@@ -144,6 +176,8 @@ def parse_request(
     reference: ReferenceAudio | None = None
     raw_reference = data.get("reference_audio")
     if raw_reference is not None:
+        if check_reference is not None:
+            check_reference(mode)
         if not isinstance(raw_reference, str):
             raise RequestError(
                 "reference_audio",
