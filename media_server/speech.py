@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from synthesis import SynthesisRequest, SynthesisService
+from synthesis.service import Caller
 
 Pcm = npt.NDArray[np.int16]
 
@@ -19,8 +20,10 @@ async def speech_pcm(
     """Synthesise each piece of text in order and yield mono int16 PCM at the engine's rate.
 
     ``speed`` is applied by time-stretching when the engine cannot apply it
-    itself, so every engine honours it. Each piece opens its own stream (and
-    may be refused with ``EngineBusy``); closing the iterator cancels synthesis.
+    itself, so every engine honours it. Each piece opens its own stream as an
+    :attr:`Caller.HTTP` caller (refused with ``EngineBusy`` once HTTP holds its
+    share of slots, so live sessions keep theirs); closing the iterator cancels
+    synthesis.
     """
     stretcher = None
     if request.speed != 1.0 and not service.engine.capabilities.native_speed:
@@ -28,7 +31,7 @@ async def speech_pcm(
 
         stretcher = TimeStretcher(service.engine.sample_rate_hz, request.speed)
     async for piece in pieces:
-        stream = service.stream(dataclasses.replace(request, text=piece))
+        stream = service.stream(dataclasses.replace(request, text=piece), Caller.HTTP)
         try:
             async for chunk in stream:
                 pcm = chunk.pcm if stretcher is None else stretcher.process(chunk.pcm)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Final
 
 from synthesis.base import Engine, SynthesisError
@@ -29,6 +31,21 @@ class EngineBusy(SynthesisError):
         self.retry_after_s = retry_after_s
 
 
+class Caller(StrEnum):
+    """Who a stream is for; decides which slots it may take."""
+
+    LIVE = "live"
+    """1:1 sessions and rooms: their listeners hear a gap if synthesis is refused."""
+    HTTP = "http"
+    """``POST /tts`` and ``/tts/ws``: anyone who can reach the port, so never all slots."""
+
+
+def default_http_slots(max_concurrent: int) -> int:
+    """One slot fewer than the engine runs, so HTTP clients always leave one to live
+    sessions; all of it when there is only one."""
+    return max(1, max_concurrent - 1)
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceStats:
     engine: str
@@ -36,6 +53,11 @@ class ServiceStats:
     running: int
     started_total: int
     refused_total: int
+    http_max_concurrent: int
+    """Slots HTTP streams may hold; the rest are kept for live sessions and rooms."""
+    http_running: int
+    http_refused_total: int
+    """HTTP requests refused because HTTP held all its slots (also in ``refused_total``)."""
 
 
 class SynthesisService:
@@ -43,9 +65,11 @@ class SynthesisService:
 
     At most ``max_concurrent`` streams run at once; :meth:`stream` refuses the
     next with :class:`EngineBusy` (HTTP answers 503 + Retry-After, a session
-    gets an ``error`` event). A slot is given back only when the worker thread
-    has really let go, so an engine that hangs costs capacity, never threads
-    beyond the limit, and the server stays up.
+    gets an ``error`` event). :attr:`Caller.HTTP` streams may hold at most
+    ``http_slots`` of them, so anonymous HTTP clients cannot starve live
+    sessions. A slot is given back only when the worker thread has really let
+    go, so an engine that hangs costs capacity, never threads beyond the limit,
+    and the server stays up.
     """
 
     def __init__(
@@ -55,13 +79,19 @@ class SynthesisService:
         *,
         chunk_timeout_s: float = CHUNK_TIMEOUT_S,
         thread_initializer: Callable[[], object] | None = None,
+        http_slots: int | None = None,
     ) -> None:
         """``thread_initializer`` runs first in every worker thread (e.g. to lower its
-        priority below the event loop's)."""
+        priority below the event loop's). ``http_slots`` None: :func:`default_http_slots`."""
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
+        if http_slots is None:
+            http_slots = default_http_slots(max_concurrent)
+        if not 1 <= http_slots <= max_concurrent:
+            raise ValueError("http_slots must be 1..max_concurrent")
         self.engine = engine
         self.max_concurrent = max_concurrent
+        self.http_slots = http_slots
         self._chunk_timeout_s = chunk_timeout_s
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_concurrent,
@@ -71,16 +101,29 @@ class SynthesisService:
         self._running = 0
         self._started_total = 0
         self._refused_total = 0
+        self._http_running = 0
+        self._http_refused_total = 0
 
     @property
     def running(self) -> int:
         return self._running
 
-    def stream(self, request: SynthesisRequest) -> SynthesisStream:
-        """A stream for ``request`` holding one slot; raises :class:`EngineBusy` when full."""
+    @property
+    def http_running(self) -> int:
+        return self._http_running
+
+    def stream(self, request: SynthesisRequest, caller: Caller = Caller.LIVE) -> SynthesisStream:
+        """A stream for ``request`` holding one slot; raises :class:`EngineBusy` when
+        every slot ``caller`` may take is held."""
         if self._running >= self.max_concurrent:
             self._refused_total += 1
             raise EngineBusy(self.engine.name, self.max_concurrent)
+        if caller is Caller.HTTP:
+            if self._http_running >= self.http_slots:
+                self._refused_total += 1
+                self._http_refused_total += 1
+                raise EngineBusy(self.engine.name, self.http_slots)
+            self._http_running += 1
         self._running += 1
         self._started_total += 1
         return SynthesisStream(
@@ -88,11 +131,13 @@ class SynthesisService:
             request,
             executor=self._executor,
             chunk_timeout_s=self._chunk_timeout_s,
-            on_finished=self._release,
+            on_finished=functools.partial(self._release, caller),
         )
 
-    def _release(self) -> None:
+    def _release(self, caller: Caller) -> None:
         self._running -= 1
+        if caller is Caller.HTTP:
+            self._http_running -= 1
 
     def stats(self) -> ServiceStats:
         """Counters for ``/stats``."""
@@ -102,6 +147,9 @@ class SynthesisService:
             running=self._running,
             started_total=self._started_total,
             refused_total=self._refused_total,
+            http_max_concurrent=self.http_slots,
+            http_running=self._http_running,
+            http_refused_total=self._http_refused_total,
         )
 
     def close(self) -> None:
