@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections import deque
@@ -11,14 +12,15 @@ from typing import Final
 from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
+    RTCIceCandidate,
     RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.sdp import candidate_from_sdp
 
 from media_server.config import IceServer
+from media_server.ice import CandidateKey, parse_remote_candidate
 from media_server.rtp_writer import RtpWriter
 from media_server.teardown import release_peer
 
@@ -27,6 +29,12 @@ logger = logging.getLogger(__name__)
 
 MAX_UNSENT_MESSAGES: Final = 64
 """Events kept for a data channel that is not open yet (RTP may start before it)."""
+
+MAX_MEDIA_SECTIONS: Final = 8
+"""``m=`` sections an offer may have: a client needs two (audio, data channel)."""
+
+DEFAULT_MAX_REMOTE_CANDIDATES: Final = 32
+"""Remote ICE candidates one session takes (see ``Settings.max_remote_candidates``)."""
 
 
 class OfferError(ValueError):
@@ -42,7 +50,19 @@ class IceRestartUnsupported(OfferError):
     pass
 
 
+class TooManyCandidates(OfferError):
+    """More remote candidates than a session takes: aioice re-sorts its whole check
+    list on each one, so an unbounded number would hold the event loop."""
+
+
+_MID = re.compile(r"^a=mid:(\S+)\s*$", re.MULTILINE)
+_BUNDLE = re.compile(r"^a=group:BUNDLE(.*)$", re.MULTILINE)
 _MEDIA = re.compile(r"^m=(\w+) ", re.MULTILINE)
+_CANDIDATE_LINE = re.compile(r"^a=candidate:(.*)$", re.MULTILINE)
+_CANDIDATE_SOLUTION: Final = (
+    "send each candidate as an 'a=candidate:' line as RFC 8839 defines it, "
+    "the way RTCPeerConnection's icecandidate event gives it"
+)
 
 
 def check_offer(sdp: str) -> None:
@@ -50,11 +70,39 @@ def check_offer(sdp: str) -> None:
     if not sdp.lstrip().startswith("v=0"):
         raise OfferError("the body is not an SDP offer", "send the offer SDP, starting with 'v=0'")
     kinds = _MEDIA.findall(sdp)
+    if len(kinds) > MAX_MEDIA_SECTIONS:
+        raise OfferError(
+            f"the offer has {len(kinds)} media sections, at most {MAX_MEDIA_SECTIONS} are taken",
+            "offer one recvonly audio transceiver and one data channel",
+        )
     if "audio" not in kinds:
         raise OfferError(
             "the offer has no audio section",
             "add a recvonly audio transceiver before creating the offer",
         )
+    mids = _MID.findall(sdp)
+    if len(set(mids)) != len(mids):
+        raise OfferError(
+            "two media sections of the offer share one a=mid",
+            "send the unmodified offer SDP from RTCPeerConnection.createOffer()",
+        )
+    for group in _BUNDLE.findall(sdp):
+        # aiortc bundles onto the transport of the group's first mid; an unknown one
+        # would leave the other sections with no transport at all
+        unknown = [mid for mid in group.split() if mid not in mids]
+        if unknown:
+            raise OfferError(
+                f"a=group:BUNDLE names media sections the offer lacks: {' '.join(unknown)[:100]}",
+                "send the unmodified offer SDP from RTCPeerConnection.createOffer()",
+            )
+
+
+def _candidate(line: str) -> tuple[RTCIceCandidate, CandidateKey]:
+    """A checked candidate from an ``a=candidate:`` line (raises ``OfferError``)."""
+    try:
+        return parse_remote_candidate(line.removeprefix("a=candidate:"))
+    except ValueError as exc:
+        raise OfferError(f"bad candidate line {line[:200]!r}: {exc}", _CANDIDATE_SOLUTION) from None
 
 
 def _ignore_message(raw: str | bytes) -> None:
@@ -79,8 +127,11 @@ class PeerSession:
         ice_servers: tuple[IceServer, ...],
         on_message: Callable[[str | bytes], None],
         on_state: Callable[[str], None],
+        *,
+        max_remote_candidates: int = DEFAULT_MAX_REMOTE_CANDIDATES,
     ) -> None:
         self.label = label
+        self._max_remote_candidates = max_remote_candidates
         self._on_message = on_message
         self._on_state = on_state
         config = RTCConfiguration(
@@ -93,6 +144,10 @@ class PeerSession:
         self.channel: RTCDataChannel | None = None
         self._unsent: deque[str] = deque(maxlen=MAX_UNSENT_MESSAGES)
         self._remote_ufrag: str | None = None
+        self._remote_candidates: set[CandidateKey] = set()
+        self._trickling: set[asyncio.Future[None]] = set()
+        """One future per :meth:`add_trickle` inside aiortc, for :meth:`close` to await."""
+        self._closing = False
         self._released = False
         self.pc.on("connectionstatechange", self._state_changed)
         self.pc.on("datachannel", self._channel_opened)
@@ -122,6 +177,15 @@ class PeerSession:
     async def answer(self, offer_sdp: str, track: MediaStreamTrack) -> str:
         """Apply the offer, attach ``track`` to its audio transceiver, return the answer SDP."""
         check_offer(offer_sdp)
+        # the offer's own candidates go the same way as trickled ones: checked, and counted
+        # (each m= section may list them again, so the lines are bounded once per section)
+        lines = offer_sdp.count("a=candidate:")
+        if lines > self._max_remote_candidates * MAX_MEDIA_SECTIONS:
+            raise self._too_many(lines, "the offer has")
+        for line in _CANDIDATE_LINE.finditer(offer_sdp):
+            self._remote_candidates.add(_candidate(line.group(0).strip())[1])
+        if len(self._remote_candidates) > self._max_remote_candidates:
+            raise self._too_many(len(self._remote_candidates), "the offer has")
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as exc:  # aiortc's parser raises assorted types, AssertionError too
@@ -137,8 +201,17 @@ class PeerSession:
         # sending microphone audio that nothing here would read (aiortc would
         # queue it without bound).
         audio[0].direction = "sendonly"
-        answer = await self.pc.createAnswer()
-        await self.pc.setLocalDescription(answer)
+        try:
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+        except OSError:
+            raise  # the server's own sockets, not the offer
+        except Exception as exc:  # e.g. ValueError for a second m=application section
+            raise OfferError(
+                f"the SDP offer could not be answered: {exc or type(exc).__name__}",
+                "offer one recvonly audio transceiver and at most one data channel, "
+                "as RTCPeerConnection.createOffer() does",
+            ) from exc
         ufrag = re.search(r"^a=ice-ufrag:(\S+)", offer_sdp, re.MULTILINE)
         self._remote_ufrag = ufrag.group(1) if ufrag else None
         return str(self.pc.localDescription.sdp)
@@ -153,8 +226,15 @@ class PeerSession:
         return None
 
     async def add_trickle(self, sdpfrag: str) -> int:
-        """Apply an ``application/trickle-ice-sdpfrag`` body; returns candidates added."""
-        if self._released:
+        """Apply an ``application/trickle-ice-sdpfrag`` body; returns candidates added.
+
+        The whole fragment is checked before aiortc sees any of it, so a refused one
+        (``OfferError``, ``TooManyCandidates``) changes nothing. A candidate already
+        known (same component, transport, address and port) is skipped, as RFC 8838
+        section 9 says; each new one costs aioice a re-sort of its check list, so
+        :attr:`_max_remote_candidates` bounds the work as well as the count.
+        """
+        if self._closing:
             return 0
         ufrag = re.search(r"^a=ice-ufrag:(\S+)", sdpfrag, re.MULTILINE)
         if ufrag and self._remote_ufrag and ufrag.group(1) != self._remote_ufrag:
@@ -162,30 +242,64 @@ class PeerSession:
                 "ICE restart is not supported by this server",
                 "DELETE this session and POST a new offer",
             )
+        # more lines than the session may ever take: refused before parsing any (13 us each)
+        lines = sdpfrag.count("a=candidate:")
+        if lines > self._max_remote_candidates:
+            raise self._too_many(lines, "this fragment has")
         mid_match = re.search(r"^a=mid:(\S+)", sdpfrag, re.MULTILINE)
         transceivers = self.pc.getTransceivers()
         default_mid = (
             mid_match.group(1) if mid_match else (transceivers[0].mid if transceivers else "0")
         )
-        added = 0
+        new: list[RTCIceCandidate] = []
+        keys: set[CandidateKey] = set()
+        end = False
         for line in sdpfrag.splitlines():
             line = line.strip()
             if line.startswith("a=mid:"):
                 default_mid = line[len("a=mid:") :]
             elif line.startswith("a=candidate:"):
-                try:
-                    candidate = candidate_from_sdp(line[len("a=candidate:") :])
-                except (ValueError, IndexError, AssertionError) as exc:
-                    raise OfferError(
-                        f"bad candidate line {line!r}: {exc}",
-                        "send candidates as 'a=candidate:...' lines (RFC 8840)",
-                    ) from exc
+                candidate, key = _candidate(line)
+                if key in keys or key in self._remote_candidates:
+                    continue
+                keys.add(key)
                 candidate.sdpMid = default_mid
+                new.append(candidate)
+            elif line == "a=end-of-candidates":
+                end = True
+                break  # candidates after it are ignored (RFC 8838 section 13)
+        count = len(self._remote_candidates) + len(keys)
+        if count > self._max_remote_candidates:
+            raise self._too_many(count, "this session would have")
+        self._remote_candidates |= keys
+        return await self._add_candidates(new, end)
+
+    def _too_many(self, count: int, subject: str) -> TooManyCandidates:
+        return TooManyCandidates(
+            f"{subject} {count} remote ICE candidates, "
+            f"at most {self._max_remote_candidates} are taken",
+            "send only the candidates your ICE agent gathered (a browser has fewer "
+            "than 20), each once; the operator can raise VMS_MAX_REMOTE_CANDIDATES",
+        )
+
+    async def _add_candidates(self, candidates: list[RTCIceCandidate], end: bool) -> int:
+        """Hand checked candidates to aiortc; :meth:`close` waits for this to end,
+        as aioice may still be resolving an mDNS name when the peer closes."""
+        busy: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._trickling.add(busy)
+        added = 0
+        try:
+            for candidate in candidates:
+                if self._closing:
+                    return added
                 await self.pc.addIceCandidate(candidate)
                 added += 1
-            elif line == "a=end-of-candidates":
+            if end and not self._closing:
                 await self.pc.addIceCandidate(None)
-        return added
+            return added
+        finally:
+            self._trickling.discard(busy)
+            busy.set_result(None)
 
     def send(self, text: str) -> bool:
         """Send on the data channel; before it is open, keep the message (the newest
@@ -207,7 +321,17 @@ class PeerSession:
         needed, see :mod:`media_server.teardown`)."""
         if self._released:
             return
-        await self.pc.close()
+        self._closing = True
+        try:
+            await self.pc.close()
+        except Exception:
+            # aiortc half-built from an offer it then could not answer: what is left
+            # of it is for the garbage collector, not for release_peer
+            logger.warning("PeerSession(%s) did not close cleanly", self.label, exc_info=True)
+            self._released = True
+            self.channel = None
+            self._unsent.clear()
+            return
         if self._released:  # closed meanwhile by another task
             return
         self._released = True
@@ -216,4 +340,4 @@ class PeerSession:
         # the owner's callbacks point back at it: drop them, so nothing is cyclic
         self._on_message = _ignore_message
         self._on_state = _ignore_state
-        await release_peer(self.pc)
+        await release_peer(self.pc, busy=list(self._trickling))
