@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+import numpy as np
+
 from synthesis import (
     Engine,
     RequestError,
@@ -15,9 +17,56 @@ from synthesis import (
     check_supported,
     parse_request,
 )
+from synthesis.request import ReferenceCheck, check_text
 
 MAX_MESSAGE_BYTES: Final = 16 * 1024
 MAX_ID_CHARS: Final = 64
+MAX_JSON_DEPTH: Final = 32
+"""Deepest nesting of arrays and objects accepted. Every message is flat (depth 1 or 2);
+a few KiB of ``[`` would otherwise make ``json.loads`` raise RecursionError."""
+_BRACKET_STEP: Final = np.zeros(256, dtype=np.int8)
+_BRACKET_STEP[[ord("["), ord("{")]] = 1
+_BRACKET_STEP[[ord("]"), ord("}")]] = -1
+_QUOTE: Final = ord('"')
+_DEPTH_CHUNK_BYTES: Final = 64 * 1024
+
+
+class JsonTooDeep(ValueError):
+    """A JSON text nests arrays or objects deeper than allowed."""
+
+
+def json_depth(raw: str | bytes) -> int:
+    """How deep ``raw`` nests arrays and objects (brackets inside strings do not count).
+
+    Linear, recursion-free and all in C (bytes.replace and numpy, in chunks), so it is
+    cheap on any input up to the largest body; on invalid JSON the number is a guess.
+    """
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    # Drop escaped backslashes, then escaped quotes: every quote left opens or closes a string.
+    data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    codes = np.frombuffer(data, dtype=np.uint8)
+    quotes = depth = deepest = 0
+    for start in range(0, codes.size, _DEPTH_CHUNK_BYTES):
+        chunk = codes[start : start + _DEPTH_CHUNK_BYTES]
+        quote_count = np.cumsum(chunk == _QUOTE, dtype=np.int64) + quotes
+        steps = np.where(quote_count % 2 == 1, 0, _BRACKET_STEP[chunk])
+        levels = np.cumsum(steps, dtype=np.int64) + depth
+        deepest = max(deepest, int(levels.max()))
+        quotes, depth = int(quote_count[-1]), int(levels[-1])
+    return deepest
+
+
+def loads_json(raw: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` that refuses nesting deeper than ``max_depth`` before parsing.
+
+    Raises ``ValueError`` (:class:`JsonTooDeep` for the nesting) or ``UnicodeDecodeError``.
+    """
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if data.count(b"[") + data.count(b"{") > max_depth:  # else it cannot nest that deep
+        depth = json_depth(data)
+        if depth > max_depth:
+            raise JsonTooDeep(f"nests {depth} levels deep; the limit is {max_depth}")
+    return json.loads(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +143,13 @@ def decode_message(raw: str | bytes, max_message_bytes: int = MAX_MESSAGE_BYTES)
             "split long text into several 'say' messages",
         )
     try:
-        data = json.loads(raw)
+        data = loads_json(raw)
+    except JsonTooDeep as exc:
+        raise ProtocolError(
+            "invalid_json",
+            f"message {exc}",
+            'send a flat JSON object such as {"type": "say", "text": "Hello"}',
+        ) from None
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError(
             "invalid_json",
@@ -114,6 +169,7 @@ def parse_client_message(
     limits: RequestLimits,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     allow_reference_audio: bool = False,
+    check_reference: ReferenceCheck | None = None,
 ) -> ClientMessage:
     """Validate one data-channel message; raises :class:`ProtocolError`.
 
@@ -121,7 +177,8 @@ def parse_client_message(
     ``speed``...). Reference audio is refused here: register the voice with
     ``POST /voices`` and use its ``speaker_id`` (16 KiB messages are too small
     for audio). With ``allow_reference_audio`` (the WebSocket API) it is decoded
-    here, which blocks: call it off the event loop then.
+    here, which blocks: call it off the event loop then, and pass the engine's
+    ``check_reference`` so audio the engine cannot use is refused before decoding.
     """
     data = decode_message(raw, max_message_bytes)
     kind = data.get("type")
@@ -141,6 +198,10 @@ def parse_client_message(
                 f"'text': has {len(text)} characters; the limit is {limits.max_text_chars}",
                 "send smaller deltas",
             )
+        try:
+            check_text("text", text)
+        except RequestError as exc:
+            raise ProtocolError.from_request_error(exc) from None
         return TextDeltaMessage(text, _utterance_id(data))
     if kind != "say":
         raise ProtocolError(
@@ -156,7 +217,7 @@ def parse_client_message(
             "register the voice with POST /voices, then send its 'speaker_id'",
         )
     try:
-        request = parse_request(data, limits)
+        request = parse_request(data, limits, check_reference=check_reference)
     except RequestError as exc:
         raise ProtocolError.from_request_error(exc) from None
     return SayMessage(request, utterance_id)
@@ -180,6 +241,14 @@ def rate_limited(burst: int, rate_per_s: float) -> ProtocolError:
         "rate_limited",
         f"more than {burst} requests in a burst (sustained limit {rate_per_s:g} per second)",
         "send fewer, longer 'say' messages, or wait a moment",
+    )
+
+
+def streamed_text_too_long(limit: int) -> ProtocolError:
+    return ProtocolError(
+        "text_too_long",
+        f"the streamed text would exceed {limit} characters; this delta was dropped",
+        "send 'text.done' to finish this utterance, then stream the rest as a new one",
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import logging
 from typing import Any
 
@@ -15,6 +14,7 @@ from media_server.pacer import Pacer
 from media_server.peer_client import CloseRequest, PeerClient
 from media_server.protocol import (
     ProtocolError,
+    loads_json,
     parse_client_message,
 )
 from media_server.speaker import Speaker
@@ -112,8 +112,8 @@ class VoiceSession(PeerClient):
 def _id_of(raw: str | bytes) -> str | None:
     """The ``id`` of a refused message, when it has a usable one, for the error event."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = loads_json(raw)
+    except (ValueError, UnicodeDecodeError):  # JsonTooDeep is a ValueError
         return None
     utterance_id = data.get("id") if isinstance(data, dict) else None
     return utterance_id[:64] if isinstance(utterance_id, str) else None

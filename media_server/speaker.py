@@ -61,6 +61,8 @@ class Utterance:
     text_closed: bool = True
     """No more text will come (always true for ``say``; ``text.done`` for streamed text)."""
     accumulator: TextAccumulator | None = None
+    streamed_chars: int = 0
+    """Characters of streamed text taken so far (the talker caps it per utterance)."""
     text_arrived: asyncio.Event = field(default_factory=asyncio.Event)
     packets: deque[bytes] = field(default_factory=deque)
     produced: bool = False

@@ -14,6 +14,7 @@ from media_server.protocol import (
     checked_request,
     queue_full,
     rate_limited,
+    streamed_text_too_long,
 )
 from media_server.rate import TokenBucket
 from media_server.speaker import Speaker
@@ -25,7 +26,8 @@ class Talker:
 
     ``identity`` becomes the owner of its utterances (``None`` for a 1:1 session),
     ``voice`` the default ``speaker_id``; ``say`` and each new streamed text take a
-    token from its rate limit.
+    token from its rate limit, and one streamed text may collect at most
+    ``limits.max_streamed_text_chars`` characters.
     """
 
     def __init__(
@@ -60,6 +62,13 @@ class Talker:
                 if speaker.text_delta_opens(message.utterance_id, owner):
                     self._take_token()
                 base = checked_request(engine, SynthesisRequest(text=" "), self.voice)
+                # An empty delta finds (or opens) the utterance without adding text, so
+                # the cap is checked before this delta's text is taken.
+                utterance = speaker.text_delta("", base, message.utterance_id, owner)
+                total = utterance.streamed_chars + len(message.text)
+                if total > self.limits.max_streamed_text_chars:
+                    raise streamed_text_too_long(self.limits.max_streamed_text_chars)
+                utterance.streamed_chars = total
                 speaker.text_delta(message.text, base, message.utterance_id, owner)
             elif isinstance(message, TextDoneMessage):
                 if speaker.text_done(message.utterance_id, owner) is None:
