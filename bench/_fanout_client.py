@@ -368,7 +368,7 @@ class Listeners:
 
     async def _leave(self, http: aiohttp.ClientSession, listener: BenchListener) -> None:
         try:
-            async with http.delete(f"{self.base_url}{listener.location}"):
+            async with http.delete(f"{self.base_url}{listener.location}", headers=listener.auth):
                 pass
         except aiohttp.ClientError:
             pass

@@ -355,6 +355,11 @@ async def open_harness(
         # Each naive session holds a synthesis slot while its replayed utterance is read.
         synthesis_workers=max_listeners + 4,
         direct_rtp=direct_rtp,
+        # every listener connects from this one address: no per-client bounds
+        max_pending_sessions_per_client=0,
+        max_sockets_per_client=0,
+        max_syntheses_per_client=0,
+        client_upload_bytes_per_s=0,
     )
     server_conn, server_end = ctx.Pipe()
     server = ctx.Process(

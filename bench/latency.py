@@ -470,7 +470,14 @@ class Bench:
     async def run(self) -> RunResult:
         port = _free_port()
         settings = self.settings.with_overrides(
-            host=LOOPBACK, port=port, ice_host_addresses=(LOOPBACK,)
+            host=LOOPBACK,
+            port=port,
+            ice_host_addresses=(LOOPBACK,),
+            # every probe connects from this one address: no per-client bounds
+            max_pending_sessions_per_client=0,
+            max_sockets_per_client=0,
+            max_syntheses_per_client=0,
+            client_upload_bytes_per_s=0,
         )
         app = create_app(settings, engine=self.timed)
         runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT_S)
@@ -479,9 +486,9 @@ class Bench:
         create = registry.create
 
         async def create_probed(
-            offer_sdp: str, voice_id: str | None = None
+            offer_sdp: str, voice_id: str | None = None, **access: Any
         ) -> tuple[VoiceSession, str]:
-            session, answer = await create(offer_sdp, voice_id)
+            session, answer = await create(offer_sdp, voice_id, **access)
             self.probes.append(SessionProbe(session))
             return session, answer
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from media_server.opus import OpusSettings
+
+API_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
+"""What an operator token may be: long, and safe in a header or a WebSocket subprotocol."""
 
 MAX_DEFAULT_ENCODE_WORKERS = 4
 """Encode threads when ``encode_workers`` is not set and more CPUs are available."""
@@ -58,11 +62,39 @@ class Settings:
     """An engine silent this long has hung: that request fails with ``timeout``."""
     token_secret: str | None = None
     """HMAC secret for room join tokens (at least 16 bytes); rooms are off without it."""
+    api_token: str | None = None
+    """The operator token (``Authorization: Bearer``): when set, 1:1 WHEP, ``/tts``,
+    ``/tts/ws``, ``POST /voices`` and the detail of ``/stats`` need it."""
+    allow_anonymous: bool = False
+    """Serve clients without a token on a non-loopback address (off: refuse to start)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins that may call the API from a browser page (``*``: any); the bundled
+    page is same-origin and needs none. WebSocket upgrades from other origins are refused."""
+    max_pending_sessions_per_client: int = 8
+    """Sessions (1:1 or room listener) one client address may have that are not yet
+    connected; 0: unbounded. The bounds below are per address too and are not
+    applied to requests carrying the operator token."""
+    max_syntheses_per_client: int = 2
+    """``POST /tts`` requests and ``/tts/ws`` utterances synthesising at once."""
+    max_sockets_per_client: int = 8
+    """Open WebSockets (``/tts/ws``, room bots)."""
+    client_upload_bytes_per_s: int = 4 * 1024 * 1024
+    """Request bodies and WebSocket messages, sustained (bursts of 4 s worth)."""
     max_rooms: int = 100
     max_room_participants: int = 50
     direct_rtp: bool = True
     """Write RTP from the pacer's tick (:mod:`media_server.rtp_writer`) instead of
     through aiortc's per-track sender task; off only to compare the two."""
+    max_remote_candidates: int = 32
+    """ICE candidates a client may send per session (offer and trickle; browsers send
+    under 20): aioice's work per candidate grows with those it has."""
+    http_synthesis_slots: int | None = None
+    """Synthesis slots ``POST /tts`` and ``/tts/ws`` may hold at once (more get ``503``
+    ``engine_busy``); the rest of ``synthesis_workers`` is kept for live sessions and
+    rooms. None: ``synthesis_workers`` - 1, at least 1."""
+    http_write_timeout_s: float = 10.0
+    """A ``/tts`` or ``/tts/ws`` client that takes no audio for this long (64 KiB, or
+    one message) is cut off and its synthesis stopped."""
     opus: OpusSettings = field(default_factory=OpusSettings)
 
     def __post_init__(self) -> None:
@@ -76,15 +108,33 @@ class Settings:
             "synthesis_workers",
             "max_rooms",
             "max_room_participants",
+            "max_remote_candidates",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        for name in (
+            "max_pending_sessions_per_client",
+            "max_syntheses_per_client",
+            "max_sockets_per_client",
+            "client_upload_bytes_per_s",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 (unbounded) or positive")
+        if self.api_token is not None and not API_TOKEN.fullmatch(self.api_token):
+            raise ConfigError(
+                "api_token must be 16-256 characters of letters, digits and . _ ~ -"
+                " (it travels in HTTP headers and WebSocket subprotocols)"
+            )
         if self.heap_trim_idle_s < 0:
             raise ConfigError("heap_trim_idle_s must be 0 (off) or positive")
         if self.gc_full_interval_s < 0:
             raise ConfigError("gc_full_interval_s must be 0 (off) or positive")
         if self.encode_workers is not None and self.encode_workers < 1:
             raise ConfigError("encode_workers must be at least 1")
+        if self.http_synthesis_slots is not None and not (
+            1 <= self.http_synthesis_slots <= self.synthesis_workers
+        ):
+            raise ConfigError("http_synthesis_slots must be 1..synthesis_workers (or unset)")
         if self.token_secret is not None and len(self.token_secret.encode()) < 16:
             raise ConfigError("token_secret must be at least 16 bytes")
         for name in (
@@ -92,6 +142,7 @@ class Settings:
             "idle_timeout_s",
             "connect_timeout_s",
             "synthesis_chunk_timeout_s",
+            "http_write_timeout_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -159,10 +210,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             if f.name == "ice_servers":
                 values[f.name] = _parse_ice_servers(raw)
-            elif f.name == "ice_host_addresses":
+            elif f.name in ("ice_host_addresses", "cors_origins"):
                 values[f.name] = tuple(a.strip() for a in raw.split(",") if a.strip())
             elif f.type in ("int", "int | None"):
                 values[f.name] = int(raw)
+            elif f.type in ("str | None",):
+                values[f.name] = raw or None
             elif f.type in ("float",):
                 values[f.name] = float(raw)
             elif f.type in ("bool",):

@@ -37,12 +37,28 @@ class PeerClient(abc.ABC):
         self._clock = clock
         self._request_close = request_close
         self.track = EncodedAudioTrack()
-        self.peer = PeerSession(client_id, settings.ice_servers, self._on_message, self._on_state)
+        self.peer = PeerSession(
+            client_id,
+            settings.ice_servers,
+            self._on_message,
+            self._on_state,
+            max_remote_candidates=settings.max_remote_candidates,
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._disconnect_timer: asyncio.TimerHandle | None = None
         self.last_activity = clock.now()
         self.closed = False
         self.events_sent = 0
+        self.client: str | None = None
+        """The address of the client that created it, for per-client bounds (None: trusted)."""
+        self.credential: bytes | None = None
+        """An opaque proof (a token's digest) its creator showed; the same is needed to
+        change or end it. Set and checked by signaling; None when none was shown."""
+
+    @property
+    def connecting(self) -> bool:
+        """Not (yet) connected: what a client that never completes ICE holds."""
+        return self.peer.connection_state != "connected"
 
     async def start(self, offer_sdp: str) -> str:
         """Negotiate and start; returns the answer SDP (raises ``OfferError``)."""

@@ -27,6 +27,14 @@ class SessionLimitReached(Exception):
         self.limit = limit
 
 
+class ClientSessionLimit(Exception):
+    """One client address already has as many unconnected sessions as it may."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this client already has {limit} sessions that have not connected")
+        self.limit = limit
+
+
 class SessionRegistry:
     """All live sessions of one server.
 
@@ -53,6 +61,7 @@ class SessionRegistry:
         self._silence = encode_silence(settings.opus)
         self._sessions: dict[str, VoiceSession] = {}
         self._pending = 0
+        self._creating: dict[str, int] = {}
         self._to_close: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.ticker = Ticker(self._clock)
@@ -75,10 +84,31 @@ class SessionRegistry:
     def sessions(self) -> list[VoiceSession]:
         return list(self._sessions.values())
 
-    async def create(self, offer_sdp: str, voice_id: str | None = None) -> tuple[VoiceSession, str]:
-        """Create and negotiate a session; returns it and the answer SDP."""
+    def unconnected(self, client: str) -> int:
+        """Sessions of ``client`` being created or not connected (yet, or any more)."""
+        return self._creating.get(client, 0) + sum(
+            1 for s in self._sessions.values() if s.client == client and s.connecting
+        )
+
+    async def create(
+        self,
+        offer_sdp: str,
+        voice_id: str | None = None,
+        *,
+        client: str | None = None,
+        credential: bytes | None = None,
+    ) -> tuple[VoiceSession, str]:
+        """Create and negotiate a session; returns it and the answer SDP.
+
+        ``client`` (an address; None for a trusted caller) may hold at most
+        ``max_pending_sessions_per_client`` sessions that have not connected.
+        ``credential`` is kept on the session for signaling to check later.
+        """
         if len(self._sessions) + self._pending >= self.settings.max_sessions:
             raise SessionLimitReached(self.settings.max_sessions)
+        limit = self.settings.max_pending_sessions_per_client
+        if client is not None and limit and self.unconnected(client) >= limit:
+            raise ClientSessionLimit(limit)
         session_id = secrets.token_urlsafe(12)
         session = VoiceSession(
             session_id,
@@ -92,7 +122,11 @@ class SessionRegistry:
             encode_budget=self._encode_budget,
             ticker=self.ticker,
         )
+        session.client = client
+        session.credential = credential
         self._pending += 1
+        if client is not None:
+            self._creating[client] = self._creating.get(client, 0) + 1
         try:
             answer = await session.start(offer_sdp)
         except BaseException:
@@ -100,6 +134,12 @@ class SessionRegistry:
             raise
         finally:
             self._pending -= 1
+            if client is not None:
+                left = self._creating[client] - 1
+                if left:
+                    self._creating[client] = left
+                else:
+                    del self._creating[client]
         self._sessions[session_id] = session
         logger.info("session %s created (%d live)", session_id, len(self._sessions))
         return session, answer

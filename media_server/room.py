@@ -115,11 +115,21 @@ class Room:
     # -- members ------------------------------------------------------------------
 
     async def add_listener(
-        self, claims: Claims, offer_sdp: str, request_close: Callable[[str, str], None]
+        self,
+        claims: Claims,
+        offer_sdp: str,
+        request_close: Callable[[str, str], None],
+        *,
+        client: str | None = None,
+        credential: bytes | None = None,
     ) -> tuple[ListenerSession, str]:
+        """Negotiate a listener; ``client`` and ``credential`` as for 1:1 sessions
+        (:meth:`SessionRegistry.create <media_server.registry.SessionRegistry.create>`)."""
         self._check_capacity()
         listener_id = secrets.token_urlsafe(12)
         listener = ListenerSession(listener_id, self, claims, request_close)
+        listener.client = client
+        listener.credential = credential
         self.listeners[listener_id] = listener
         try:
             answer = await listener.start(offer_sdp)

@@ -17,7 +17,8 @@ from synthesis import SynthesisService
 
 logger = logging.getLogger(__name__)
 
-ROOM_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ROOM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""Use with ``fullmatch``: ``match`` with ``$`` would let a trailing newline through."""
 
 
 class RoomLimitReached(Exception):
@@ -71,6 +72,15 @@ class RoomRegistry:
         self.rooms[name] = room
         logger.info("room %s created (%d rooms)", name, len(self.rooms))
         return room
+
+    def unconnected(self, client: str) -> int:
+        """Listeners of ``client``, in any room, being created or not connected."""
+        return sum(
+            1
+            for room in self.rooms.values()
+            for listener in room.listeners.values()
+            if listener.client == client and listener.connecting
+        )
 
     def listener_closer(self, room: str) -> ListenerCloser:
         return ListenerCloser(self._to_close, room)

@@ -5,11 +5,20 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Final
 
 from aiohttp import web
 
 from media_server.config import ConfigError, settings_from_env
+from signaling.access import exposure_error
+from signaling.access_log import RedactingAccessLogger
 from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
+
+SHUTDOWN_TIMEOUT_S: Final = 3.0
+"""On SIGTERM/SIGINT, requests still running (a streamed ``/tts``, a ``/tts/ws`` socket)
+get this long to end before aiohttp cancels them (its default waits 60 s). aiohttp
+waits it twice (once more after cancelling a request's body), so the server exits
+within about 6 s plus cleanup: inside the 10 s a container runtime waits before SIGKILL."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +35,17 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="offer only this host address as ICE candidate (repeatable; VMS_ICE_HOST_ADDRESSES)",
     )
+    parser.add_argument(
+        "--api-token",
+        help="operator token clients must send as 'Authorization: Bearer' (VMS_API_TOKEN; "
+        "prefer the variable: arguments are visible to other users of the machine)",
+    )
+    parser.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="serve clients without a token on a non-loopback address (VMS_ALLOW_ANONYMOUS)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -38,15 +58,23 @@ def main(argv: list[str] | None = None) -> int:
             engine=args.engine,
             max_sessions=args.max_sessions,
             ice_host_addresses=tuple(args.ice_host_address) if args.ice_host_address else None,
+            api_token=args.api_token,
+            allow_anonymous=args.allow_anonymous,
         )
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    refusal = exposure_error(settings)
+    if refusal is not None:
+        print(f"configuration error: {refusal}", file=sys.stderr)  # noqa: T201
         return 2
     web.run_app(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+        access_log_class=RedactingAccessLogger,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     return 0
 

@@ -7,7 +7,7 @@ import concurrent.futures
 import dataclasses
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from importlib import resources
 from pathlib import Path
 from typing import Final
@@ -27,12 +27,15 @@ from media_server.rooms import RoomRegistry
 from media_server.tokens import TokenSigner
 from signaling import rooms as room_routes
 from signaling import tts, tts_ws, whep
+from signaling.access import allowed_origin, is_operator
 from signaling.errors import error_middleware
+from signaling.guard import access_middleware
 from signaling.keys import (
     COLLECTOR_KEY,
     ENCODE_BUDGET_KEY,
     ENGINE_KEY,
     HEAP_TRIMMER_KEY,
+    QUOTAS_KEY,
     REGISTRY_KEY,
     ROOMS_KEY,
     SETTINGS_KEY,
@@ -40,6 +43,7 @@ from signaling.keys import (
     SYNTHESIS_KEY,
 )
 from signaling.openapi import openapi_handler
+from signaling.quotas import ClientQuotas, QuotaLimits
 from synthesis import Engine, SynthesisService, create_engine
 
 logger = logging.getLogger(__name__)
@@ -60,21 +64,37 @@ def _web_client_dir() -> Path:
 async def cors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Let WHEP players on other origins use the API (no cookies are involved)."""
-    if request.method == "OPTIONS":
+    """Let WHEP players on the origins in ``VMS_CORS_ORIGINS`` use the API.
+
+    No origin is allowed by default: the bundled page is same-origin, and a page
+    elsewhere must not drive a server it happens to reach (a loopback one, say).
+    """
+    origin = request.headers.get("Origin")
+    allowed = origin is not None and allowed_origin(origin, request.app[SETTINGS_KEY].cors_origins)
+    if request.method == "OPTIONS" and allowed:
         response: web.StreamResponse = web.Response(status=204)
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+        response.headers["Access-Control-Max-Age"] = "600"
         response.headers["Accept-Post"] = whep.SDP_TYPE
     else:
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            exc.headers["Access-Control-Allow-Origin"] = "*"
+            if allowed:
+                _allow(exc.headers, request)
             raise
-    response.headers["Access-Control-Allow-Origin"] = "*"
-    response.headers["Access-Control-Expose-Headers"] = "Location"
+    if allowed:
+        _allow(response.headers, request)
     return response
+
+
+def _allow(headers: MutableMapping[str, str], request: web.Request) -> None:
+    allowed = request.app[SETTINGS_KEY].cors_origins
+    headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else request.headers["Origin"]
+    headers["Access-Control-Expose-Headers"] = "Location, Retry-After"
+    if "*" not in allowed:
+        headers["Vary"] = "Origin"
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -88,36 +108,40 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
+    """Server figures; who is connected (session ids, rooms, identities) only for the
+    operator: a session's URL is what lets a client change or end it."""
     registry = request.app[REGISTRY_KEY]
     budget = request.app[ENCODE_BUDGET_KEY]
     trimmer = request.app[HEAP_TRIMMER_KEY]
     collector = request.app[COLLECTOR_KEY]
-    return web.json_response(
-        {
-            "sessions": len(registry),
-            "max_sessions": registry.settings.max_sessions,
-            "closed_total": registry.closed_total,
-            "synthesis": dataclasses.asdict(request.app[SYNTHESIS_KEY].stats()),
-            "opus": {
-                "complexity": budget.complexity,
-                "encode_load_cores": round(budget.load_cores, 3),
-                "encode_budget_cores": budget.budget_cores,
-                "complexity_changes": budget.changes,
-                "speaking_streams": budget.active_streams,
-                "frame_cost_us": round(budget.frame_cost_s * 1e6, 1),
-            },
-            "gc": {
-                "full_collections": collector.collections,
-                "longest_full_ms": round(collector.longest_s * 1000, 1),
-            },
-            "heap": {
-                "idle_trims": trimmer.trims,
-                "freed_mb": round(trimmer.freed_bytes / 2**20, 1),
-            },
-            "rooms": room_routes.rooms_stats(request),
-            "per_session": [s.stats() for s in registry.sessions()],
-        }
-    )
+    body: dict[str, object] = {
+        "sessions": len(registry),
+        "max_sessions": registry.settings.max_sessions,
+        "closed_total": registry.closed_total,
+        "rooms_open": room_routes.rooms_open(request),
+        "synthesis": dataclasses.asdict(request.app[SYNTHESIS_KEY].stats()),
+        "opus": {
+            "complexity": budget.complexity,
+            "encode_load_cores": round(budget.load_cores, 3),
+            "encode_budget_cores": budget.budget_cores,
+            "complexity_changes": budget.changes,
+            "speaking_streams": budget.active_streams,
+            "frame_cost_us": round(budget.frame_cost_s * 1e6, 1),
+        },
+        "gc": {
+            "full_collections": collector.collections,
+            "longest_full_ms": round(collector.longest_s * 1000, 1),
+        },
+        "heap": {
+            "idle_trims": trimmer.trims,
+            "freed_mb": round(trimmer.freed_bytes / 2**20, 1),
+        },
+        "client_limits_refused": request.app[QUOTAS_KEY].refused_total,
+    }
+    if is_operator(request):
+        body["rooms"] = room_routes.rooms_stats(request)
+        body["per_session"] = [s.stats() for s in registry.sessions()]
+    return web.json_response(body)
 
 
 async def gc_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -142,8 +166,15 @@ def create_app(
     settings: Settings, engine: Engine | None = None, clock: Clock | None = None
 ) -> web.Application:
     """Build the server. ``engine`` defaults to the one named in ``settings`` (loaded off-loop)."""
-    app = web.Application(middlewares=[cors_middleware, error_middleware])
+    app = web.Application(middlewares=[cors_middleware, error_middleware, access_middleware])
     app[SETTINGS_KEY] = settings
+    app[QUOTAS_KEY] = ClientQuotas(
+        QuotaLimits(
+            synthesis=settings.max_syntheses_per_client,
+            sockets=settings.max_sockets_per_client,
+            upload_bytes_per_s=settings.client_upload_bytes_per_s,
+        )
+    )
     # one clock for pacing and the encode budget; its timers are released at cleanup
     owned_clock: PreciseClock | None = None
     if clock is None:
@@ -175,6 +206,7 @@ def create_app(
         synthesis = SynthesisService(
             app[ENGINE_KEY],
             settings.synthesis_workers,
+            http_slots=settings.http_synthesis_slots,
             chunk_timeout_s=settings.synthesis_chunk_timeout_s,
             thread_initializer=lower_thread_priority,
         )

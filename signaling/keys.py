@@ -11,6 +11,7 @@ from media_server.heap import HeapTrimmer
 from media_server.registry import SessionRegistry
 from media_server.rooms import RoomRegistry
 from media_server.tokens import TokenSigner
+from signaling.quotas import ClientQuotas
 from synthesis import Engine, SynthesisService
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
@@ -22,3 +23,4 @@ SIGNER_KEY = web.AppKey("token_signer", TokenSigner)
 ENCODE_BUDGET_KEY = web.AppKey("encode_budget", EncodeBudget)
 HEAP_TRIMMER_KEY = web.AppKey("heap_trimmer", HeapTrimmer)
 COLLECTOR_KEY = web.AppKey("collector", CollectionScheduler)
+QUOTAS_KEY = web.AppKey("client_quotas", ClientQuotas)

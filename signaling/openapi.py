@@ -9,17 +9,24 @@ from aiohttp import web
 from synthesis.request import SPEED_MAX, SPEED_MIN, Mode
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+OPERATOR: list[dict[str, list[str]]] = [{"operator": []}, {}]
+"""Needs the operator token when the server has one."""
+CREATOR: list[dict[str, list[str]]] = [{"operator": []}, {"join": []}, {}]
+"""Needs the token the session was created with, if any."""
 
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Invalid request (the message names the field)",
+        401: "Token required, or not the right one (docs/security.md)",
+        403: "Valid token, but not for this session, room, role or origin",
         404: "Unknown session",
         405: "Not supported (e.g. ICE restart)",
         409: "Already exists",
         413: "Body too large",
         415: "Wrong Content-Type",
         422: "The engine cannot do this (e.g. zero_shot on piper)",
+        429: "This client is over one of its per-client bounds; see Retry-After",
         503: "Limit reached; see Retry-After",
         504: "The engine produced no audio in time",
     }
@@ -32,6 +39,67 @@ def _errors(*codes: int) -> dict[str, Any]:
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
+
+def _path_params(*names: str) -> list[dict[str, Any]]:
+    return [
+        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
+    ]
+
+
+_SDP = {"content": {"application/sdp": {"schema": {"type": "string"}}}}
+ROOM_PATHS: dict[str, Any] = {
+    "/rooms/{room}/whep": {
+        "parameters": _path_params("room"),
+        "post": {
+            "summary": "Join a room as a listener (WHEP); a speaker token may also talk",
+            "requestBody": {"required": True, **_SDP},
+            "responses": {
+                "201": {"description": "SDP answer; Location names the listener"} | _SDP,
+                **_errors(400, 401, 403, 413, 415, 429, 503),
+            },
+            "security": [{"join": []}],
+        },
+    },
+    "/rooms/{room}/whep/{listener_id}": {
+        "parameters": _path_params("room", "listener_id"),
+        "patch": {
+            "summary": "Trickle ICE candidates",
+            "requestBody": {
+                "required": True,
+                "content": {"application/trickle-ice-sdpfrag": {"schema": {"type": "string"}}},
+            },
+            "responses": {
+                "204": {"description": "Applied"},
+                **_errors(400, 401, 403, 404, 405, 415, 429),
+            },
+            "security": [{"join": []}],
+        },
+        "delete": {
+            "summary": "Leave the room",
+            "responses": {"200": {"description": "Left"}, **_errors(401, 403, 404)},
+            "security": [{"join": []}],
+        },
+    },
+    "/rooms/{room}/whep/{listener_id}/stats": {
+        "parameters": _path_params("room", "listener_id"),
+        "get": {
+            "summary": "The listener's connection and the room's pacing",
+            "responses": {"200": {"description": "Stats"}, **_errors(401, 403, 404)},
+            "security": [{"join": []}],
+        },
+    },
+    "/rooms/{room}/bot": {
+        "parameters": _path_params("room"),
+        "get": {
+            "summary": "WebSocket: a bot speaks into the room (docs/protocol.md)",
+            "responses": {
+                "101": {"description": "Switching protocols"},
+                **_errors(400, 401, 403, 429, 503),
+            },
+            "security": [{"join": []}],
+        },
+    },
+}
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -63,8 +131,9 @@ SPEC: dict[str, Any] = {
                         "headers": {"Location": {"schema": {"type": "string"}}},
                         "content": {"application/sdp": {"schema": {"type": "string"}}},
                     },
-                    **_errors(400, 413, 415, 503),
+                    **_errors(400, 401, 413, 415, 429, 503),
                 },
+                "security": OPERATOR,
             }
         },
         "/whep/{session_id}": {
@@ -77,11 +146,16 @@ SPEC: dict[str, Any] = {
                     "required": True,
                     "content": {"application/trickle-ice-sdpfrag": {"schema": {"type": "string"}}},
                 },
-                "responses": {"204": {"description": "Applied"}, **_errors(400, 404, 405, 415)},
+                "responses": {
+                    "204": {"description": "Applied"},
+                    **_errors(400, 401, 403, 404, 405, 415, 429),
+                },
+                "security": CREATOR,
             },
             "delete": {
                 "summary": "End the session",
-                "responses": {"200": {"description": "Closed"}, **_errors(404)},
+                "responses": {"200": {"description": "Closed"}, **_errors(401, 403, 404)},
+                "security": CREATOR,
             },
         },
         "/whep/{session_id}/stats": {
@@ -90,7 +164,11 @@ SPEC: dict[str, Any] = {
             ],
             "get": {
                 "summary": "Pacing and queue stats of one session",
-                "responses": {"200": _json({"type": "object"}) | {"description": "Stats"}},
+                "responses": {
+                    "200": _json({"type": "object"}) | {"description": "Stats"},
+                    **_errors(401, 403, 404),
+                },
+                "security": CREATOR,
             },
         },
         "/tts": {
@@ -114,8 +192,9 @@ SPEC: dict[str, Any] = {
                             "audio/ogg": {},
                         },
                     },
-                    **_errors(400, 413, 415, 422, 503, 504),
+                    **_errors(400, 401, 413, 415, 422, 429, 503, 504),
                 },
+                "security": OPERATOR,
             }
         },
         "/tts/ws": {
@@ -129,7 +208,11 @@ SPEC: dict[str, Any] = {
                         "schema": {"type": "string", "enum": ["pcm", "ogg"], "default": "pcm"},
                     }
                 ],
-                "responses": {"101": {"description": "Switching protocols"}, **_errors(400)},
+                "responses": {
+                    "101": {"description": "Switching protocols"},
+                    **_errors(400, 401, 403, 429),
+                },
+                "security": OPERATOR,
             }
         },
         "/voices": {
@@ -145,14 +228,36 @@ SPEC: dict[str, Any] = {
                 },
                 "responses": {
                     "201": {"description": "Registered"} | _json({"type": "object"}),
-                    **_errors(400, 409, 413, 415, 422),
+                    **_errors(400, 401, 409, 413, 415, 422, 429),
                 },
+                "security": OPERATOR,
             },
         },
-        "/stats": {"get": {"summary": "Server stats", "responses": {"200": {"description": "OK"}}}},
+        **ROOM_PATHS,
+        "/stats": {
+            "get": {
+                "summary": "Server stats: counts for anyone; with the operator token also "
+                "per_session (session ids) and rooms (names, identities)",
+                "responses": {"200": {"description": "OK"}},
+            }
+        },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}},
     },
     "components": {
+        "securitySchemes": {
+            "operator": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "VMS_API_TOKEN, when the server has one; a browser WebSocket "
+                "sends it as the subprotocol 'vms.token.<token>' beside 'vms'",
+            },
+            "join": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A room join token (voice-media-token); on a WebSocket also "
+                "?token= or the subprotocol 'vms.token.<token>'",
+            },
+        },
         "schemas": {
             "Error": {
                 "type": "object",
@@ -199,7 +304,7 @@ SPEC: dict[str, Any] = {
                     "reference_text": {"type": "string"},
                 },
             },
-        }
+        },
     },
 }
 

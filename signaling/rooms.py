@@ -16,9 +16,24 @@ from media_server.room import Room, RoomFull
 from media_server.rooms import ROOM_NAME, RoomLimitReached, RoomRegistry
 from media_server.talker import Talker
 from media_server.tokens import Claims, Role, TokenError
+from signaling.access import (
+    bearer_token,
+    client_address,
+    token_digest,
+    ws_protocols,
+)
+from signaling.body import message_refused
 from signaling.errors import json_error
 from signaling.keys import ROOMS_KEY, SIGNER_KEY
-from signaling.whep import RETRY_AFTER_S, SDP_TYPE, TRICKLE_TYPE, apply_trickle, read_sdp
+from signaling.whep import (
+    RETRY_AFTER_S,
+    SDP_TYPE,
+    TRICKLE_TYPE,
+    apply_trickle,
+    check_credential,
+    pending_refused,
+    read_sdp,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +54,7 @@ def _rooms(request: web.Request) -> RoomRegistry:
 
 def _room_name(request: web.Request) -> str:
     name = request.match_info["room"]
-    if not ROOM_NAME.match(name):
+    if not ROOM_NAME.fullmatch(name):
         raise json_error(
             400, "invalid_room", f"{name!r} is not a room name",
             "use 1-64 letters, digits, '_' or '-'",
@@ -47,10 +62,14 @@ def _room_name(request: web.Request) -> str:
     return name
 
 
+def _join_token(request: web.Request) -> str | None:
+    """The join token: a Bearer header or WebSocket subprotocol, else ``?token=``
+    (redacted from the access log)."""
+    return bearer_token(request) or request.query.get("token") or None
+
+
 def _claims(request: web.Request, room: str, roles: set[Role]) -> Claims:
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    token = token or request.query.get("token")
+    token = _join_token(request)
     try:
         return request.app[SIGNER_KEY].verify(token, room, roles)
     except TokenError as exc:
@@ -81,9 +100,19 @@ async def join_as_listener(request: web.Request) -> web.Response:
     name = _room_name(request)
     claims = _claims(request, name, {Role.LISTENER, Role.SPEAKER})
     offer = await read_sdp(request)
+    client = client_address(request)
+    limit = registry.settings.max_pending_sessions_per_client
+    if client is not None and limit and registry.unconnected(client) >= limit:
+        raise pending_refused(limit)
     room = _room_for_join(registry, name)
     try:
-        listener, answer = await room.add_listener(claims, offer, registry.listener_closer(name))
+        listener, answer = await room.add_listener(
+            claims,
+            offer,
+            registry.listener_closer(name),
+            client=client,
+            credential=token_digest(_join_token(request)),
+        )
     except RoomFull as exc:
         await registry.close_if_empty(room)
         raise _room_full(exc) from None
@@ -105,9 +134,10 @@ def _listener(request: web.Request) -> tuple[RoomRegistry, str, str]:
     room = registry.rooms.get(name)
     if room is None or listener_id not in room.listeners:
         raise json_error(
-            404, "session_not_found", f"no listener {listener_id!r} in room {name!r}",
+            404, "session_not_found", f"no such listener in room {name!r}",
             f"the session ended; POST /rooms/{name}/whep to join again",
         )  # fmt: skip
+    check_credential(room.listeners[listener_id], _join_token(request))
     return registry, name, listener_id
 
 
@@ -189,7 +219,11 @@ async def join_as_bot(request: web.Request) -> web.WebSocketResponse:
     claims = _claims(request, name, {Role.BOT})
     voice = request.query.get("voice") or claims.voice
     room = _room_for_join(registry, name)
-    ws = web.WebSocketResponse(heartbeat=BOT_HEARTBEAT_S, max_msg_size=BOT_MAX_MESSAGE_BYTES)
+    ws = web.WebSocketResponse(
+        heartbeat=BOT_HEARTBEAT_S,
+        max_msg_size=BOT_MAX_MESSAGE_BYTES,
+        protocols=ws_protocols(request),
+    )
     bot = BotConnection(ws, claims, voice, room)
     bot.send_event(
         {
@@ -211,7 +245,11 @@ async def join_as_bot(request: web.Request) -> web.WebSocketResponse:
         writer = asyncio.get_running_loop().create_task(bot.write_events(), name="bot-writer")
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
-                bot.handle(msg.data)
+                refused = message_refused(request, len(msg.data))
+                if refused is not None:
+                    bot.send_event(refused.event())
+                else:
+                    bot.handle(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 bot.send_event(
                     ProtocolError(
@@ -225,6 +263,10 @@ async def join_as_bot(request: web.Request) -> web.WebSocketResponse:
             await asyncio.gather(writer, return_exceptions=True)
         await registry.close_if_empty(room)
     return ws
+
+
+def rooms_open(request: web.Request) -> int:
+    return len(request.app[ROOMS_KEY].rooms) if SIGNER_KEY in request.app else 0
 
 
 def rooms_stats(request: web.Request) -> list[dict[str, Any]]:

@@ -30,6 +30,8 @@ class WhepClient:
         default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[]))
     )
     location: str | None = None
+    auth: dict[str, str] = field(default_factory=dict)
+    """The Authorization header the session was created with: its resource needs it too."""
     frames: list[ReceivedFrame] = field(default_factory=list)
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     _event_queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
@@ -49,6 +51,7 @@ class WhepClient:
         self.channel.on("message", self._on_message)
         self.pc.on("track", self._on_track)
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        self.auth = {k: v for k, v in (headers or {}).items() if k.lower() == "authorization"}
         async with http.post(
             f"{self.base_url}{path}{query}",
             data=self.pc.localDescription.sdp,
@@ -102,7 +105,7 @@ class WhepClient:
 
     async def close(self, http: aiohttp.ClientSession | None = None) -> None:
         if http is not None and self.location is not None:
-            async with http.delete(f"{self.base_url}{self.location}") as resp:
+            async with http.delete(f"{self.base_url}{self.location}", headers=self.auth) as resp:
                 await resp.read()
         await self.pc.close()
         if self._reader is not None:

@@ -48,7 +48,9 @@ class RoomBot:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self._url = f"{base_url.rstrip('/')}/rooms/{quote(room, safe='')}/bot"
-        self._params = {"token": token, **({"voice": voice} if voice else {})}
+        self._params = {"voice": voice} if voice else {}
+        # In a header, not ?token=: URLs end up in logs.
+        self._headers = {"Authorization": f"Bearer {token}"}
         self._own_session = session is None
         self._session = session
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -73,7 +75,9 @@ class RoomBot:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:
-            self._ws = await self._session.ws_connect(self._url, params=self._params)
+            self._ws = await self._session.ws_connect(
+                self._url, params=self._params, headers=self._headers
+            )
         except aiohttp.WSServerHandshakeError as exc:
             raise BotError(
                 {

@@ -106,11 +106,19 @@ function iceCredentials(sdp) {
   };
 }
 
+// The token the session was created with: its URL needs the same one (WHEP).
+let sessionAuth = {};
+
+function authHeaders() {
+  const token = ui.token.value.trim();
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
 async function patchCandidates(url, { ufrag, pwd }, lines, mid) {
   const body = [`a=ice-ufrag:${ufrag}`, `a=ice-pwd:${pwd}`, `a=mid:${mid}`, ...lines].join('\r\n') + '\r\n';
   try {
     const response = await fetch(url, {
-      method: 'PATCH', headers: { 'Content-Type': 'application/trickle-ice-sdpfrag' }, body,
+      method: 'PATCH', headers: { 'Content-Type': 'application/trickle-ice-sdpfrag', ...sessionAuth }, body,
     });
     if (response.status !== 204) await reportHttpError('PATCH candidate', response);
   } catch (err) {
@@ -182,12 +190,10 @@ async function connect() {
     offerSent = true;
     const voice = ui.voice.value.trim();
     const room = ui.room.value.trim();
-    const headers = { 'Content-Type': 'application/sdp' };
+    sessionAuth = authHeaders(); // a room's join token, or the server's operator token
+    const headers = { 'Content-Type': 'application/sdp', ...sessionAuth };
     let url = voice ? `/whep?voice=${encodeURIComponent(voice)}` : '/whep';
-    if (room) { // join a room: every bot speaking there is heard
-      url = `/rooms/${encodeURIComponent(room)}/whep`;
-      headers.Authorization = `Bearer ${ui.token.value.trim()}`;
-    }
+    if (room) url = `/rooms/${encodeURIComponent(room)}/whep`; // every bot speaking there is heard
     log('whep', `POST ${url} (ICE gathering ${peer.iceGatheringState})`);
     const response = await fetch(url, { method: 'POST', headers, body: peer.localDescription.sdp });
     if (response.status !== 201) {
@@ -198,7 +204,7 @@ async function connect() {
     const location = new URL(response.headers.get('Location'), response.url).href;
     const answer = await response.text();
     if (!current()) { // disconnected while the POST was in flight
-      fetch(location, { method: 'DELETE' }).catch(() => {});
+      fetch(location, { method: 'DELETE', headers: sessionAuth }).catch(() => {});
       return;
     }
     sessionUrl = location;
@@ -230,7 +236,7 @@ async function disconnect() {
   if (channel) channel.onclose = null; // the server closing it now is expected
   if (url) { // DELETE before closing: a closed peer makes the server end the session by itself
     try {
-      const response = await fetch(url, { method: 'DELETE' });
+      const response = await fetch(url, { method: 'DELETE', headers: sessionAuth });
       if (!response.ok && response.status !== 404) await reportHttpError('DELETE', response);
     } catch (err) {
       log('DELETE', `failed: ${err.message}`, 'error');
@@ -375,7 +381,7 @@ const SERVER_KEYS = [
 
 async function updateServerStats(url) {
   // Failures are left to the next tick; a server that went away shows in the connection state.
-  const response = url && (await fetch(`${url}/stats`, { cache: 'no-store' }).catch(() => null));
+  const response = url && (await fetch(`${url}/stats`, { cache: 'no-store', headers: sessionAuth }).catch(() => null));
   const data = response?.ok && (await response.json().catch(() => null));
   if (data && url === sessionUrl) showStats(ui.serverStats, SERVER_KEYS.map((key) => [key, data[key]]));
 }
@@ -395,7 +401,7 @@ ui.text.addEventListener('keydown', (event) => {
   }
 });
 window.addEventListener('pagehide', () => {
-  if (sessionUrl) fetch(sessionUrl, { method: 'DELETE', keepalive: true }).catch(() => {});
+  if (sessionUrl) fetch(sessionUrl, { method: 'DELETE', headers: sessionAuth, keepalive: true }).catch(() => {});
 });
 
 clearStats();

@@ -149,7 +149,9 @@ async def test_oversized_body_is_413(client: TestClient) -> None:
     await assert_json_error(resp, 413, "body_too_large")
 
 
-@pytest.mark.parametrize("settings", [loopback_settings(max_sessions=250)])
+@pytest.mark.parametrize(
+    "settings", [loopback_settings(max_sessions=250, max_pending_sessions_per_client=0)]
+)
 async def test_200_sessions_open_and_close_without_leaks(
     client: TestClient, offer: str, settings: Settings
 ) -> None:

@@ -157,7 +157,7 @@ async def test_joining_and_leaving_mid_utterance(
     await wait_until_heard([early], started["stream_ts"] + 50 * FRAME_SAMPLES)
     late = await join(client, http, signer, "hall", "late")  # mid-sentence
     assert late.joined_ts > started["stream_ts"]
-    async with http.delete(f"{leaver.base_url}{leaver.location}") as resp:
+    async with http.delete(f"{leaver.base_url}{leaver.location}", headers=leaver.auth) as resp:
         assert resp.status == 200
     left = await bot_event(bot, "participant.left")
     assert left["identity"] == "leaver"
