@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
+import functools
 import logging
 import re
+from collections.abc import Awaitable
 from typing import Any, Final
 
 from aiohttp import web
 
-from media_server.formats import create_formatter
+from media_server.formats import AudioFormatter, create_formatter
 from media_server.opus import OpusSettings
+from media_server.protocol import JsonTooDeep, loads_json
 from media_server.speech import one_piece, speech_pcm
+from signaling.access import client_address
 from signaling.body import read_body
 from signaling.errors import json_error
-from signaling.keys import SETTINGS_KEY, SYNTHESIS_KEY
+from signaling.keys import QUOTAS_KEY, SETTINGS_KEY, SYNTHESIS_KEY
+from signaling.quotas import Quota, QuotaExceeded, quota_refused
 from synthesis import (
     EngineBusy,
     RequestError,
@@ -27,6 +31,7 @@ from synthesis import (
     check_supported,
     parse_request,
 )
+from synthesis.capabilities import reference_check
 from synthesis.request import ReferenceAudio
 
 logger = logging.getLogger(__name__)
@@ -66,7 +71,11 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         )  # fmt: skip
     raw = await read_body(request, MAX_BODY_BYTES, "send shorter text or a shorter reference clip")
     try:
-        data = json.loads(raw)
+        data = loads_json(raw)
+    except JsonTooDeep as exc:
+        raise json_error(
+            400, "invalid_json", f"the body {exc}", 'send a flat JSON object, e.g. {"text": ...}'
+        ) from None
     except (ValueError, UnicodeDecodeError):
         raise json_error(
             400, "invalid_json", "the body is not valid JSON", "send a JSON object"
@@ -77,11 +86,20 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 
 async def parse_checked(request: web.Request, data: dict[str, Any]) -> SynthesisRequest:
-    """Validate (decoding reference audio off-loop) and check against the engine."""
+    """Validate (decoding reference audio off-loop) and check against the engine.
+
+    Reference audio the engine cannot use is refused before it is decoded: decoding is
+    the expensive part, and anyone may call ``POST /tts``.
+    """
     service = request.app[SYNTHESIS_KEY]
+    engine = service.engine
     loop = asyncio.get_running_loop()
+    check = reference_check(engine.name, engine.capabilities)
     try:
-        parsed = await loop.run_in_executor(None, parse_request, data, request_limits(request))
+        parsed = await loop.run_in_executor(
+            None,
+            functools.partial(parse_request, data, request_limits(request), check_reference=check),
+        )
         check_supported(
             service.engine.name, service.engine.capabilities, service.engine.voices, parsed
         )
@@ -103,6 +121,80 @@ async def tts(request: web.Request) -> web.StreamResponse:
     service = request.app[SYNTHESIS_KEY]
     settings = request.app[SETTINGS_KEY]
     formatter = create_formatter(fmt, service.engine.sample_rate_hz, http_opus(settings.opus))
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(
+                request.app[QUOTAS_KEY].hold(Quota.SYNTHESIS, client_address(request))
+            )
+        except QuotaExceeded as exc:
+            raise quota_refused(exc) from None
+        return await synthesise_response(request, parsed, fmt, formatter)
+
+
+class ClientGone(Exception):
+    """The client disconnected, or took no audio for the write timeout."""
+
+
+CLIENT_CLOSED_REQUEST: Final = 499
+"""The status logged for a client that left before its answer (nginx's convention);
+the client itself never sees it."""
+WRITE_SLICE_BYTES: Final = 64 * 1024
+"""Audio is written this much at a time, so the write timeout bounds each step of
+progress (a slow but reading client is fine), never a whole long body."""
+
+
+def check_connected(request: web.Request) -> None:
+    """Raise :class:`ClientGone` once the client has left.
+
+    aiohttp (``run_app``'s default) does not cancel a handler whose client
+    disconnected, so a handler that keeps synthesising must look for itself.
+    """
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ClientGone("disconnected")
+
+
+def abort_connection(request: web.Request) -> None:
+    """Drop the connection now, discarding what is unsent (``close`` would wait for a
+    client that reads nothing to take it)."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def within_write_timeout(step: Awaitable[object], timeout_s: float) -> None:
+    """Await a write to a client; :class:`ClientGone` if it is closed or stays blocked
+    (the client reads nothing) for ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await step
+    except TimeoutError:
+        raise ClientGone(f"took no audio for {timeout_s:g} s") from None
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError included
+        raise ClientGone("disconnected") from None
+
+
+async def write_audio(
+    request: web.Request, response: web.StreamResponse, data: bytes, timeout_s: float
+) -> None:
+    view = memoryview(data)
+    for start in range(0, len(view), WRITE_SLICE_BYTES):
+        check_connected(request)
+        piece = view[start : start + WRITE_SLICE_BYTES]
+        await within_write_timeout(response.write(piece), timeout_s)
+
+
+async def synthesise_response(
+    request: web.Request, parsed: SynthesisRequest, fmt: str, formatter: AudioFormatter
+) -> web.StreamResponse:
+    """Synthesise ``parsed`` into the answer, streamed or whole.
+
+    Synthesis stops (and gives its slot back) as soon as the client is gone or
+    takes no audio for ``http_write_timeout_s``: that is logged at INFO, and the
+    connection is dropped.
+    """
+    service = request.app[SYNTHESIS_KEY]
+    timeout_s = request.app[SETTINGS_KEY].http_write_timeout_s
+    headers = audio_headers(formatter, fmt, service)
     loop = asyncio.get_running_loop()
     audio = speech_pcm(service, parsed, one_piece(parsed.text))
     response: web.StreamResponse | None = None
@@ -116,21 +208,36 @@ async def tts(request: web.Request) -> web.StreamResponse:
         body = formatter.header()
         if first is not None:
             body += await loop.run_in_executor(None, formatter.feed, first)
-        if not parsed.stream:
-            async for pcm in audio:
-                body += await loop.run_in_executor(None, formatter.feed, pcm)
-            body += await loop.run_in_executor(None, formatter.finish)
-            return web.Response(body=body, headers=audio_headers(formatter, fmt, service))
-        response = web.StreamResponse(headers=audio_headers(formatter, fmt, service))
-        await response.prepare(request)
-        await response.write(body)
+        if parsed.stream:
+            response = web.StreamResponse(headers=headers)
+            await within_write_timeout(response.prepare(request), timeout_s)
+            await write_audio(request, response, body, timeout_s)
         async for pcm in audio:
-            await response.write(await loop.run_in_executor(None, formatter.feed, pcm))
-        await response.write(await loop.run_in_executor(None, formatter.finish))
-        await response.write_eof()
+            check_connected(request)
+            data = await loop.run_in_executor(None, formatter.feed, pcm)
+            if response is None:
+                body += data
+            else:
+                await write_audio(request, response, data, timeout_s)
+        tail = await loop.run_in_executor(None, formatter.finish)
+        if response is None:
+            body += tail
+            response = web.StreamResponse(headers=headers)
+            response.content_length = len(body)
+            await within_write_timeout(response.prepare(request), timeout_s)
+            await write_audio(request, response, body, timeout_s)
+        else:
+            await write_audio(request, response, tail, timeout_s)
+        await within_write_timeout(response.write_eof(), timeout_s)
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        logger.info("TTS client went away: synthesis cancelled")
+    except ClientGone as exc:
+        logger.info("TTS client went away (%s): synthesis stopped", exc)
+        abort_connection(request)
+        if response is not None and response.prepared:
+            return response
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
+    except asyncio.CancelledError:
+        logger.info("TTS request cancelled (client gone or server stopping): synthesis stopped")
         raise
     except SynthesisError as exc:
         if response is None:
@@ -192,7 +299,7 @@ async def register_voice(request: web.Request) -> web.Response:
         )  # fmt: skip
     data = await read_json(request)
     voice_id = data.get("voice_id")
-    if not isinstance(voice_id, str) or not VOICE_ID.match(voice_id):
+    if not isinstance(voice_id, str) or not VOICE_ID.fullmatch(voice_id):
         raise json_error(
             400, "invalid_request", "'voice_id': must be 1-64 letters, digits, '_' or '-'",
             "name the voice, e.g. 'alice'",
@@ -223,6 +330,10 @@ async def register_voice(request: web.Request) -> web.Response:
             None, engine.register_voice, voice_id, reference, parsed.reference_text
         )
     except SynthesisError as exc:
+        if exc.error == "voice_exists":  # a concurrent registration of the same id won
+            raise json_error(
+                409, exc.error, exc.message, exc.solution or "choose another voice_id"
+            ) from None
         raise synthesis_error(exc) from None
     return web.json_response(
         {"voice_id": voice.voice_id, "language": voice.language, "cloned": True}, status=201

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -26,17 +27,23 @@ from media_server.protocol import (
     parse_client_message,
     queue_full,
     rate_limited,
+    streamed_text_too_long,
 )
 from media_server.rate import TokenBucket
 from media_server.speech import speech_pcm
-from signaling.keys import SETTINGS_KEY, SYNTHESIS_KEY
-from signaling.tts import http_opus
+from signaling.access import client_address, ws_protocols
+from signaling.body import message_refused
+from signaling.errors import json_error
+from signaling.keys import QUOTAS_KEY, SETTINGS_KEY, SYNTHESIS_KEY
+from signaling.quotas import ClientQuotas, Quota, QuotaExceeded, quota_refused
+from signaling.tts import ClientGone, abort_connection, http_opus, within_write_timeout
 from synthesis import (
     RequestLimits,
     SynthesisError,
     SynthesisRequest,
     SynthesisService,
 )
+from synthesis.capabilities import reference_check
 from synthesis.text import TextAccumulator
 
 logger = logging.getLogger(__name__)
@@ -54,6 +61,7 @@ class _Utterance:
     request: SynthesisRequest
     pieces: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     accumulator: TextAccumulator | None = None
+    streamed_chars: int = 0
     closed: bool = False
     sent_samples: int = 0
 
@@ -71,9 +79,23 @@ class TtsSocket:
     """
 
     def __init__(
-        self, ws: web.WebSocketResponse, service: SynthesisService, settings: Settings, fmt: str
+        self,
+        ws: web.WebSocketResponse,
+        service: SynthesisService,
+        settings: Settings,
+        fmt: str,
+        *,
+        quotas: ClientQuotas | None = None,
+        address: str | None = None,
+        abort: Callable[[], None] | None = None,
     ) -> None:
+        """Each utterance holds one of ``address``'s synthesis units in ``quotas``;
+        ``abort`` drops the connection of a client that stopped reading."""
         self._ws = ws
+        self._quotas = quotas
+        self._address = address
+        self._abort = abort
+        self._gone: str | None = None
         self._service = service
         self._settings = settings
         self._fmt = fmt
@@ -100,13 +122,32 @@ class TtsSocket:
 
     async def send_event(self, event: dict[str, Any]) -> None:
         if not self._ws.closed:
-            with contextlib.suppress(ConnectionResetError):
-                await self._ws.send_json(event)
+            with contextlib.suppress(ClientGone):
+                await self._send(event)
+
+    async def _send(self, message: bytes | dict[str, Any]) -> None:
+        """Send within the write timeout; a client that takes nothing for that long is
+        cut off (its synthesis stops), and :class:`ClientGone` is raised from then on."""
+        if self._gone is not None:
+            raise ClientGone(self._gone)
+        if isinstance(message, bytes):
+            sending = self._ws.send_bytes(message)
+        else:
+            sending = self._ws.send_json(message)
+        try:
+            await within_write_timeout(sending, self._settings.http_write_timeout_s)
+        except ClientGone as exc:
+            self._gone = str(exc)
+            logger.info("TTS socket client went away (%s): synthesis stopped", exc)
+            if self._abort is not None:
+                self._abort()
+            raise
 
     # -- messages -------------------------------------------------------------
 
     async def handle(self, raw: str) -> None:
         loop = asyncio.get_running_loop()
+        engine = self._service.engine
         try:
             message = await loop.run_in_executor(
                 None,
@@ -116,6 +157,7 @@ class TtsSocket:
                     limits=self._limits,
                     max_message_bytes=MAX_WS_MESSAGE_BYTES,
                     allow_reference_audio=True,
+                    check_reference=reference_check(engine.name, engine.capabilities),
                 ),
             )
             self._dispatch(message)
@@ -159,6 +201,10 @@ class TtsSocket:
                 open_utterance = self._enqueue(base, message.utterance_id)
                 open_utterance.accumulator = TextAccumulator()
             assert open_utterance.accumulator is not None
+            total = open_utterance.streamed_chars + len(message.text)
+            if total > self._limits.max_streamed_text_chars:
+                raise streamed_text_too_long(self._limits.max_streamed_text_chars)
+            open_utterance.streamed_chars = total
             for piece in open_utterance.accumulator.push(message.text):
                 open_utterance.pieces.put_nowait(piece)
         elif isinstance(message, TextDoneMessage):
@@ -197,7 +243,8 @@ class TtsSocket:
     # -- production -------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        # once the client is cut off, queued utterances would only take slots in vain
+        while self._gone is None:
             while self._pending_events:
                 await self.send_event(self._pending_events.popleft())
             if not self._queue:
@@ -217,6 +264,19 @@ class TtsSocket:
                 self._queue.popleft()
 
     async def _speak(self, utterance: _Utterance) -> None:
+        """Speak ``utterance`` holding one of the client's synthesis units (an ``error``
+        event with the HTTP answer's code when it holds them all; the socket stays up)."""
+        held: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if self._quotas is not None:
+            held = self._quotas.hold(Quota.SYNTHESIS, self._address)
+        try:
+            with held:
+                await self._synthesise(utterance)
+        except QuotaExceeded as exc:
+            body = json.loads(quota_refused(exc).text or "{}")
+            await self.send_event({"type": "error", "id": utterance.utterance_id, **body})
+
+    async def _synthesise(self, utterance: _Utterance) -> None:
         service = self._service
         formatter: AudioFormatter = create_formatter(
             self._fmt, service.engine.sample_rate_hz, http_opus(self._settings.opus)
@@ -233,11 +293,11 @@ class TtsSocket:
                     data = formatter.header() + data
                 utterance.sent_samples += int(pcm.size)
                 if data:
-                    await self._ws.send_bytes(data)
+                    await self._send(data)
             if started:
                 tail = await loop.run_in_executor(None, formatter.finish)
                 if tail:
-                    await self._ws.send_bytes(tail)
+                    await self._send(tail)
             rate = service.engine.sample_rate_hz
             await self.send_event(
                 {
@@ -256,7 +316,7 @@ class TtsSocket:
                     "solution": exc.solution or "retry the request",
                 }
             )
-        except ConnectionResetError:
+        except (ClientGone, ConnectionResetError):
             return
         finally:
             await audio.aclose()
@@ -267,17 +327,25 @@ async def tts_ws(request: web.Request) -> web.WebSocketResponse:
     fmt = request.query.get("format", "pcm")
     service = request.app[SYNTHESIS_KEY]
     if fmt not in WS_FORMATS:
-        from signaling.errors import json_error
-
         raise json_error(
             400,
             "invalid_request",
             f"'format': {fmt!r} is not a WebSocket format",
             f"use one of: {', '.join(WS_FORMATS)}",
         )
-    ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE_BYTES, heartbeat=HEARTBEAT_S)
+    ws = web.WebSocketResponse(
+        max_msg_size=MAX_WS_MESSAGE_BYTES, heartbeat=HEARTBEAT_S, protocols=ws_protocols(request)
+    )
     await ws.prepare(request)
-    socket = TtsSocket(ws, service, request.app[SETTINGS_KEY], fmt)
+    socket = TtsSocket(
+        ws,
+        service,
+        request.app[SETTINGS_KEY],
+        fmt,
+        quotas=request.app[QUOTAS_KEY],
+        address=client_address(request),
+        abort=functools.partial(abort_connection, request),
+    )
     rate = 48_000 if fmt == "ogg" else service.engine.sample_rate_hz
     await ws.send_json(
         {"type": "ready", "engine": service.engine.name, "format": fmt, "sample_rate_hz": rate}
@@ -286,7 +354,11 @@ async def tts_ws(request: web.Request) -> web.WebSocketResponse:
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
-                await socket.handle(msg.data)
+                refused = message_refused(request, len(msg.data))
+                if refused is not None:
+                    await socket.send_event(refused.event())
+                else:
+                    await socket.handle(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 await socket.send_event(
                     ProtocolError(

@@ -130,7 +130,8 @@ async def test_busy_engine_is_503_with_retry_after(client: TestClient, settings:
         ({"text": "hi", "format": "mp4"}, 400, "invalid_request", "'format'"),
         ({"text": "x" * 2001}, 400, "text_too_long", "'text'"),
         ({"text": "hi", "speaker_id": "nobody"}, 400, "unknown_voice", "'speaker_id'"),
-        ({"text": "hi", "reference_audio": "!!notbase64"}, 400, "invalid_request", "base64"),
+        # an engine that cannot clone refuses reference audio before decoding it
+        ({"text": "hi", "reference_audio": "!!notbase64"}, 422, "unsupported", "cosyvoice"),
         ({"text": "hi", "mode": "zero_shot"}, 422, "unsupported", "cosyvoice"),
         ({"text": "hi", "emotion": "happy"}, 422, "unsupported", "cosyvoice"),
         ({"text": "hi", "dialect": "cantonese"}, 422, "unsupported", "cosyvoice"),
@@ -153,8 +154,10 @@ async def test_bad_bodies(client: TestClient) -> None:
     await error_of(resp, 413)
 
 
-async def test_reference_audio_is_decoded_and_checked(client: TestClient) -> None:
-    # a valid 2 s clip reaches the capability check: piper cannot clone
+async def test_reference_audio_is_refused_before_decoding_without_cloning(
+    client: TestClient,
+) -> None:
+    # a valid 2 s clip: piper cannot clone
     buf = io.BytesIO()
     with av.open(buf, "w", format="wav") as out:
         stream = out.add_stream("pcm_s16le", rate=16000, layout="mono")
@@ -173,10 +176,11 @@ async def test_reference_audio_is_decoded_and_checked(client: TestClient) -> Non
     body = {"text": "hi", "mode": "cross_lingual", "reference_audio": clip}
     got = await error_of(await client.post("/tts", json=body), 422)
     assert "cross_lingual" in got["message"]
+    # garbage gets the same answer: nothing was decoded (a decoder would say undecodable)
     garbage = base64.b64encode(b"RIFF" + b"\0" * 400).decode()
     body = {"text": "hi", "mode": "cross_lingual", "reference_audio": garbage}
-    got = await error_of(await client.post("/tts", json=body), 400)
-    assert "reference_audio" in got["message"]
+    got = await error_of(await client.post("/tts", json=body), 422)
+    assert got["error"] == "unsupported"
 
 
 async def test_voices(client: TestClient) -> None:
