@@ -201,7 +201,7 @@ class BotConnection:
             self._ready.clear()
             while self._outbox:
                 event = self._outbox.popleft()
-                with contextlib.suppress(ConnectionResetError):
+                with contextlib.suppress(ConnectionError):  # the bot has gone
                     await self._ws.send_json(event)
 
     def handle(self, raw: str) -> None:

@@ -169,7 +169,7 @@ async def within_write_timeout(step: Awaitable[object], timeout_s: float) -> Non
             await step
     except TimeoutError:
         raise ClientGone(f"took no audio for {timeout_s:g} s") from None
-    except ConnectionResetError:  # aiohttp's ClientConnectionResetError included
+    except ConnectionError:  # reset, or "Connection lost" while waiting to drain
         raise ClientGone("disconnected") from None
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -35,7 +34,7 @@ from signaling.access import client_address, ws_protocols
 from signaling.body import message_refused
 from signaling.errors import json_error
 from signaling.keys import QUOTAS_KEY, SETTINGS_KEY, SYNTHESIS_KEY
-from signaling.quotas import ClientQuotas, Quota, QuotaExceeded, quota_refused
+from signaling.quotas import ClientQuotas, Quota, QuotaExceeded, quota_error
 from signaling.tts import ClientGone, abort_connection, http_opus, within_write_timeout
 from synthesis import (
     RequestLimits,
@@ -273,8 +272,8 @@ class TtsSocket:
             with held:
                 await self._synthesise(utterance)
         except QuotaExceeded as exc:
-            body = json.loads(quota_refused(exc).text or "{}")
-            await self.send_event({"type": "error", "id": utterance.utterance_id, **body})
+            error = ProtocolError(*quota_error(exc))
+            await self.send_event(error.event(utterance.utterance_id))
 
     async def _synthesise(self, utterance: _Utterance) -> None:
         service = self._service
@@ -316,7 +315,7 @@ class TtsSocket:
                     "solution": exc.solution or "retry the request",
                 }
             )
-        except (ClientGone, ConnectionResetError):
+        except (ClientGone, ConnectionError):
             return
         finally:
             await audio.aclose()

@@ -291,3 +291,25 @@ async def test_a_client_that_drops_a_stream_is_no_error(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any(r.name == "signaling.tts" and "went away" in r.getMessage() for r in caplog.records)
     assert not [m for m in access_statuses(caplog.records) if '" 500 ' in m]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "settings", [loopback_settings(http_write_timeout_s=30.0, max_text_chars=20_000)]
+)
+async def test_a_reset_while_the_server_waits_to_write_is_no_error(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # aiohttp reports a reset during drain as ConnectionError("Connection lost"), not as
+    # ConnectionResetError: it was an ERROR with a traceback and a 500 (bench.hostile)
+    caplog.set_level(logging.INFO)
+    loop = asyncio.get_running_loop()
+    sock = await slow_reader(server.port)
+    await loop.sock_sendall(sock, tts_request({"text": LONG_TEXT * 4, "format": "pcm"}))
+    await until(lambda: server.service.http_running == 1, 10)
+    await asyncio.sleep(8.0)  # long enough to fill every buffer: the handler waits to drain
+    sock.close()  # with unread data: the kernel answers the server's next bytes with a reset
+    await until(lambda: server.service.running == 0, 10)
+    await until(lambda: bool(access_statuses(caplog.records)), 5)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [m for m in access_statuses(caplog.records) if '" 500 ' in m]
