@@ -151,16 +151,19 @@ class ClientQuotas:
                 del self._uploads[address]
 
 
-def quota_refused(exc: QuotaExceeded) -> web.HTTPException:
-    """The 429 answer for a client over one of its bounds."""
-    return json_error(
-        429,
+def quota_error(exc: QuotaExceeded) -> tuple[str, str, str]:
+    """``(error, message, solution)`` for a client over one of its bounds."""
+    return (
         f"too_many_{exc.quota}",
         str(exc),
         f"wait for one to finish and retry in {exc.retry_after_s} s; the operator can raise "
         f"{exc.setting}, or send the operator token",
-        headers={"Retry-After": str(exc.retry_after_s)},
     )
+
+
+def quota_refused(exc: QuotaExceeded) -> web.HTTPException:
+    """The 429 answer for a client over one of its bounds."""
+    return json_error(429, *quota_error(exc), headers={"Retry-After": str(exc.retry_after_s)})
 
 
 def upload_refused(retry_after_s: float) -> web.HTTPException:

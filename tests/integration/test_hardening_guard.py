@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -66,6 +67,16 @@ class RssProbe:
         self._thread.join()
 
 
+@contextlib.asynccontextmanager
+async def phase(name: str, limit_s: float = 20.0) -> AsyncIterator[None]:
+    """Fail with the phase's name, not a bare test timeout, if it hangs."""
+    try:
+        async with asyncio.timeout(limit_s):
+            yield
+    except TimeoutError:
+        pytest.fail(f"{name} took over {limit_s:g} s")
+
+
 def bombs() -> list[bytes]:
     return [
         flac_bomb(stream_rate_hz=1),  # the review's: 1 Hz, 16384-sample blocks
@@ -110,21 +121,25 @@ async def test_bombs_and_a_candidate_flood_cost_little_memory_and_no_loop_time(
     peer = TrickleClient(base_url(client))
     with RssProbe() as memory:
         async with LagProbe() as lag, aiohttp.ClientSession() as http:
-            for blob in bombs():
-                clip = base64.b64encode(blob).decode()
-                voice = {"voice_id": "bomb", "reference_audio": clip}
-                resp = await client.post("/voices", json=voice)
-                assert (await error_of(resp))["error"].startswith("reference_")
-                tts = {"text": "hi", "mode": "cross_lingual", "reference_audio": clip}
-                resp = await client.post("/tts", json=tts)
-                assert (await error_of(resp))["error"].startswith("reference_")
-            await peer.connect_trickled(http, flood)
+            async with phase("the bombs"):
+                for blob in bombs():
+                    clip = base64.b64encode(blob).decode()
+                    voice = {"voice_id": "bomb", "reference_audio": clip}
+                    resp = await client.post("/voices", json=voice)
+                    assert (await error_of(resp))["error"].startswith("reference_")
+                    tts = {"text": "hi", "mode": "cross_lingual", "reference_audio": clip}
+                    resp = await client.post("/tts", json=tts)
+                    assert (await error_of(resp))["error"].startswith("reference_")
+            async with phase("connecting while flooded"):
+                await peer.connect_trickled(http, flood)
             try:
-                # the session that was flooded still speaks afterwards
-                peer.say("Still here.", "after")
-                assert (await peer.next_event("speech.started"))["id"] == "after"
+                async with phase("speaking after the flood"):
+                    # the session that was flooded still speaks afterwards
+                    peer.say("Still here.", "after")
+                    assert (await peer.next_event("speech.started"))["id"] == "after"
             finally:
-                await peer.close(http)
+                async with phase("closing"):
+                    await peer.close(http)
     assert set(flooded) == {400}
     growth_mb = memory.peak_mb - memory.start_mb
     assert growth_mb < RSS_GROWTH_BOUND_MB, f"RSS grew {growth_mb:.0f} MB"
