@@ -116,7 +116,11 @@ class SynthesisStream:
         if self._done:
             raise StopAsyncIteration
         try:
-            item = await asyncio.wait_for(self._queue.get(), self._chunk_timeout_s)
+            # asyncio.timeout, not wait_for: 3.11's wait_for returns a chunk that arrives
+            # as the reader is cancelled and swallows the cancel, so a cancelled speaker
+            # kept running and closing its session hung
+            async with asyncio.timeout(self._chunk_timeout_s):
+                item = await self._queue.get()
         except TimeoutError:
             self._done = True
             self._cancel.set()
@@ -153,7 +157,8 @@ class SynthesisStream:
             self._finished()
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self._worker), CLOSE_WAIT_S)
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await asyncio.shield(self._worker)
         except TimeoutError:
             logger.warning("engine %r did not stop within %.1f s", self._engine.name, CLOSE_WAIT_S)
         except Exception:  # already reported to the reader, or irrelevant now

@@ -64,3 +64,31 @@ async def test_cancel_reaches_the_engine_between_chunks() -> None:
     produced = engine.produced_chunks
     await asyncio.sleep(0.1)
     assert engine.produced_chunks == produced < 50
+
+
+async def test_a_cancel_is_never_lost_when_a_chunk_arrives_at_the_same_moment() -> None:
+    # Python 3.11's asyncio.wait_for returns the result and swallows the cancellation
+    # when the awaited future is done by the time the cancel is handled: a speaker
+    # producer cancelled at that moment kept running, and closing its session hung
+    # forever (tests/integration/test_hardening_guard.py, 1 run in 25).
+    engine = ScriptedEngine(chunks=1)
+    chunk = next(iter(engine.synthesize(REQUEST, threading.Event())))
+    lost = 0
+    for spins in [0, 1, 2, 3, 4] * 20:
+        stream = SynthesisStream(engine, REQUEST)
+        stream._worker = asyncio.get_running_loop().create_future()  # no engine thread
+        stream._worker.set_result(None)
+        reader = asyncio.create_task(stream.__anext__())
+        await asyncio.sleep(0)  # the reader waits for a chunk
+        stream._queue.put_nowait(chunk)
+        for _ in range(spins):
+            await asyncio.sleep(0)
+        if not reader.cancel():
+            continue  # it had already returned the chunk: nothing to lose
+        try:
+            await reader
+            lost += 1  # cancelled, yet it returned normally
+        except asyncio.CancelledError:
+            pass
+        await stream.aclose()
+    assert lost == 0
