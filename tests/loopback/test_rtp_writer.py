@@ -37,16 +37,29 @@ class CapturingClient(WhepClient):
     packets: list[RtpPacket]
 
     async def connect(self, http: aiohttp.ClientSession, *args: Any, **kwargs: Any) -> None:
+        # Capture from the moment the transceiver exists: RTP may arrive before the data
+        # channel opens (which is when connect returns), and its first packet carries
+        # the stream's first marker.
         self.packets = []
+        add_transceiver = self.pc.addTransceiver
+
+        def add_capturing(*add_args: Any, **add_kwargs: Any) -> Any:
+            transceiver = add_transceiver(*add_args, **add_kwargs)
+            if transceiver.kind == "audio":
+                self._capture(transceiver.receiver)
+            return transceiver
+
+        self.pc.addTransceiver = add_capturing  # type: ignore[method-assign]
         await super().connect(http, *args, **kwargs)
-        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.kind == "audio")
+
+    def _capture(self, receiver: Any) -> None:
         handle = receiver._handle_rtp_packet
 
         async def capture(packet: RtpPacket, arrival_time_ms: int) -> None:
             self.packets.append(packet)
             await handle(packet, arrival_time_ms)
 
-        receiver._handle_rtp_packet = capture  # type: ignore[method-assign]
+        receiver._handle_rtp_packet = capture
 
 
 @pytest.fixture
@@ -78,6 +91,7 @@ async def test_packets_from_the_writer_are_a_well_formed_stream(
 ) -> None:
     session = server_session(client, peer)
     peer.say("Hello there, this is a short sentence.", "s1")
+    started = await peer.next_event("speech.started")
     await peer.next_event("speech.done")
     await asyncio.sleep(0.3)
 
@@ -103,9 +117,15 @@ async def test_packets_from_the_writer_are_a_well_formed_stream(
     span = (packets[-1].timestamp - packets[0].timestamp) & 0xFFFFFFFF
     assert span == (len(packets) - 1 + skipped) * FRAME_SAMPLES
 
-    # the marker opens the stream and the talkspurt, nowhere else
+    # The marker opens the stream and the talkspurt, nowhere else. The stream's first
+    # packets may be sent before this client's DTLS is done and never reach it (about
+    # one run in ten): the stream opened where speech.started's stream_ts says.
     markers = [i for i, p in enumerate(packets) if p.marker]
-    assert markers[0] == 0 and len(markers) == 2, markers
+    talkspurt = markers[-1]
+    origin = (packets[talkspurt].timestamp - started["stream_ts"]) & 0xFFFFFFFF
+    opened_here = packets[0].timestamp == origin
+    assert markers == ([0, talkspurt] if opened_here else [talkspurt]), markers
+    assert talkspurt > 0 and packets[talkspurt].payload != packets[0].payload
 
     stats = await inbound_stats(peer)
     assert stats["inbound-rtp"].packetsLost == 0
