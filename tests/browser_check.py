@@ -76,6 +76,8 @@ async def _stat(page: Any, name: str) -> str | None:
 
 SECRET = "browser-check-secret-0123456789"
 ROOM = "browser-check"
+API_TOKEN = "browser-check-operator-token-0123"
+REFUSED = "POST /whep → HTTP 401"
 
 
 async def _wait_for_event(
@@ -183,34 +185,98 @@ async def _check(base_url: str, screenshot: Path) -> dict[str, Any]:
     return results
 
 
-async def _run(screenshot: Path) -> int:
-    from aiohttp import ClientSession, web
+async def _check_operator_token(base_url: str) -> dict[str, Any]:
+    """A server with ``VMS_API_TOKEN``: without the token the page is refused (and says
+    why); with it typed into the token field, a 1:1 session speaks and ends cleanly."""
+    from playwright.async_api import async_playwright
 
-    from media_server.config import Settings
+    results: dict[str, Any] = {}
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(base_url + "/")
+            await page.click("#connect")
+            refused = await _wait_for_event(page, REFUSED, 15)
+            if "token_required" not in refused["text"]:
+                raise CheckFailed(f"without the token: {refused}")
+            results["without the operator token"] = refused["text"]
+            await page.wait_for_selector("#connect:not([disabled])", timeout=5_000)
+            await page.fill("#token", API_TOKEN)
+            await page.click("#connect")
+            await page.wait_for_function(
+                "document.querySelector('#pc-state').textContent === 'connected'", timeout=15_000
+            )
+            await page.wait_for_selector("#speak:not([disabled])", timeout=10_000)
+            await page.fill("#text", SHORT_TEXT)
+            await page.click("#speak")
+            done = await _wait_for_event(page, "speech.done", 30)
+            results["with the operator token: speech.done"] = done["text"]
+            await page.wait_for_timeout(1200)  # a stats tick: GET .../stats with the token
+            if await _stat(page, "frames_sent") in (None, ""):
+                raise CheckFailed("the session's stats were not readable with its token")
+            await page.click("#disconnect")
+            await page.wait_for_selector("#connect:not([disabled])", timeout=5_000)
+            errors = [
+                e for e in await _log_entries(page)
+                if e["level"] == "error" and e["kind"] != REFUSED
+            ]  # fmt: skip
+            if errors:
+                raise CheckFailed(f"the page logged errors: {errors}")
+        finally:
+            await browser.close()
+    return results
+
+
+async def _sessions_left(base_url: str) -> int:
+    from aiohttp import ClientSession
+
+    async with ClientSession() as http:
+        deadline = time.monotonic() + 5
+        while True:
+            async with http.get(base_url + "/healthz") as response:
+                sessions = int((await response.json())["sessions"])
+            if sessions == 0 or time.monotonic() > deadline:
+                return sessions
+            await asyncio.sleep(0.1)
+
+
+async def _serve(settings: Any) -> tuple[Any, str]:
+    from aiohttp import web
+
     from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
 
-    port = _free_port()
-    settings = Settings(port=port, ice_host_addresses=("127.0.0.1",), token_secret=SECRET)
     runner = web.AppRunner(create_app(settings), keepalive_timeout=KEEPALIVE_TIMEOUT_S)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    base_url = f"http://127.0.0.1:{port}"
+    await web.TCPSite(runner, "127.0.0.1", settings.port).start()
+    return runner, f"http://127.0.0.1:{settings.port}"
+
+
+async def _run(screenshot: Path) -> int:
+    from media_server.config import Settings
+
+    loopback = ("127.0.0.1",)
+    settings = Settings(port=_free_port(), ice_host_addresses=loopback, token_secret=SECRET)
+    runner, base_url = await _serve(settings)
     try:
         results = await _check(base_url, screenshot)
-        async with ClientSession() as http:
-            deadline = time.monotonic() + 5
-            while True:
-                async with http.get(base_url + "/healthz") as response:
-                    sessions = (await response.json())["sessions"]
-                if sessions == 0 or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.1)
-        results["server_sessions_after_disconnect"] = sessions
+        results["server_sessions_after_disconnect"] = sessions = await _sessions_left(base_url)
         if sessions != 0:
             raise CheckFailed(f"{sessions} session(s) still open after Disconnect")
     except CheckFailed as exc:
         _say(f"browser check FAILED: {exc}", error=True)
+        return 1
+    finally:
+        await runner.cleanup()
+    guarded = Settings(port=_free_port(), ice_host_addresses=loopback, api_token=API_TOKEN)
+    runner, base_url = await _serve(guarded)
+    try:
+        results.update(await _check_operator_token(base_url))
+        sessions = await _sessions_left(base_url)
+        if sessions != 0:
+            raise CheckFailed(f"{sessions} session(s) still open after Disconnect (token)")
+    except CheckFailed as exc:
+        _say(f"browser check FAILED (operator token): {exc}", error=True)
         return 1
     finally:
         await runner.cleanup()
