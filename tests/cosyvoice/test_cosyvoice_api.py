@@ -41,6 +41,7 @@ async def cosy_client(
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 async def test_clone_a_voice_over_http_and_speak_with_it(
     cosy_client: TestClient, reference: ReferenceAudio
 ) -> None:

@@ -127,6 +127,7 @@ def test_registered_and_refuses_a_missing_model_dir(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the tiny model
 
 
+@pytest.mark.slow
 def test_capabilities_and_voices(engine: CosyVoiceEngine) -> None:
     caps = engine.capabilities
     assert caps.modes == frozenset(Mode)
@@ -149,6 +150,7 @@ def test_capabilities_and_voices(engine: CosyVoiceEngine) -> None:
     assert info.value.error == "unknown_voice"
 
 
+@pytest.mark.slow
 def test_sft_streams_int16_chunks_as_they_are_made(engine: CosyVoiceEngine) -> None:
     arrivals: list[float] = []
     chunks: list[AudioChunk] = []
@@ -174,6 +176,7 @@ def test_sft_streams_int16_chunks_as_they_are_made(engine: CosyVoiceEngine) -> N
         pytest.param({"mode": Mode.INSTRUCT, "instruct_text": "Speak slowly."}, id="instruct"),
     ],
 )
+@pytest.mark.slow
 def test_modes_with_reference_audio(
     engine: CosyVoiceEngine, reference: ReferenceAudio, fields: dict[str, Any]
 ) -> None:
@@ -193,6 +196,7 @@ def test_modes_with_reference_audio(
         pytest.param({"mode": Mode.INSTRUCT, "instruct_text": "慢慢说"}, id="instruct_text"),
     ],
 )
+@pytest.mark.slow
 def test_modes_with_a_registered_voice(
     engine: CosyVoiceEngine, registered_voice: str, fields: dict[str, Any]
 ) -> None:
@@ -201,6 +205,7 @@ def test_modes_with_a_registered_voice(
     assert_audio(collect(engine, request), min_chunks=2)
 
 
+@pytest.mark.slow
 def test_instruct_with_emotion_and_dialect_on_a_builtin_speaker(
     engine: CosyVoiceEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,6 +222,7 @@ def test_instruct_with_emotion_and_dialect_on_a_builtin_speaker(
     assert seen == ["用四川话，用伤心的语气说这句话" + END_OF_PROMPT]
 
 
+@pytest.mark.slow
 def test_text_is_split_and_spoken_in_order(
     engine: CosyVoiceEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -232,6 +238,7 @@ def test_text_is_split_and_spoken_in_order(
     assert pieces == ["One.", "Two!"]
 
 
+@pytest.mark.slow
 def test_refusals(engine: CosyVoiceEngine, reference: ReferenceAudio) -> None:
     cases = {
         "unknown_voice": SynthesisRequest(TEXT, speaker_id="nobody"),
@@ -252,6 +259,7 @@ def registered_voice(engine: CosyVoiceEngine, reference: ReferenceAudio) -> str:
     return "alice"
 
 
+@pytest.mark.slow
 def test_register_voice_persists_across_restarts(
     engine: CosyVoiceEngine, registered_voice: str, reference: ReferenceAudio
 ) -> None:
@@ -271,6 +279,7 @@ def test_register_voice_persists_across_restarts(
         restarted.close()
 
 
+@pytest.mark.slow
 def test_zero_shot_refuses_a_voice_registered_without_transcript(
     engine: CosyVoiceEngine, reference: ReferenceAudio
 ) -> None:
@@ -281,6 +290,7 @@ def test_zero_shot_refuses_a_voice_registered_without_transcript(
     assert_audio(collect(engine, SynthesisRequest(TEXT, Mode.CROSS_LINGUAL, speaker_id="mute")))
 
 
+@pytest.mark.slow
 def test_concurrent_requests(engine: CosyVoiceEngine, reference: ReferenceAudio) -> None:
     requests = [
         SynthesisRequest(TEXT, speaker_id=SPEAKER_ID),
@@ -318,6 +328,7 @@ def slow_lm(original: Callable[..., Iterator[int]], delay_s: float, produced: li
     return inference
 
 
+@pytest.mark.slow
 def test_cancel_stops_within_a_chunk_and_stops_the_lm(
     make_engine: Callable[..., CosyVoiceEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -338,6 +349,7 @@ def test_cancel_stops_within_a_chunk_and_stops_the_lm(
     assert at_cancel < 240 and len(produced) <= at_cancel + 1, "the LM kept running"
 
 
+@pytest.mark.slow
 def test_closing_the_generator_stops_the_lm(
     make_engine: Callable[..., CosyVoiceEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -353,6 +365,7 @@ def test_closing_the_generator_stops_the_lm(
     assert at_close < 240 and len(produced) <= at_close + 1, "the LM kept running"
 
 
+@pytest.mark.slow
 def test_lm_error_fails_fast_and_the_engine_recovers(
     engine: CosyVoiceEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -374,6 +387,7 @@ def test_lm_error_fails_fast_and_the_engine_recovers(
     assert_audio(collect(engine, SynthesisRequest(TEXT)))
 
 
+@pytest.mark.slow
 def test_hung_lm_times_out_and_the_engine_recovers(
     make_engine: Callable[..., CosyVoiceEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -399,6 +413,7 @@ def test_hung_lm_times_out_and_the_engine_recovers(
     assert_audio(collect(engine, SynthesisRequest(TEXT)))
 
 
+@pytest.mark.slow
 def test_request_timeout_bounds_a_slow_request(
     make_engine: Callable[..., CosyVoiceEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -414,6 +429,7 @@ def test_request_timeout_bounds_a_slow_request(
     assert wait_for_lm_threads_to_end() == []
 
 
+@pytest.mark.slow
 def test_time_waiting_for_the_reader_does_not_count(
     make_engine: Callable[..., CosyVoiceEngine],
 ) -> None:
@@ -425,6 +441,7 @@ def test_time_waiting_for_the_reader_does_not_count(
     assert_audio(chunks, min_chunks=3)
 
 
+@pytest.mark.slow
 async def test_through_synthesis_stream(engine: CosyVoiceEngine) -> None:
     stream = SynthesisStream(engine, SynthesisRequest(TEXT), chunk_timeout_s=20.0)
     first = await stream.__anext__()

@@ -104,6 +104,7 @@ def _short_text(obj: dict[str, Any]) -> dict[str, Any]:
 
 @FUZZ
 @given(body=st.one_of(request_objects.map(_short_text), json_values, st.binary(max_size=64)))
+@pytest.mark.slow
 def test_tts_refuses_bad_json_cleanly(server: ThreadedServer, body: Any) -> None:
     raw = body if isinstance(body, bytes) else json.dumps(body)
     reply = server.request("POST", "/tts", raw, {"Content-Type": "application/json"})
@@ -157,6 +158,7 @@ def _mutate_sdp(sdp: str, rng: random.Random, edits: int) -> str:
 
 @FUZZ
 @given(seed=st.integers(0, 2**32), edits=st.integers(1, 6), room=st.booleans())
+@pytest.mark.slow
 def test_mangled_offers_are_refused_cleanly(
     server: ThreadedServer, offer: str, seed: int, edits: int, room: bool
 ) -> None:
@@ -200,6 +202,7 @@ fragments = st.lists(
 
 @FUZZ
 @given(fragment=fragments)
+@pytest.mark.slow
 def test_mangled_trickle_is_refused_cleanly(
     server: ThreadedServer, offer: str, fragment: str
 ) -> None:

@@ -92,6 +92,7 @@ async def speaks_after(ws: aiohttp.ClientWebSocketResponse) -> None:
                 assert not (event.get("id") == "after-fuzz" and event["type"] == "error"), event
 
 
+@pytest.mark.slow
 async def test_tts_socket_survives_random_messages(client: TestClient) -> None:
     rng = random.Random(SEED)
     async with client.ws_connect("/tts/ws") as ws:
@@ -106,6 +107,7 @@ async def test_tts_socket_survives_random_messages(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize("settings", [loopback_settings(token_secret=SECRET)])
+@pytest.mark.slow
 async def test_bot_socket_survives_random_messages(client: TestClient) -> None:
     rng = random.Random(SEED)
     token = TokenSigner(SECRET.encode()).issue("fuzz", Role.BOT, "fuzz-bot")

@@ -101,6 +101,7 @@ async def error_of(resp: aiohttp.ClientResponse) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.slow
 async def test_bombs_and_a_candidate_flood_cost_little_memory_and_no_loop_time(
     cloning_client: TestClient,
 ) -> None:

@@ -23,8 +23,8 @@ from synthesis import (
     SynthesisError,
     VoiceInfo,
 )
+from synthesis.testing import ScriptedEngine
 from tests.conftest import loopback_settings
-from tests.fakes import ScriptedEngine
 from tests.unit.test_hardening_reference import flac_bomb
 
 NESTED = "[" * 2000
@@ -124,6 +124,7 @@ async def test_websocket_survives_nested_json_and_refuses_reference_audio(
 
 
 @pytest.mark.parametrize("settings", [loopback_settings(max_text_chars=10)])
+@pytest.mark.slow
 async def test_websocket_caps_one_streamed_utterance(client: TestClient) -> None:
     cap = 10 * 10
     delta = "Go on. "

@@ -29,6 +29,8 @@ from synthesis import Engine, SynthesisRequest, SynthesisService
 from tests.conftest import loopback_settings
 from tests.integration.test_tts_api import LONG_TEXT
 
+pytestmark = pytest.mark.slow  # each synthesises long audio, some for seconds
+
 SMALL_RCVBUF_BYTES = 4096
 """A client socket buffer this small fills at once, so the server's writes soon block."""
 
@@ -293,7 +295,6 @@ async def test_a_client_that_drops_a_stream_is_no_error(
     assert not [m for m in access_statuses(caplog.records) if '" 500 ' in m]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "settings", [loopback_settings(http_write_timeout_s=30.0, max_text_chars=20_000)]
 )

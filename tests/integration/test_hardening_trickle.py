@@ -24,7 +24,7 @@ from tests.conftest import loopback_settings
 from tests.integration.test_whep_http import assert_json_error
 from tests.whep_client import WhepClient
 
-pytestmark = pytest.mark.loopback
+pytestmark = [pytest.mark.loopback, pytest.mark.slow]
 
 SDP = {"Content-Type": "application/sdp"}
 FRAG = {"Content-Type": "application/trickle-ice-sdpfrag"}

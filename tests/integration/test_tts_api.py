@@ -45,6 +45,7 @@ async def error_of(resp: object, status: int) -> dict[str, str]:
     return body  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 async def test_pcm_streams_the_first_chunk_before_synthesis_ends(client: TestClient) -> None:
     t0 = time.monotonic()
     resp = await client.post("/tts", json={"text": PARAGRAPH})
@@ -82,6 +83,7 @@ async def test_non_streaming_answer_has_a_length(client: TestClient) -> None:
     assert rate == 22050 and pcm.size > 0.4 * rate
 
 
+@pytest.mark.slow
 async def test_speed_changes_duration(client: TestClient) -> None:
     async def duration(speed: float) -> float:
         resp = await client.post("/tts", json={"text": PARAGRAPH, "speed": speed})
@@ -95,6 +97,7 @@ async def test_speed_changes_duration(client: TestClient) -> None:
     assert 1.5 < slow / normal < 2.4
 
 
+@pytest.mark.slow
 async def test_client_disconnect_cancels_synthesis(client: TestClient) -> None:
     service = client.app[SYNTHESIS_KEY]
     t0 = time.monotonic()
@@ -111,6 +114,7 @@ async def test_client_disconnect_cancels_synthesis(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize("settings", [loopback_settings(synthesis_workers=1)])
+@pytest.mark.slow
 async def test_busy_engine_is_503_with_retry_after(client: TestClient, settings: Settings) -> None:
     first = await client.post("/tts", json={"text": LONG_TEXT})
     await first.content.readany()
@@ -217,6 +221,7 @@ async def ws_collect(ws: object, until: str) -> tuple[list[dict[str, object]], b
     return events, audio
 
 
+@pytest.mark.slow
 async def test_websocket_say_and_text_deltas(client: TestClient) -> None:
     async with client.ws_connect("/tts/ws") as ws:
         ready = await ws.receive_json()
@@ -239,6 +244,7 @@ async def test_websocket_say_and_text_deltas(client: TestClient) -> None:
         assert events[-1]["duration_ms"] == round(1000 * len(early + audio) / 2 / 22050)
 
 
+@pytest.mark.slow
 async def test_websocket_cancel_and_bad_messages(client: TestClient) -> None:
     async with client.ws_connect("/tts/ws") as ws:
         await ws.receive_json()

@@ -152,6 +152,7 @@ async def test_oversized_body_is_413(client: TestClient) -> None:
 @pytest.mark.parametrize(
     "settings", [loopback_settings(max_sessions=250, max_pending_sessions_per_client=0)]
 )
+@pytest.mark.slow
 async def test_200_sessions_open_and_close_without_leaks(
     client: TestClient, offer: str, settings: Settings
 ) -> None:
@@ -214,6 +215,7 @@ async def test_index_page_is_served(client: TestClient) -> None:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 @pytest.mark.parametrize("settings", [loopback_settings(heap_trim_idle_s=0.2)])
+@pytest.mark.slow
 async def test_heap_is_trimmed_once_the_last_session_has_gone(
     client: TestClient, offer: str, settings: Settings
 ) -> None:

@@ -22,7 +22,7 @@ from media_server.teardown import _UNTRACKED_CODES, UNTRACKED_COROUTINES
 from signaling.keys import REGISTRY_KEY
 from tests.conftest import loopback_settings
 
-pytestmark = pytest.mark.loopback
+pytestmark = [pytest.mark.loopback, pytest.mark.slow]
 
 SDP = {"Content-Type": "application/sdp"}
 

@@ -28,7 +28,7 @@ from signaling.keys import REGISTRY_KEY
 from tests.conftest import loopback_settings
 from tests.whep_client import WhepClient
 
-pytestmark = pytest.mark.loopback
+pytestmark = [pytest.mark.loopback, pytest.mark.slow]
 
 
 class CapturingClient(WhepClient):

@@ -26,7 +26,7 @@ from signaling.keys import REGISTRY_KEY
 from tests.conftest import loopback_settings
 from tests.whep_client import WhepClient
 
-pytestmark = pytest.mark.loopback
+pytestmark = [pytest.mark.loopback, pytest.mark.slow]
 
 SILENT_RMS = 10.0
 """-70 dBFS: decoded silence is zero but for the decoder's decaying tail after a cut."""

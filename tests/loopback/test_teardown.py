@@ -20,7 +20,7 @@ from media_server.teardown import release_peer
 from signaling.keys import REGISTRY_KEY
 from tests.whep_client import WhepClient
 
-pytestmark = pytest.mark.loopback
+pytestmark = [pytest.mark.loopback, pytest.mark.slow]
 
 PEERS = 4
 

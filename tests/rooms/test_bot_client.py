@@ -19,6 +19,8 @@ from voice_bot import BotError, RoomBot
 SECRET = "bot-client-secret-0123456789"
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow  # a room with real peers hearing a bot, and a bot process
+
 
 @pytest.fixture
 def settings() -> Settings:

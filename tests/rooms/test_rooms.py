@@ -19,7 +19,7 @@ from signaling.keys import ROOMS_KEY
 from tests.conftest import loopback_settings
 from tests.whep_client import WhepClient
 
-pytestmark = pytest.mark.loopback
+pytestmark = [pytest.mark.loopback, pytest.mark.slow]
 
 SECRET = "room-test-secret-0123456789"
 SPEECH_RMS = 300.0

@@ -7,7 +7,7 @@ import gc
 import weakref
 
 from media_server.collector import NEVER, CollectionScheduler
-from tests.fakes import FakeClock
+from synthesis.testing import FakeClock
 
 
 class World:

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from media_server.executor import DeadlineExecutor
-from tests.fakes import FakeClock
+from synthesis.testing import FakeClock
 
 
 def blocked(pool: DeadlineExecutor) -> threading.Event:

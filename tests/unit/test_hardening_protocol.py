@@ -22,8 +22,8 @@ from media_server.protocol import (
 from media_server.speaker import Speaker
 from media_server.talker import Talker
 from synthesis import RequestError, RequestLimits, SynthesisService, parse_request
+from synthesis.testing import FakeClock, ScriptedEngine
 from tests.conftest import loopback_settings
-from tests.fakes import FakeClock, ScriptedEngine
 
 LIMITS = RequestLimits(max_text_chars=100)
 NESTED = "[" * 2000  # the review's 4 KB message; json.loads raises RecursionError on it

@@ -154,6 +154,7 @@ BOMB_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_bombs_cost_less_than_200_mb_of_memory() -> None:
     # A fresh process, so the peak RSS (VmHWM) is this decode's, not an earlier test's.
     blobs = [

@@ -7,7 +7,7 @@ import pytest
 from media_server.config import ConfigError, Settings, settings_from_env
 from synthesis import EngineBusy, SynthesisRequest, SynthesisService
 from synthesis.service import Caller
-from tests.fakes import ScriptedEngine
+from synthesis.testing import ScriptedEngine
 
 REQUEST = SynthesisRequest(text="text")
 

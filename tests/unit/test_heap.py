@@ -8,7 +8,7 @@ import platform
 import pytest
 
 from media_server.heap import HeapTrimmer, glibc_malloc_trim, rss_bytes
-from tests.fakes import FakeClock
+from synthesis.testing import FakeClock
 
 
 class World:

@@ -9,7 +9,7 @@ import pytest
 
 from media_server.audio import FRAME_S, FRAME_SAMPLES
 from media_server.pacer import MAX_CATCH_UP_FRAMES, OutgoingFrame, Pacer
-from tests.fakes import FakeClock
+from synthesis.testing import FakeClock
 
 SILENCE = b"\xf8\xff\xfe"
 

@@ -22,7 +22,7 @@ from media_server.speaker import (
     Speaker,
 )
 from synthesis import SynthesisRequest, SynthesisService
-from tests.fakes import ScriptedEngine
+from synthesis.testing import ScriptedEngine
 
 
 def req(text: str, **fields: Any) -> SynthesisRequest:

@@ -15,7 +15,7 @@ from synthesis import (
     SynthesisRequest,
     SynthesisService,
 )
-from tests.fakes import ScriptedEngine
+from synthesis.testing import ScriptedEngine
 
 REQUEST = SynthesisRequest(text="text")
 
@@ -46,6 +46,7 @@ async def drain(service: SynthesisService) -> int:
         await stream.aclose()
 
 
+@pytest.mark.slow
 async def test_limit_admits_then_refuses_then_admits_again() -> None:
     service = SynthesisService(ScriptedEngine(chunks=3, delay_s=0.05), 2)
     first, second = service.stream(REQUEST), service.stream(REQUEST)
@@ -79,6 +80,7 @@ async def test_engine_exception_fails_the_request_and_the_service_goes_on() -> N
     service.close()
 
 
+@pytest.mark.slow
 async def test_hung_engine_times_out_and_holds_its_slot_until_it_returns() -> None:
     engine = HangingEngine()
     service = SynthesisService(engine, 1, chunk_timeout_s=0.2)

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from synthesis import SynthesisError, SynthesisRequest, SynthesisStream
-from tests.fakes import ScriptedEngine
+from synthesis.testing import ScriptedEngine
 
 REQUEST = SynthesisRequest(text="text")
 

@@ -1,4 +1,13 @@
-"""Test doubles for unit tests of timing only (never used by end-to-end tests)."""
+"""Test doubles for tests of engines and of code that uses them.
+
+:class:`ScriptedEngine` is an :class:`~synthesis.Engine` that yields a scripted tone,
+with optional delays, lead-in silence and an injected failure; :class:`FakeClock` is
+virtual monotonic time for tests of pacing. They are for tests only: a fake engine
+is never a default, and nothing outside tests should import this module.
+
+:class:`FakeClock` satisfies ``media_server.clock.Clock`` structurally (``now`` and
+``async sleep_until``): this package never imports ``media_server``.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +18,18 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from synthesis import (
-    AudioChunk,
-    EngineCapabilities,
-    Mode,
-    ReferenceAudio,
-    SynthesisError,
-    SynthesisRequest,
-    VoiceInfo,
-)
+from synthesis.base import EngineCapabilities, SynthesisError, VoiceInfo
+from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
+from synthesis.types import AudioChunk
+
+__all__ = ["FakeClock", "ScriptedEngine"]
 
 
 class FakeClock:
     """Virtual monotonic time: ``sleep_until`` jumps the clock to the deadline.
 
     ``oversleep_s`` makes every wake-up late by that much, like a loaded loop.
+    ``sleeps`` records every deadline waited for; :meth:`advance` moves time on.
     """
 
     def __init__(self, start: float = 1000.0, oversleep_s: float = 0.0) -> None:
@@ -45,7 +51,14 @@ class FakeClock:
 
 
 class ScriptedEngine:
-    """Yields scripted chunks (a tone) with optional delays and an injected failure."""
+    """Yields scripted chunks (a 440 Hz tone) with optional delays and an injected failure.
+
+    ``chunks`` chunks of ``chunk_s`` seconds each, after ``lead_in_s`` of silence;
+    ``delay_s`` blocks (in the synthesis thread) before each chunk; ``fail_after``
+    raises after that many chunks. ``requests`` records what was asked,
+    ``produced_chunks`` counts what was yielded, and ``cancel_seen`` is set once a
+    cancellation stopped synthesis.
+    """
 
     def __init__(
         self,
