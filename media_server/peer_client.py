@@ -12,6 +12,7 @@ from typing import Any
 from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.peer import PeerSession
+from media_server.tasks import cancel_and_wait
 from media_server.track import EncodedAudioTrack
 
 logger = logging.getLogger(__name__)
@@ -133,10 +134,7 @@ class PeerClient(abc.ABC):
         self.closed = True
         if self._disconnect_timer is not None:
             self._disconnect_timer.cancel()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         await self._on_close()
         self.track.stop()
         await self.peer.close()

@@ -13,6 +13,7 @@ from media_server.config import Settings
 from media_server.encode_budget import EncodeBudget
 from media_server.opus import encode_silence
 from media_server.session import VoiceSession
+from media_server.tasks import cancel_and_wait
 from media_server.ticker import Ticker
 from synthesis import SynthesisService
 
@@ -178,9 +179,7 @@ class SessionRegistry:
                 self.request_close(session.session_id, "idle timeout")
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(*tasks)
         for session_id in list(self._sessions):
             await self.close(session_id, "server shutdown")

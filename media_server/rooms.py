@@ -13,6 +13,7 @@ from media_server.config import Settings
 from media_server.encode_budget import EncodeBudget
 from media_server.opus import encode_silence
 from media_server.room import Room
+from media_server.tasks import cancel_and_wait
 from synthesis import SynthesisService
 
 logger = logging.getLogger(__name__)
@@ -108,9 +109,7 @@ class RoomRegistry:
                 logger.exception("closing listener %s failed", listener_id)
 
     async def aclose(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            await asyncio.gather(self._reaper, return_exceptions=True)
+        await cancel_and_wait(self._reaper)
         for room in list(self.rooms.values()):
             await room.aclose()
         self.rooms.clear()

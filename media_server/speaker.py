@@ -15,6 +15,7 @@ from media_server.audio import FRAME_MS, FRAME_SAMPLES
 from media_server.encode_budget import EncodeBudget
 from media_server.encoding import StreamEncoder, UtteranceEncoder, leading_silence
 from media_server.executor import DeadlineExecutor
+from media_server.tasks import cancel_and_wait
 from synthesis import Engine, SynthesisError, SynthesisRequest, SynthesisService
 from synthesis.text import TextAccumulator
 
@@ -37,7 +38,7 @@ FIRST_SLICE_MS: Final = 80
 """The first slice of an utterance is short, so its first packets exist sooner.
 
 80 ms of engine audio is :data:`START_FRAMES` frames once the resampler's delay
-is taken off: one worker hop (about 0.5 ms of encoding) starts the utterance."""
+is taken off: one short worker hop starts the utterance."""
 START_FRAMES: Final = 3
 """An utterance starts playing once this many frames are encoded (or all of it is,
 or its producer is waiting for streamed text). The next slice then has 60 ms to
@@ -300,13 +301,8 @@ class Speaker:
         self._to_produce.clear()
         self._count_speaking()
         self._buffered = 0
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     # -- playout (called by the pacer once per tick) --------------------------
 

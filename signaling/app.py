@@ -24,6 +24,7 @@ from media_server.ice import restrict_host_addresses
 from media_server.priority import lower_thread_priority
 from media_server.registry import SessionRegistry
 from media_server.rooms import RoomRegistry
+from media_server.tasks import cancel_and_wait
 from media_server.tokens import TokenSigner
 from signaling import rooms as room_routes
 from signaling import tts, tts_ws, whep
@@ -149,10 +150,11 @@ async def gc_ctx(app: web.Application) -> AsyncIterator[None]:
 
     A full collection holds the event loop while it walks every tracked object, and
     most of them after start-up (modules, the engine, aiortc's and aiohttp's classes)
-    live as long as the server. Frozen, they are never walked again (about 68k objects
-    here, against 29k live with 20 sessions). Closed peers leave almost no cyclic
+    live as long as the server. Frozen, they are never walked again (start-up objects
+    outnumber what a few dozen live sessions add; measured: see docs/performance.md).
+    Closed peers leave almost no cyclic
     garbage (:mod:`media_server.teardown`), but the collections that walk the live
-    sessions' objects still reach tens of ms with 50 sessions while peers churn: those
+    sessions' objects still reach tens of ms with many sessions while peers churn: those
     are scheduled by :class:`~media_server.collector.CollectionScheduler`.
     """
     gc.collect()
@@ -265,9 +267,7 @@ def create_app(
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
             collector.uninstall()
             await rooms.aclose()
             await registry.aclose()

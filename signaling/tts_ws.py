@@ -30,6 +30,7 @@ from media_server.protocol import (
 )
 from media_server.rate import TokenBucket
 from media_server.speech import speech_pcm
+from media_server.tasks import cancel_and_wait
 from signaling.access import client_address, ws_protocols
 from signaling.body import message_refused
 from signaling.errors import json_error
@@ -111,13 +112,7 @@ class TtsSocket:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tts-ws")
 
     async def aclose(self) -> None:
-        for task in (self._current, self._task):
-            if task is not None:
-                task.cancel()
-        for task in (self._current, self._task):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(self._current, self._task)
 
     async def send_event(self, event: dict[str, Any]) -> None:
         if not self._ws.closed:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
@@ -146,8 +145,11 @@ class RoomBot:
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:
+            # wait, not "await and suppress CancelledError": that would also swallow a
+            # cancellation of close() itself
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await asyncio.wait([self._reader])
+            if not self._reader.cancelled():
+                self._reader.exception()  # retrieved: how the reader ended is moot now
         if self._own_session and self._session is not None:
             await self._session.close()

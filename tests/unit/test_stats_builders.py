@@ -1,0 +1,106 @@
+"""Each object builds its own stats: a starving producer shows up as ``underruns``
+in a room's, a listener's and a 1:1 session's stats (not only on the Speaker)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from media_server.config import Settings
+from media_server.pacer import Pacer
+from media_server.room import ListenerSession, Room
+from media_server.session import VoiceSession
+from media_server.speaker import START_FRAMES, Speaker
+from media_server.tokens import Claims, Role
+from synthesis import SynthesisRequest, SynthesisService
+from synthesis.testing import FakeClock, ScriptedEngine
+
+SILENCE = b"\xf8\xff\xfe"
+
+PACING_KEYS = {
+    "frames_sent",
+    "speech_frames_sent",
+    "underruns",
+    "skipped_frames",
+    "lateness_p50_ms",
+    "lateness_p99_ms",
+    "lateness_max_ms",
+}
+
+
+def slow_engine() -> ScriptedEngine:
+    """20 ms of audio every 50 ms: playout overtakes synthesis."""
+    return ScriptedEngine(chunk_s=0.02, chunks=20, delay_s=0.05)
+
+
+async def starve(speaker: Speaker, pacer: Pacer, clock: FakeClock) -> None:
+    """Start an utterance, then tick the pacer faster than the engine produces."""
+    speaker.say(SynthesisRequest(text="slow"))
+    async with asyncio.timeout(5):
+        while speaker.buffered_frames < START_FRAMES:
+            await asyncio.sleep(0.005)
+    for _ in range(20):
+        pacer.emit_due()
+        clock.advance(0.02)
+        await asyncio.sleep(0.001)
+    assert speaker.underruns > 0
+
+
+@pytest.fixture
+async def room() -> AsyncIterator[Room]:
+    clock = FakeClock()
+    room = Room("hall", Settings(), SynthesisService(slow_engine(), 4), clock, SILENCE)
+    room.speaker.start()
+    yield room
+    await room.aclose()
+
+
+async def test_a_starving_room_reports_its_underruns(room: Room) -> None:
+    assert isinstance(room.clock, FakeClock)
+    await starve(room.speaker, room.pacer, room.clock)
+    assert room.pacer.stats.snapshot().underruns == room.speaker.underruns
+    stats = room.stats()
+    assert stats["underruns"] == room.speaker.underruns > 0
+    assert stats["room"] == "hall" and stats["participants"] == []
+    assert stats["speaking"] is True and stats["queued_utterances"] == 1
+    assert PACING_KEYS <= stats.keys()
+
+
+async def test_a_listener_reports_its_rooms_underruns(room: Room) -> None:
+    assert isinstance(room.clock, FakeClock)
+    listener_id = "guest"
+    listener = ListenerSession(
+        listener_id, room, Claims("hall", Role.LISTENER, "guest-1", expires_at=0.0), lambda *_: None
+    )
+    room.listeners[listener_id] = listener
+    try:
+        await starve(room.speaker, room.pacer, room.clock)
+        stats = listener.stats()
+        assert stats["underruns"] == room.speaker.underruns > 0
+        assert stats["room"] == "hall"
+        assert stats["participants"] == [{"identity": "guest-1", "role": "listener"}]
+        assert stats["connection_state"] == "new" and stats["dropped_frames"] == 0
+        assert "queued_utterances" in stats and PACING_KEYS <= stats.keys()
+    finally:
+        room.listeners.pop(listener_id)
+        await listener.aclose()
+
+
+async def test_a_starving_session_reports_its_underruns() -> None:
+    clock = FakeClock()
+    session = VoiceSession(
+        "s1", Settings(), SynthesisService(slow_engine(), 4), clock, SILENCE, lambda *_: None
+    )
+    session.speaker.start()
+    try:
+        await starve(session.speaker, session.pacer, clock)
+        stats = session.stats()
+        assert stats["underruns"] == session.speaker.underruns > 0
+        assert session.pacer.stats.snapshot().underruns == session.speaker.underruns
+        assert stats["session_id"] == "s1" and stats["connection_state"] == "new"
+        assert {"queued_utterances", "dropped_frames"} <= stats.keys()
+        assert PACING_KEYS <= stats.keys()
+    finally:
+        await session.aclose()
