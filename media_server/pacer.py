@@ -8,7 +8,7 @@ from typing import Final, Protocol
 
 from media_server.audio import FRAME_S, FRAME_SAMPLES
 from media_server.clock import Clock
-from media_server.stats import PacingStats
+from media_server.stats import PacingStats, UnderrunCounter
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class Pacer:
         self._silence = silence_payload
         self._max_catch_up = max_catch_up_frames
         self.stats = stats or PacingStats()
+        if isinstance(source, UnderrunCounter):
+            self.stats.count_underruns_of(source)
         self._start: float | None = None
         self._tick = 0
         self._pts = 0

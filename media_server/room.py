@@ -23,6 +23,7 @@ from media_server.protocol import (
 )
 from media_server.speaker import Speaker
 from media_server.talker import Talker
+from media_server.tasks import cancel_and_wait
 from media_server.tokens import Claims, Role
 from synthesis import SynthesisService
 
@@ -112,6 +113,16 @@ class Room:
             for listener in self.listeners.values()
         ]
 
+    def stats(self) -> dict[str, Any]:
+        """The room's figures: who is in it, whether it speaks, its stream's pacing."""
+        return {
+            "room": self.name,
+            "participants": self.roster(),
+            "speaking": self.speaker.speaking,
+            "queued_utterances": self.speaker.pending,
+            **self.pacer.stats.snapshot().as_dict(),
+        }
+
     # -- members ------------------------------------------------------------------
 
     async def add_listener(
@@ -183,9 +194,7 @@ class Room:
         if self.closed:
             return
         self.closed = True
-        if self._pacer_task is not None:
-            self._pacer_task.cancel()
-            await asyncio.gather(self._pacer_task, return_exceptions=True)
+        await cancel_and_wait(self._pacer_task)
         for listener_id in list(self.listeners):
             await self.remove_listener(listener_id)
         await self.speaker.aclose()
@@ -236,6 +245,14 @@ class ListenerSession(PeerClient):
 
     async def _on_close(self) -> None:
         self.room.fanout.remove(self.track)
+
+    def stats(self) -> dict[str, Any]:
+        """This listener's connection and its room's stream."""
+        return {
+            "connection_state": self.peer.connection_state,
+            "dropped_frames": self.track.dropped_frames,
+            **self.room.stats(),
+        }
 
     def _on_message(self, raw: str | bytes) -> None:
         self.last_activity = self._clock.now()

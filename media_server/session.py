@@ -98,14 +98,12 @@ class VoiceSession(PeerClient):
             self.send_event(exc.event(_id_of(raw)))
 
     def stats(self) -> dict[str, Any]:
-        pacing = self.pacer.stats.snapshot().as_dict()
-        pacing["underruns"] = self.speaker.underruns
         return {
             "session_id": self.session_id,
             "connection_state": self.peer.connection_state,
             "queued_utterances": self.speaker.pending,
             "dropped_frames": self.track.dropped_frames,
-            **pacing,
+            **self.pacer.stats.snapshot().as_dict(),
         }
 
 

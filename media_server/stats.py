@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -33,17 +33,38 @@ class PacingSnapshot:
         }
 
 
+@runtime_checkable
+class UnderrunCounter(Protocol):
+    """A frame source that counts its own underruns (a :class:`~media_server.speaker.Speaker`):
+    silent ticks inside an utterance, which only the source can tell from idle ticks."""
+
+    @property
+    def underruns(self) -> int: ...
+
+
 class PacingStats:
-    """Per-stream counters plus a ring of recent lateness samples (seconds)."""
+    """Per-stream counters plus a ring of recent lateness samples (seconds).
+
+    ``underruns`` are counted where they happen, by the stream's source; the
+    pacer points its stats at that source (:meth:`count_underruns_of`).
+    """
 
     def __init__(self, window: int = LATENESS_WINDOW_FRAMES) -> None:
         self._ring = np.zeros(window, dtype=np.float64)
         self._count = 0
         self.frames_sent = 0
         self.speech_frames_sent = 0
-        self.underruns = 0
         self.skipped_frames = 0
         self.max_lateness_s = 0.0
+        self._underruns_of: UnderrunCounter | None = None
+
+    def count_underruns_of(self, source: UnderrunCounter) -> None:
+        self._underruns_of = source
+
+    @property
+    def underruns(self) -> int:
+        """The source's underruns; 0 for a source that does not count them."""
+        return self._underruns_of.underruns if self._underruns_of is not None else 0
 
     def record(self, lateness_s: float, speech: bool) -> None:
         self._ring[self._count % self._ring.size] = lateness_s

@@ -15,6 +15,7 @@ from media_server.protocol import ProtocolError, parse_client_message
 from media_server.room import Room, RoomFull
 from media_server.rooms import ROOM_NAME, RoomLimitReached, RoomRegistry
 from media_server.talker import Talker
+from media_server.tasks import cancel_and_wait
 from media_server.tokens import Claims, Role, TokenError
 from signaling.access import (
     bearer_token,
@@ -152,20 +153,7 @@ async def listener_trickle(request: web.Request) -> web.Response:
 @routes.get("/rooms/{room}/whep/{listener_id}/stats")
 async def listener_stats(request: web.Request) -> web.Response:
     registry, name, listener_id = _listener(request)
-    room = registry.rooms[name]
-    listener = room.listeners[listener_id]
-    pacing = room.pacer.stats.snapshot().as_dict()
-    pacing["underruns"] = room.speaker.underruns
-    return web.json_response(
-        {
-            "room": name,
-            "connection_state": listener.peer.connection_state,
-            "queued_utterances": room.speaker.pending,
-            "dropped_frames": listener.track.dropped_frames,
-            "participants": room.roster(),
-            **pacing,
-        }
-    )
+    return web.json_response(registry.rooms[name].listeners[listener_id].stats())
 
 
 @routes.delete("/rooms/{room}/whep/{listener_id}")
@@ -258,9 +246,7 @@ async def join_as_bot(request: web.Request) -> web.WebSocketResponse:
                 )
     finally:
         room.remove_bot(member_id)
-        if writer is not None:
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+        await cancel_and_wait(writer)
         await registry.close_if_empty(room)
     return ws
 
@@ -272,12 +258,4 @@ def rooms_open(request: web.Request) -> int:
 def rooms_stats(request: web.Request) -> list[dict[str, Any]]:
     if SIGNER_KEY not in request.app:
         return []
-    return [
-        {
-            "room": room.name,
-            "participants": room.roster(),
-            "speaking": room.speaker.speaking,
-            **room.pacer.stats.snapshot().as_dict(),
-        }
-        for room in request.app[ROOMS_KEY].rooms.values()
-    ]
+    return [room.stats() for room in request.app[ROOMS_KEY].rooms.values()]
