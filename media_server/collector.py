@@ -21,8 +21,9 @@ class CollectionScheduler:
     """Takes CPython's full (generation 2) collections off the audio's timeline.
 
     A full collection holds the event loop while it walks every tracked object that
-    survived a younger collection: with 120 sessions speaking while peers join, one
-    took 71 ms, and every listener heard the gap. CPython starts them on its own
+    survived a younger collection: with many sessions speaking while peers join, one
+    can hold it for several frames, and every listener hears the gap (measured: see
+    docs/performance.md). CPython starts them on its own
     schedule, about every ten younger collections, which joining peers make frequent.
 
     :meth:`install` keeps the two young generations as they are (they only walk

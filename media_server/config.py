@@ -56,7 +56,7 @@ class Settings:
     the OS (glibc ``malloc_trim``, :mod:`media_server.heap`); 0 turns it off."""
     gc_full_interval_s: float = 300.0
     """CPython's full garbage collections (which hold the event loop for tens of ms with
-    a hundred sessions) run once nobody listens, and while someone always does at most
+    many sessions) run once nobody listens, and while someone always does at most
     this often (:mod:`media_server.collector`); 0 leaves CPython's own schedule."""
     synthesis_chunk_timeout_s: float = 30.0
     """An engine silent this long has hung: that request fails with ``timeout``."""
@@ -152,8 +152,9 @@ class Settings:
         """:attr:`encode_workers`, or one per CPU this process may use (at most 4).
 
         On one core, a second encode thread only contends with the event loop and
-        the first for the GIL: 140 speaking sessions held with one thread where
-        120 was the limit with two (``bench.capacity``, server pinned to one core).
+        the first for the GIL: with the server pinned to one core, one thread held
+        more speaking sessions than two (``bench.capacity``; measured: see
+        docs/performance.md).
         """
         if self.encode_workers is not None:
             return self.encode_workers

@@ -1,10 +1,10 @@
 """One Opus complexity for the whole server, lowered when encoding outgrows its CPU budget.
 
-libopus (1.6.1) at complexity 10 with in-band FEC costs about 233 µs per 20 ms
-frame of speech on one core here; complexity 5 about 185 µs, and complexity 1 about
-57 µs (fed 16 kHz: :class:`~media_server.encoding.StreamEncoder`). A server that
-keeps complexity 10 at any load runs out of CPU at about 60 speaking sessions per
-core, and then every listener hears gaps. This budget trades a little
+libopus at complexity 10 with in-band FEC costs several times as much CPU per
+20 ms frame of speech as at complexity 1 (fed 16 kHz there:
+:class:`~media_server.encoding.StreamEncoder`; measured: see docs/performance.md).
+A server that keeps complexity 10 at any load runs out of CPU with far fewer
+speaking sessions per core, and then every listener hears gaps. This budget trades a little
 quality for capacity instead: every encoder reports how long its frames took, and
 when the encode time per second of wall clock passes the budget, the complexity
 that every stream uses next steps down (and back up when there is room again).
@@ -17,8 +17,9 @@ margin and nothing ran dry.
 
 Measuring alone is too late when many streams start at once: each encodes its first
 seconds ahead as fast as it can, and an utterance keeps the input rate it started
-with (:class:`~media_server.encoding.StreamEncoder`), so 150 sessions starting
-within a second at complexity 10 ran dry for the length of their first utterance.
+with (:class:`~media_server.encoding.StreamEncoder`), so many sessions starting
+within a second at complexity 10 ran dry for the length of their first utterance
+(measured: see docs/performance.md).
 The budget therefore also counts the streams that are speaking and caps the level
 at the best one whose steady demand (50 frames a second each, at the measured cost
 of a frame) fits: the level is the lower of what was measured and what that
@@ -48,7 +49,8 @@ STEP_UP_MARGIN: Final = 0.8
 FRAMES_PER_S: Final = 1000 // FRAME_MS
 """What a speaking stream encodes per second once it has its lead (real time)."""
 PRIOR_FRAME_COST_S: Final = 250e-6
-"""CPU to encode one frame at complexity 10 until it is measured (233 µs here)."""
+"""CPU to encode one frame at complexity 10 until it is measured: a little above what
+was measured on one core (see docs/performance.md)."""
 MIN_FRAMES_TO_LEARN: Final = 50
 """A window must encode this many frames for its cost per frame to replace the last."""
 

@@ -43,8 +43,9 @@ def rss_bytes() -> int:
 class HeapTrimmer:
     """Returns the allocator's free memory to the OS once the server has been idle.
 
-    glibc keeps what a busy moment allocated: after 100 sessions have closed, their
-    memory is free inside the process but still resident (about 20 MB here).
+    glibc keeps what a busy moment allocated: after many sessions have closed, their
+    memory is free inside the process but still resident (measured: see
+    docs/performance.md).
     ``malloc_trim`` gives it back, but it holds each arena's lock while it walks the
     heap (tens of ms), so it runs only when no session or room has been open for
     ``idle_s`` (nobody's audio can stall), once per busy period, in a worker thread.

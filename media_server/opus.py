@@ -25,8 +25,8 @@ WIDEBAND_MAX_COMPLEXITY: Final = 1
 8 kHz) whatever rate it is given: hybrid and fullband coding need complexity 2+.
 Measured with libopus 1.6.1 at 32 kbps on the Piper voice: every packet at
 complexity 0 and 1 is SILK WB; at 2 and above they are hybrid SWB/FB. An encoder fed
-16 kHz then codes the same band as one fed 48 kHz, for about 58 instead of 70 µs a
-frame, and the resampler makes a third of the samples
+16 kHz then codes the same band as one fed 48 kHz for less CPU a frame (measured:
+see docs/performance.md), and the resampler makes a third of the samples
 (:class:`~media_server.encoding.StreamEncoder`)."""
 
 
@@ -74,12 +74,12 @@ def _load_opuslib() -> tuple[ModuleType, ModuleType, ModuleType]:
 
     opuslib resolves the library with ``ctypes.util.find_library('opus')`` at import
     time. PyAV's copy is preferred to a system one: it is what every install has
-    (no system libopus exists on a fresh machine), and it is newer. Measured here
-    on speech, one 20 ms frame at 32 kbps with FEC: PyAV's libopus 1.6.1 took
-    237 µs at complexity 10 and 67 µs at 1, Debian's 1.3.1 371 µs and 79 µs.
+    (no system libopus exists on a fresh machine), and it is newer and cheaper per
+    frame at every complexity than an older system one (measured: see
+    docs/performance.md).
     Only without a bundled copy is the system's used.
     Cached: ``find_library`` runs ``ldconfig`` and a compiler in subprocesses, which
-    took about 2 ms of the event loop for every new session.
+    cost the event loop time on every new session (measured: see docs/performance.md).
     """
     original = ctypes.util.find_library
     bundled = bundled_libopus()

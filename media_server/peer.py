@@ -242,7 +242,7 @@ class PeerSession:
                 "ICE restart is not supported by this server",
                 "DELETE this session and POST a new offer",
             )
-        # more lines than the session may ever take: refused before parsing any (13 us each)
+        # more lines than the session may ever take: refused before parsing any (each costs a parse)
         lines = sdpfrag.count("a=candidate:")
         if lines > self._max_remote_candidates:
             raise self._too_many(lines, "this fragment has")

@@ -4,8 +4,8 @@ aiortc sends a pre-encoded packet through a task per track: the packet is queued
 the sender's task wakes, converts the timestamp with ``Fraction`` arithmetic,
 builds an ``RtpPacket`` (and two NTP clock reads for an extension audio never
 negotiates), serialises it, and awaits four coroutine layers down to the socket.
-At 50 packets a second per listener that was about 50 µs per packet, the largest
-share of the event loop's time per stream.
+At 50 packets a second per listener that was the largest share of the event
+loop's time per stream (measured: see docs/performance.md).
 
 An :class:`RtpWriter` does the same job synchronously, inside the pacer's tick: it
 patches the marker, sequence number and timestamp into a header serialised once

@@ -64,7 +64,8 @@ UNTRACKED_COROUTINES: Final[Mapping[type, tuple[str, ...]]] = {
 }
 """The methods aiortc (1.16) runs with ``asyncio.ensure_future`` without keeping the
 task, so that :func:`_parts_of` cannot find it. Named, rather than found by reading
-every task's locals: that took 1.4 us per task of every session, on every close."""
+every task's locals: that cost time for every task of every session, on every close
+(measured: see docs/performance.md)."""
 
 
 def _untracked_codes() -> frozenset[CodeType]:
