@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, make_mocked_request
-from aiortc import RTCConfiguration, RTCPeerConnection
 
 from media_server.config import ConfigError, Settings
 from media_server.tokens import Role, TokenSigner
@@ -25,16 +23,6 @@ SDP = {"Content-Type": "application/sdp"}
 TOKEN = "operator-token-0123456789"
 OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
 SECRET = "room-secret-0123456789abcdef"
-
-
-@pytest.fixture
-async def offer() -> AsyncIterator[str]:
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("audio", direction="recvonly")
-    pc.createDataChannel("control")
-    await pc.setLocalDescription(await pc.createOffer())
-    yield pc.localDescription.sdp
-    await pc.close()
 
 
 async def error_of(resp: aiohttp.ClientResponse, status: int) -> str:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp.test_utils import TestClient
-from aiortc import RTCConfiguration, RTCPeerConnection
 
 from media_server.config import Settings
 from media_server.peer import MAX_MEDIA_SECTIONS
@@ -24,16 +22,6 @@ from tests.integration.test_whep_http import assert_json_error
 
 SDP = {"Content-Type": "application/sdp"}
 SECRET = "hardening-secret-0123456789"
-
-
-@pytest.fixture
-async def offer() -> AsyncIterator[str]:
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("audio", direction="recvonly")
-    pc.createDataChannel("control")
-    await pc.setLocalDescription(await pc.createOffer())
-    yield pc.localDescription.sdp
-    await pc.close()
 
 
 def with_second_data_section(offer: str) -> str:

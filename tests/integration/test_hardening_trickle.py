@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 
 from media_server.config import ConfigError, Settings
 from media_server.ice import parse_remote_candidate
@@ -90,29 +90,6 @@ class TrickleClient(WhepClient):
         await before_answer(self.location)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         await asyncio.wait_for(self._opened.wait(), 10)
-
-
-@pytest.fixture
-async def offer() -> AsyncIterator[str]:
-    """An offer with end-of-candidates: aiortc ignores what is trickled after it, so
-    only the server's own checks decide the PATCH's answer."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("audio", direction="recvonly")
-    pc.createDataChannel("control")
-    await pc.setLocalDescription(await pc.createOffer())
-    yield pc.localDescription.sdp
-    await pc.close()
-
-
-@pytest.fixture
-async def trickled_offer() -> AsyncIterator[str]:
-    """A browser-style offer: its ICE agent waits for trickled candidates."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("audio", direction="recvonly")
-    pc.createDataChannel("control")
-    await pc.setLocalDescription(await pc.createOffer())
-    yield pc.localDescription.sdp.replace("a=end-of-candidates\r\n", "")
-    await pc.close()
 
 
 def base_url(client: TestClient) -> str:

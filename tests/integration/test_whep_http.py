@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import platform
-from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -20,17 +19,6 @@ from tests.conftest import loopback_settings
 
 SDP = {"Content-Type": "application/sdp"}
 FRAG = {"Content-Type": "application/trickle-ice-sdpfrag"}
-
-
-@pytest.fixture
-async def offer() -> AsyncIterator[str]:
-    """A real browser-style offer: recvonly audio plus a data channel."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("audio", direction="recvonly")
-    pc.createDataChannel("control")
-    await pc.setLocalDescription(await pc.createOffer())
-    yield pc.localDescription.sdp
-    await pc.close()
 
 
 async def assert_json_error(resp: object, status: int, error: str) -> dict[str, str]:
