@@ -92,6 +92,15 @@ async def _wait_for_event(
     raise CheckFailed(f"no {kind!r} event in the page log within {timeout_s:g} s")
 
 
+async def _connect(page: Any) -> None:
+    """Press Connect and wait until the page may speak."""
+    await page.click("#connect")
+    await page.wait_for_function(
+        "document.querySelector('#pc-state').textContent === 'connected'", timeout=15_000
+    )
+    await page.wait_for_selector("#speak:not([disabled])", timeout=10_000)
+
+
 async def _check(base_url: str, screenshot: Path) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
@@ -107,12 +116,7 @@ async def _check(base_url: str, screenshot: Path) -> dict[str, Any]:
             page.on("pageerror", lambda exc: page_errors.append(str(exc)))
             await page.goto(base_url + "/")
 
-            await page.click("#connect")
-            await page.wait_for_function(
-                "document.querySelector('#pc-state').textContent === 'connected'", timeout=15_000
-            )
-            await page.wait_for_selector("#speak:not([disabled])", timeout=10_000)
-
+            await _connect(page)
             await page.fill("#text", SHORT_TEXT)
             await page.click("#speak")
             started = await _wait_for_event(page, "speech.started", 20)
@@ -203,11 +207,7 @@ async def _check_operator_token(base_url: str) -> dict[str, Any]:
             results["without the operator token"] = refused["text"]
             await page.wait_for_selector("#connect:not([disabled])", timeout=5_000)
             await page.fill("#token", API_TOKEN)
-            await page.click("#connect")
-            await page.wait_for_function(
-                "document.querySelector('#pc-state').textContent === 'connected'", timeout=15_000
-            )
-            await page.wait_for_selector("#speak:not([disabled])", timeout=10_000)
+            await _connect(page)
             await page.fill("#text", SHORT_TEXT)
             await page.click("#speak")
             done = await _wait_for_event(page, "speech.done", 30)

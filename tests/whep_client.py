@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,23 +45,37 @@ class WhepClient:
         query: str = "",
         path: str = "/whep",
         headers: dict[str, str] | None = None,
+        *,
+        end_of_candidates: bool = True,
+        before_answer: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        """Offer, POST, apply the answer, wait for the data channel.
+
+        Without ``end_of_candidates`` the offer leaves that line out, as a browser's
+        does, so the server's ICE agent takes what is trickled; ``before_answer`` runs
+        with the session's location between the POST and applying the answer.
+        """
         self.pc.addTransceiver("audio", direction="recvonly")
         self.channel = self.pc.createDataChannel("control")
         self.channel.on("open", self._opened.set)
         self.channel.on("message", self._on_message)
         self.pc.on("track", self._on_track)
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = self.pc.localDescription.sdp
+        if not end_of_candidates:
+            offer = offer.replace("a=end-of-candidates\r\n", "")
         self.auth = {k: v for k, v in (headers or {}).items() if k.lower() == "authorization"}
         async with http.post(
             f"{self.base_url}{path}{query}",
-            data=self.pc.localDescription.sdp,
+            data=offer,
             headers={"Content-Type": "application/sdp", **(headers or {})},
         ) as resp:
             assert resp.status == 201, await resp.text()
             assert resp.content_type == "application/sdp"
             self.location = resp.headers["Location"]
             answer = await resp.text()
+        if before_answer is not None:
+            await before_answer(self.location)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         await asyncio.wait_for(self._opened.wait(), 10)
 

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from aiortc import RTCSessionDescription
 
 from media_server.config import ConfigError, Settings
 from media_server.ice import parse_remote_candidate
@@ -76,20 +75,7 @@ class TrickleClient(WhepClient):
     async def connect_trickled(
         self, http: aiohttp.ClientSession, before_answer: Callable[[str], Awaitable[None]]
     ) -> None:
-        self.pc.addTransceiver("audio", direction="recvonly")
-        self.channel = self.pc.createDataChannel("control")
-        self.channel.on("open", self._opened.set)
-        self.channel.on("message", self._on_message)
-        self.pc.on("track", self._on_track)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        offer = self.pc.localDescription.sdp.replace("a=end-of-candidates\r\n", "")
-        async with http.post(f"{self.base_url}/whep", data=offer, headers=SDP) as resp:
-            assert resp.status == 201, await resp.text()
-            self.location = resp.headers["Location"]
-            answer = await resp.text()
-        await before_answer(self.location)
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        await asyncio.wait_for(self._opened.wait(), 10)
+        await self.connect(http, end_of_candidates=False, before_answer=before_answer)
 
 
 def base_url(client: TestClient) -> str:
