@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from bench._report import machine_rows, print_table
-from tests.whep_client import WhepClient
+from tests.whep_client import WhepClient, make_offer
 
 LOOPBACK = "127.0.0.1"
 SDP = {"Content-Type": "application/sdp"}
@@ -121,18 +121,6 @@ class Server:
         self.process.wait(30)
 
 
-async def offer_without_end() -> str:
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("audio", direction="recvonly")
-    pc.createDataChannel("control")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = str(pc.localDescription.sdp).replace("a=end-of-candidates\r\n", "")
-    await pc.close()
-    return sdp
-
-
 async def while_listening(
     server: Server,
     http: aiohttp.ClientSession,
@@ -168,7 +156,9 @@ async def while_listening(
 
 
 async def trickle(server: Server, http: aiohttp.ClientSession, hostile: bool) -> list[int]:
-    async with http.post(f"{server.base}/whep", data=await offer_without_end(), headers=SDP) as r:
+    async with http.post(
+        f"{server.base}/whep", data=await make_offer(end_of_candidates=False), headers=SDP
+    ) as r:
         location = r.headers["Location"]
     url = f"{server.base}{location}"
     statuses = []

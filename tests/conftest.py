@@ -5,12 +5,12 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from aiortc import RTCConfiguration, RTCPeerConnection
 
 from media_server.config import Settings
 from signaling.app import create_app
 from synthesis import Engine
 from synthesis.piper import PiperEngine
+from tests.whep_client import make_offer
 
 LOOPBACK = ("127.0.0.1",)
 
@@ -37,21 +37,6 @@ async def client(settings: Settings, piper_engine: Engine) -> AsyncIterator[Test
     app = create_app(settings, engine=piper_engine)
     async with TestClient(TestServer(app, host="127.0.0.1")) as test_client:
         yield test_client
-
-
-async def make_offer(end_of_candidates: bool = True) -> str:
-    """A real aiortc offer as a browser makes it: recvonly audio and a data channel.
-
-    Without ``end_of_candidates`` the offer says nothing of its candidates being
-    complete, as a browser's does, so the server's ICE agent takes trickled ones.
-    """
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("audio", direction="recvonly")
-    pc.createDataChannel("control")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = str(pc.localDescription.sdp)
-    await pc.close()
-    return sdp if end_of_candidates else sdp.replace("a=end-of-candidates\r\n", "")
 
 
 @pytest.fixture

@@ -129,3 +129,18 @@ class WhepClient:
                 await self._reader
             except asyncio.CancelledError:
                 pass
+
+
+async def make_offer(end_of_candidates: bool = True) -> str:
+    """A real aiortc offer as a browser makes it: recvonly audio and a data channel.
+
+    Without ``end_of_candidates`` the offer says nothing of its candidates being
+    complete, as a browser's does, so the server's ICE agent takes trickled ones.
+    """
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.createDataChannel("control")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = str(pc.localDescription.sdp)
+    await pc.close()
+    return sdp if end_of_candidates else sdp.replace("a=end-of-candidates\r\n", "")

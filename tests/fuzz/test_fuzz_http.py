@@ -22,6 +22,7 @@ from signaling.openapi import SPEC
 from synthesis import Engine
 from tests.conftest import loopback_settings
 from tests.fuzz.server import ThreadedServer, check_reply
+from tests.whep_client import make_offer
 
 EXAMPLES = int(os.environ.get("VMS_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(
@@ -47,18 +48,7 @@ def server(piper_engine: Engine) -> Iterator[ThreadedServer]:
 
 @pytest.fixture(scope="module")
 def offer(server: ThreadedServer) -> str:
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    async def make() -> str:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        pc.addTransceiver("audio", direction="recvonly")
-        pc.createDataChannel("control")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = str(pc.localDescription.sdp)
-        await pc.close()
-        return sdp
-
-    return str(server.run(make()))
+    return str(server.run(make_offer()))
 
 
 def assert_still_healthy(server: ThreadedServer) -> None:
