@@ -324,14 +324,12 @@ class PeerSession:
         self._closing = True
         try:
             await self.pc.close()
+            closed_cleanly = True
         except Exception:
             # aiortc half-built from an offer it then could not answer: what is left
             # of it is for the garbage collector, not for release_peer
             logger.warning("PeerSession(%s) did not close cleanly", self.label, exc_info=True)
-            self._released = True
-            self.channel = None
-            self._unsent.clear()
-            return
+            closed_cleanly = False
         if self._released:  # closed meanwhile by another task
             return
         self._released = True
@@ -340,4 +338,5 @@ class PeerSession:
         # the owner's callbacks point back at it: drop them, so nothing is cyclic
         self._on_message = _ignore_message
         self._on_state = _ignore_state
-        await release_peer(self.pc, busy=list(self._trickling))
+        if closed_cleanly:
+            await release_peer(self.pc, busy=list(self._trickling))
