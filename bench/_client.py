@@ -18,8 +18,8 @@ from typing import Any, Final
 
 import aiohttp
 
-from media_server.audio import FRAME_SAMPLES
-from media_server.ice import restrict_host_addresses
+from media_server.audio.frames import FRAME_SAMPLES
+from media_server.rtc.ice import restrict_host_addresses
 from tests.whep_client import ReceivedFrame, WhepClient
 
 LOOPBACK: Final = ("127.0.0.1",)

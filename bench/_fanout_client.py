@@ -37,9 +37,9 @@ from typing import Any, Final
 import aiohttp
 
 from bench._client import recv_message
-from media_server.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from media_server.ice import restrict_host_addresses
-from media_server.tokens import Role, TokenSigner
+from media_server.audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from media_server.rooms.tokens import Role, TokenSigner
+from media_server.rtc.ice import restrict_host_addresses
 from tests.whep_client import WhepClient
 
 CLIENT_CORE: Final = 1

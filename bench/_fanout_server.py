@@ -39,14 +39,14 @@ from aiohttp import web
 
 from bench._client import recv_message
 from bench._naive_aiortc import Lateness, create_naive_app, peers
-from media_server.audio import FRAME_SAMPLES
+from media_server.audio.frames import FRAME_SAMPLES
+from media_server.audio.resampler import StreamResampler
 from media_server.config import Settings
-from media_server.heap import rss_bytes
-from media_server.pacer import OutgoingFrame, Pacer
-from media_server.resampler import StreamResampler
-from media_server.speaker import Speaker
-from media_server.stats import PacingStats
-from media_server.track import EncodedAudioTrack
+from media_server.playout.pacer import OutgoingFrame, Pacer
+from media_server.playout.stats import PacingStats
+from media_server.rtc.track import EncodedAudioTrack
+from media_server.runtime.heap import rss_bytes
+from media_server.speech.speaker import Speaker
 from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
 from signaling.keys import ENCODE_BUDGET_KEY, REGISTRY_KEY, ROOMS_KEY
 from synthesis import (

@@ -69,9 +69,9 @@ from bench._report import (
     process_cpu_s,
     system_busy_s,
 )
+from media_server.audio.opus import libopus_version
 from media_server.config import Settings
-from media_server.opus import libopus_version
-from media_server.tokens import Role, TokenSigner
+from media_server.rooms.tokens import Role, TokenSigner
 from synthesis import SynthesisRequest, create_engine
 
 LOOPBACK: Final = "127.0.0.1"
@@ -741,7 +741,7 @@ def print_legend() -> None:
         "speech % = frames carrying speech; gc max = longest CPython garbage\n"
         "collection in the server (it holds the event loop); opus cx (load) = the server's Opus\n"
         "complexity at the end of the window, and the encode load in cores that chose it (see\n"
-        "media_server/encode_budget.py); server CPU % of its one core, split\n"
+        "media_server/audio/budget.py); server CPU % of its one core, split\n"
         "loop/enc/syn/oth = event-loop thread, Opus encode pool, synthesis workers (the replay\n"
         "engine), anything else; ms/listener-s = server CPU per listener per second; client CPU %\n"
         "of core 1 (the listeners); other % = CPU used by anything else on the machine (about 0\n"

@@ -45,13 +45,13 @@ from aiohttp import web
 
 from bench._client import AUDIBLE_RMS, ClientSummary, ClientTiming, client_process, recv_message
 from bench._report import machine_rows, print_table, process_cpu_s, system_busy_s
+from media_server.audio.encoder import StreamEncoder, UtteranceEncoder
+from media_server.audio.opus import libopus_version
 from media_server.config import Settings
-from media_server.encoding import StreamEncoder, UtteranceEncoder
-from media_server.opus import libopus_version
-from media_server.pacer import OutgoingFrame
-from media_server.session import VoiceSession
-from media_server.speaker import ENCODE_SLICE_MS, Utterance
-from media_server.stats import PacingStats
+from media_server.playout.pacer import OutgoingFrame
+from media_server.playout.stats import PacingStats
+from media_server.sessions.session import VoiceSession
+from media_server.speech.speaker import ENCODE_SLICE_MS, Utterance
 from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
 from signaling.keys import REGISTRY_KEY
 from synthesis import (

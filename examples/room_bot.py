@@ -36,7 +36,7 @@ async def fake_llm(text: str, delay_s: float = 0.05) -> AsyncIterator[str]:
 
 
 def token_from_env(room: str, identity: str) -> str:
-    from media_server.tokens import Role, TokenSigner
+    from media_server.rooms.tokens import Role, TokenSigner
 
     secret = os.environ.get("VMS_TOKEN_SECRET", "")
     if len(secret.encode()) < 16:

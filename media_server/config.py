@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from media_server.opus import OpusSettings
+from media_server.audio.opus import OpusSettings
 
 API_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 """What an operator token may be: long, and safe in a header or a WebSocket subprotocol."""
@@ -53,11 +53,11 @@ class Settings:
     may run on (its affinity), at most :data:`MAX_DEFAULT_ENCODE_WORKERS`."""
     heap_trim_idle_s: float = 2.0
     """Once no session or room has been open this long, freed heap memory goes back to
-    the OS (glibc ``malloc_trim``, :mod:`media_server.heap`); 0 turns it off."""
+    the OS (glibc ``malloc_trim``, :mod:`media_server.runtime.heap`); 0 turns it off."""
     gc_full_interval_s: float = 300.0
     """CPython's full garbage collections (which hold the event loop for tens of ms with
     many sessions) run once nobody listens, and while someone always does at most
-    this often (:mod:`media_server.collector`); 0 leaves CPython's own schedule."""
+    this often (:mod:`media_server.runtime.collector`); 0 leaves CPython's own schedule."""
     synthesis_chunk_timeout_s: float = 30.0
     """An engine silent this long has hung: that request fails with ``timeout``."""
     token_secret: str | None = None
@@ -83,7 +83,7 @@ class Settings:
     max_rooms: int = 100
     max_room_participants: int = 50
     direct_rtp: bool = True
-    """Write RTP from the pacer's tick (:mod:`media_server.rtp_writer`) instead of
+    """Write RTP from the pacer's tick (:mod:`media_server.rtc.rtp_writer`) instead of
     through aiortc's per-track sender task; off only to compare the two."""
     max_remote_candidates: int = 32
     """ICE candidates a client may send per session (offer and trickle; browsers send

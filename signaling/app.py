@@ -14,20 +14,18 @@ from typing import Final
 
 from aiohttp import web
 
+from media_server.audio.budget import EncodeBudget
+from media_server.audio.executor import DeadlineExecutor
 from media_server.clock import Clock, PreciseClock
-from media_server.collector import CollectionScheduler
 from media_server.config import Settings
-from media_server.encode_budget import EncodeBudget
-from media_server.executor import DeadlineExecutor
-from media_server.heap import HeapTrimmer, glibc_malloc_trim
-from media_server.ice import restrict_host_addresses
-from media_server.priority import lower_thread_priority
-from media_server.registry import SessionRegistry
-from media_server.rooms import RoomRegistry
+from media_server.rooms.registry import RoomRegistry
+from media_server.rooms.tokens import TokenSigner
+from media_server.rtc.ice import restrict_host_addresses
+from media_server.runtime.collector import CollectionScheduler
+from media_server.runtime.heap import HeapTrimmer, glibc_malloc_trim
+from media_server.runtime.priority import lower_thread_priority
+from media_server.sessions.registry import SessionRegistry
 from media_server.tasks import cancel_and_wait
-from media_server.tokens import TokenSigner
-from signaling import rooms as room_routes
-from signaling import tts, tts_ws, whep
 from signaling.access import allowed_origin, is_operator
 from signaling.errors import error_middleware
 from signaling.guard import access_middleware
@@ -45,6 +43,8 @@ from signaling.keys import (
 )
 from signaling.openapi import openapi_handler
 from signaling.quotas import ClientQuotas, QuotaLimits
+from signaling.routes import rooms as room_routes
+from signaling.routes import tts, tts_socket, whep
 from synthesis import Engine, SynthesisService, create_engine
 
 logger = logging.getLogger(__name__)
@@ -153,9 +153,9 @@ async def gc_ctx(app: web.Application) -> AsyncIterator[None]:
     live as long as the server. Frozen, they are never walked again (start-up objects
     outnumber what a few dozen live sessions add; measured: see docs/performance.md).
     Closed peers leave almost no cyclic
-    garbage (:mod:`media_server.teardown`), but the collections that walk the live
+    garbage (:mod:`media_server.rtc.teardown`), but the collections that walk the live
     sessions' objects still reach tens of ms with many sessions while peers churn: those
-    are scheduled by :class:`~media_server.collector.CollectionScheduler`.
+    are scheduled by :class:`~media_server.runtime.collector.CollectionScheduler`.
     """
     gc.collect()
     gc.freeze()
@@ -284,7 +284,7 @@ def create_app(
     app.router.add_get("/stats", stats)
     app.router.add_routes(whep.routes)
     app.router.add_routes(tts.routes)
-    app.router.add_routes(tts_ws.routes)
+    app.router.add_routes(tts_socket.routes)
     app.router.add_routes(room_routes.routes)
     app.router.add_get("/openapi.json", openapi_handler)
     app.router.add_static("/static/", _web_client_dir(), name="static")

@@ -6,7 +6,7 @@ import math
 
 from aiohttp import web
 
-from media_server.protocol import ProtocolError
+from media_server.speech.protocol import ProtocolError
 from signaling.access import client_address
 from signaling.errors import json_error
 from signaling.keys import QUOTAS_KEY

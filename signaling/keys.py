@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from media_server.collector import CollectionScheduler
+from media_server.audio.budget import EncodeBudget
 from media_server.config import Settings
-from media_server.encode_budget import EncodeBudget
-from media_server.heap import HeapTrimmer
-from media_server.registry import SessionRegistry
-from media_server.rooms import RoomRegistry
-from media_server.tokens import TokenSigner
+from media_server.rooms.registry import RoomRegistry
+from media_server.rooms.tokens import TokenSigner
+from media_server.runtime.collector import CollectionScheduler
+from media_server.runtime.heap import HeapTrimmer
+from media_server.sessions.registry import SessionRegistry
 from signaling.quotas import ClientQuotas
 from synthesis import Engine, SynthesisService
 

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from media_server.tokens import DEFAULT_TTL_S, Role, TokenSigner
+from media_server.rooms.tokens import DEFAULT_TTL_S, Role, TokenSigner
 
 
 def main(argv: list[str] | None = None) -> int:

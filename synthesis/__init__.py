@@ -5,7 +5,7 @@ This package never imports aiortc: it knows text and PCM, nothing about WebRTC.
 
 from synthesis.base import Engine, EngineCapabilities, SynthesisError, VoiceInfo
 from synthesis.capabilities import check_supported
-from synthesis.registry import available_engines, create_engine
+from synthesis.factory import available_engines, create_engine
 from synthesis.request import (
     Mode,
     ReferenceAudio,

@@ -104,7 +104,7 @@ async def _connect(page: Any) -> None:
 async def _check(base_url: str, screenshot: Path) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
-    from media_server.tokens import Role, TokenSigner
+    from media_server.rooms.tokens import Role, TokenSigner
     from voice_bot import RoomBot
 
     results: dict[str, Any] = {}

@@ -28,7 +28,7 @@ from synthesis.cosyvoice import (
     cosyvoice_config_from_env,
     instruction_text,
 )
-from synthesis.registry import available_engines
+from synthesis.factory import available_engines
 from synthesis.request import Mode, ReferenceAudio, RequestError, SynthesisRequest
 from synthesis.stream import SynthesisStream
 from synthesis.types import AudioChunk

@@ -152,7 +152,7 @@ def _mutate_sdp(sdp: str, rng: random.Random, edits: int) -> str:
 def test_mangled_offers_are_refused_cleanly(
     server: ThreadedServer, offer: str, seed: int, edits: int, room: bool
 ) -> None:
-    from media_server.tokens import Role, TokenSigner
+    from media_server.rooms.tokens import Role, TokenSigner
 
     headers = {"Content-Type": "application/sdp"}
     path = "/whep"

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from media_server.tokens import Role, TokenSigner
+from media_server.rooms.tokens import Role, TokenSigner
 from tests.conftest import loopback_settings
 from tests.whep_client import WhepClient
 

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient, make_mocked_request
 
 from media_server.config import ConfigError, Settings
-from media_server.tokens import Role, TokenSigner
+from media_server.rooms.tokens import Role, TokenSigner
 from signaling.__main__ import main
 from signaling.access import exposure_error
 from signaling.access_log import RedactingAccessLogger, redacted_path

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from media_server.config import Settings
-from media_server.tokens import Role, TokenSigner
+from media_server.rooms.tokens import Role, TokenSigner
 from signaling.app import create_app
 from synthesis import (
     EngineCapabilities,

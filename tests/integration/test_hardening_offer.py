@@ -14,8 +14,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from media_server.config import Settings
-from media_server.peer import MAX_MEDIA_SECTIONS
-from media_server.tokens import Role, TokenSigner
+from media_server.rooms.tokens import Role, TokenSigner
+from media_server.rtc.peer import MAX_MEDIA_SECTIONS
 from signaling.keys import REGISTRY_KEY, ROOMS_KEY
 from tests.conftest import loopback_settings
 from tests.integration.test_whep_http import assert_json_error

@@ -276,7 +276,9 @@ async def test_a_departed_client_stops_a_whole_body_synthesis(
     assert time.monotonic() - left < 4
     await until(lambda: bool(access_statuses(caplog.records)), 5)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any(r.name == "signaling.tts" and "went away" in r.getMessage() for r in caplog.records)
+    assert any(
+        r.name == "signaling.routes.tts" and "went away" in r.getMessage() for r in caplog.records
+    )
     assert not [m for m in access_statuses(caplog.records) if '" 500 ' in m]
 
 
@@ -291,7 +293,9 @@ async def test_a_client_that_drops_a_stream_is_no_error(
     await until(lambda: server.service.running == 0, 10)
     await until(lambda: bool(access_statuses(caplog.records)), 5)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any(r.name == "signaling.tts" and "went away" in r.getMessage() for r in caplog.records)
+    assert any(
+        r.name == "signaling.routes.tts" and "went away" in r.getMessage() for r in caplog.records
+    )
     assert not [m for m in access_statuses(caplog.records) if '" 500 ' in m]
 
 

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from media_server.config import ConfigError, Settings
-from media_server.ice import parse_remote_candidate
+from media_server.rtc.ice import parse_remote_candidate
 from signaling.keys import REGISTRY_KEY
 from tests.conftest import loopback_settings
 from tests.integration.test_whep_http import assert_json_error

@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from media_server.collector import NEVER
 from media_server.config import Settings
+from media_server.runtime.collector import NEVER
 from signaling.app import create_app
 from signaling.keys import REGISTRY_KEY
 from synthesis import Engine

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from media_server.config import Settings
-from media_server.teardown import _UNTRACKED_CODES, UNTRACKED_COROUTINES
+from media_server.rtc.teardown import _UNTRACKED_CODES, UNTRACKED_COROUTINES
 from signaling.keys import REGISTRY_KEY
 from tests.conftest import loopback_settings
 

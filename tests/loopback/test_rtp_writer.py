@@ -1,6 +1,6 @@
 """RTP written straight from the pacer's tick: what a real aiortc receiver gets.
 
-The server's :class:`~media_server.rtp_writer.RtpWriter` replaces aiortc's sender
+The server's :class:`~media_server.rtc.rtp_writer.RtpWriter` replaces aiortc's sender
 task for our pre-encoded audio, so these tests look at the packets themselves, as
 the client's RTP receiver sees them after SRTP: one payload type, one SSRC, the
 negotiated ``mid`` extension, unbroken sequence numbers, timestamps 960 apart, the
@@ -20,10 +20,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiortc.rtp import RtpPacket
 
-from media_server.audio import FRAME_SAMPLES
+from media_server.audio.frames import FRAME_SAMPLES
 from media_server.config import Settings
-from media_server.pacer import OutgoingFrame
-from media_server.session import VoiceSession
+from media_server.playout.pacer import OutgoingFrame
+from media_server.sessions.session import VoiceSession
 from signaling.keys import REGISTRY_KEY
 from tests.conftest import loopback_settings
 from tests.whep_client import WhepClient

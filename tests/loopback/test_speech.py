@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
-from media_server.audio import FRAME_MS, FRAME_SAMPLES
+from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
+from media_server.audio.opus import WIDEBAND_MAX_COMPLEXITY, OpusSettings
 from media_server.config import Settings
-from media_server.opus import WIDEBAND_MAX_COMPLEXITY, OpusSettings
 from signaling.keys import REGISTRY_KEY
 from tests.conftest import loopback_settings
 from tests.whep_client import WhepClient

@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from media_server.teardown import release_peer
+from media_server.rtc.teardown import release_peer
 from signaling.keys import REGISTRY_KEY
 from tests.whep_client import WhepClient
 

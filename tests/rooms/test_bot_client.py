@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from media_server.config import Settings
-from media_server.tokens import Role, TokenSigner
+from media_server.rooms.tokens import Role, TokenSigner
 from tests.conftest import loopback_settings
 from voice_bot import BotError, RoomBot
 

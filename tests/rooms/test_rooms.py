@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
-from media_server.audio import FRAME_MS, FRAME_SAMPLES
+from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
 from media_server.config import Settings
-from media_server.tokens import Role, TokenSigner
+from media_server.rooms.tokens import Role, TokenSigner
 from signaling.keys import ROOMS_KEY
 from tests.conftest import loopback_settings
 from tests.whep_client import WhepClient

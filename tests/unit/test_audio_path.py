@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from media_server.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from media_server.encode_budget import EncodeBudget
-from media_server.encoding import Framer, StreamEncoder, UtteranceEncoder, leading_silence
-from media_server.opus import (
+from media_server.audio.budget import EncodeBudget
+from media_server.audio.encoder import Framer, StreamEncoder, UtteranceEncoder, leading_silence
+from media_server.audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from media_server.audio.opus import (
     WIDEBAND_MAX_COMPLEXITY,
     WIDEBAND_RATE_HZ,
     OpusEncoder,
@@ -18,7 +18,7 @@ from media_server.opus import (
     encode_silence,
     libopus_version,
 )
-from media_server.resampler import StreamResampler
+from media_server.audio.resampler import StreamResampler
 
 
 def tone(rate: int, seconds: float, freq: float = 440.0) -> np.ndarray:

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import weakref
 
-from media_server.collector import NEVER, CollectionScheduler
+from media_server.runtime.collector import NEVER, CollectionScheduler
 from synthesis.testing import FakeClock
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from media_server.audio import FRAME_SAMPLES
-from media_server.encode_budget import (
+from media_server.audio.budget import (
     FRAMES_PER_S,
     MIN_FRAMES_TO_LEARN,
     PRIOR_FRAME_COST_S,
     EncodeBudget,
 )
-from media_server.encoding import StreamEncoder, UtteranceEncoder
-from media_server.opus import OpusSettings
+from media_server.audio.encoder import StreamEncoder, UtteranceEncoder
+from media_server.audio.frames import FRAME_SAMPLES
+from media_server.audio.opus import OpusSettings
 
 
 class FakeTime:

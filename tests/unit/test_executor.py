@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from media_server.executor import DeadlineExecutor
+from media_server.audio.executor import DeadlineExecutor
 from synthesis.testing import FakeClock
 
 

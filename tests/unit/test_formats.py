@@ -11,15 +11,15 @@ import av
 import numpy as np
 import pytest
 
-from media_server.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from media_server.formats import (
+from media_server.audio.containers import (
     FRAMES_PER_PAGE,
     AudioFormatter,
     OggOpusFormatter,
     create_formatter,
     ogg_crc,
 )
-from media_server.opus import OpusSettings
+from media_server.audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from media_server.audio.opus import OpusSettings
 
 OPUS = OpusSettings()
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from media_server.encoding import StreamEncoder
-from media_server.opus import OpusSettings
-from media_server.protocol import (
+from media_server.audio.encoder import StreamEncoder
+from media_server.audio.opus import OpusSettings
+from media_server.speech.protocol import (
     MAX_JSON_DEPTH,
     JsonTooDeep,
     ProtocolError,
@@ -19,8 +19,8 @@ from media_server.protocol import (
     loads_json,
     parse_client_message,
 )
-from media_server.speaker import Speaker
-from media_server.talker import Talker
+from media_server.speech.speaker import Speaker
+from media_server.speech.talker import Talker
 from synthesis import RequestError, RequestLimits, SynthesisService, parse_request
 from synthesis.testing import FakeClock, ScriptedEngine
 from tests.conftest import loopback_settings

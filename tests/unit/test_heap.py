@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from media_server.heap import HeapTrimmer, glibc_malloc_trim, rss_bytes
+from media_server.runtime.heap import HeapTrimmer, glibc_malloc_trim, rss_bytes
 from synthesis.testing import FakeClock
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from media_server.peer import MAX_UNSENT_MESSAGES, PeerSession
+from media_server.rtc.peer import MAX_UNSENT_MESSAGES, PeerSession
 
 
 class FakeChannel:

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from media_server.priority import WORKER_NICE, lower_thread_priority
+from media_server.runtime.priority import WORKER_NICE, lower_thread_priority
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread priority is Linux only")

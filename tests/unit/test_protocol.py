@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from media_server.protocol import (
+from media_server.speech.protocol import (
     CancelMessage,
     ProtocolError,
     SayMessage,

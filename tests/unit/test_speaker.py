@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from media_server.audio import FRAME_MS
-from media_server.encode_budget import EncodeBudget
-from media_server.encoding import StreamEncoder
-from media_server.executor import DeadlineExecutor
-from media_server.opus import OpusSettings
-from media_server.speaker import (
+from media_server.audio.budget import EncodeBudget
+from media_server.audio.encoder import StreamEncoder
+from media_server.audio.executor import DeadlineExecutor
+from media_server.audio.frames import FRAME_MS
+from media_server.audio.opus import OpusSettings
+from media_server.speech.speaker import (
     BULK_SLICE_MS,
     ENCODE_SLICE_MS,
     MAX_FRAMES_AHEAD,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench._fanout_client import SpeechOnset
-from media_server.opus import OpusSettings, encode_silence
+from media_server.audio.opus import OpusSettings, encode_silence
 
 SILENCE = encode_silence(OpusSettings())
 

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from media_server.config import Settings
-from media_server.pacer import Pacer
-from media_server.room import ListenerSession, Room
-from media_server.session import VoiceSession
-from media_server.speaker import START_FRAMES, Speaker
-from media_server.tokens import Claims, Role
+from media_server.playout.pacer import Pacer
+from media_server.rooms.room import ListenerSession, Room
+from media_server.rooms.tokens import Claims, Role
+from media_server.sessions.session import VoiceSession
+from media_server.speech.speaker import START_FRAMES, Speaker
 from synthesis import SynthesisRequest, SynthesisService
 from synthesis.testing import FakeClock, ScriptedEngine
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from media_server.tokens import Role, TokenError, TokenSigner
+from media_server.rooms.tokens import Role, TokenError, TokenSigner
 
 SECRET = b"0123456789abcdef-test"
 

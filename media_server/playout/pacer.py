@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from media_server.audio import FRAME_S, FRAME_SAMPLES
+from media_server.audio.frames import FRAME_S, FRAME_SAMPLES
 from media_server.clock import Clock
-from media_server.stats import PacingStats, UnderrunCounter
+from media_server.playout.stats import PacingStats, UnderrunCounter
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from media_server.clock import Clock
 from media_server.config import Settings
-from media_server.peer import PeerSession
+from media_server.rtc.peer import PeerSession
+from media_server.rtc.track import EncodedAudioTrack
 from media_server.tasks import cancel_and_wait
-from media_server.track import EncodedAudioTrack
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ class PacingSnapshot:
 
 @runtime_checkable
 class UnderrunCounter(Protocol):
-    """A frame source that counts its own underruns (a :class:`~media_server.speaker.Speaker`):
-    silent ticks inside an utterance, which only the source can tell from idle ticks."""
+    """A frame source that counts its own underruns (a speaker): silent ticks inside an
+    utterance, which only the source can tell from idle ticks."""
 
     @property
     def underruns(self) -> int: ...

@@ -10,13 +10,13 @@ from typing import Any, Final
 
 from aiohttp import WSMsgType, web
 
-from media_server.peer import OfferError
-from media_server.protocol import ProtocolError, parse_client_message
-from media_server.room import Room, RoomFull
-from media_server.rooms import ROOM_NAME, RoomLimitReached, RoomRegistry
-from media_server.talker import Talker
+from media_server.rooms.registry import ROOM_NAME, RoomLimitReached, RoomRegistry
+from media_server.rooms.room import Room, RoomFull
+from media_server.rooms.tokens import Claims, Role, TokenError
+from media_server.rtc.peer import OfferError
+from media_server.speech.protocol import ProtocolError, parse_client_message
+from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
-from media_server.tokens import Claims, Role, TokenError
 from signaling.access import (
     bearer_token,
     client_address,
@@ -26,7 +26,7 @@ from signaling.access import (
 from signaling.body import message_refused
 from signaling.errors import json_error
 from signaling.keys import ROOMS_KEY, SIGNER_KEY
-from signaling.whep import (
+from signaling.routes.whep import (
     RETRY_AFTER_S,
     SDP_TYPE,
     TRICKLE_TYPE,

@@ -20,9 +20,9 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 
 from media_server.config import IceServer
-from media_server.ice import CandidateKey, parse_remote_candidate
-from media_server.rtp_writer import RtpWriter
-from media_server.teardown import release_peer
+from media_server.rtc.ice import CandidateKey, parse_remote_candidate
+from media_server.rtc.rtp_writer import RtpWriter
+from media_server.rtc.teardown import release_peer
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ class PeerSession:
 
     async def close(self) -> None:
         """Close the connection, then free its parts at once (no garbage collection
-        needed, see :mod:`media_server.teardown`)."""
+        needed, see :mod:`media_server.rtc.teardown`)."""
         if self._released:
             return
         self._closing = True

@@ -7,10 +7,10 @@ from typing import Final
 
 from aiohttp import web
 
-from media_server.peer import IceRestartUnsupported, OfferError, PeerSession, TooManyCandidates
-from media_server.peer_client import PeerClient
-from media_server.registry import ClientSessionLimit, SessionLimitReached
-from media_server.session import VoiceSession
+from media_server.rtc.client import PeerClient
+from media_server.rtc.peer import IceRestartUnsupported, OfferError, PeerSession, TooManyCandidates
+from media_server.sessions.registry import ClientSessionLimit, SessionLimitReached
+from media_server.sessions.session import VoiceSession
 from signaling.access import (
     bearer_token,
     client_address,

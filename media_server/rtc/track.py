@@ -9,9 +9,9 @@ from typing import Any, Final
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from media_server.audio import SAMPLE_RATE_HZ
-from media_server.pacer import OutgoingFrame
-from media_server.rtp_writer import RtpWriter
+from media_server.audio.frames import SAMPLE_RATE_HZ
+from media_server.playout.pacer import OutgoingFrame
+from media_server.rtc.rtp_writer import RtpWriter
 
 TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE_HZ)
 QUEUE_FRAMES: Final = 10
@@ -28,7 +28,7 @@ def make_packet(frame: OutgoingFrame) -> av.Packet[Any]:
 class EncodedAudioTrack(MediaStreamTrack):
     """The outgoing audio of one peer: frames already encoded by us.
 
-    Once an :class:`~media_server.rtp_writer.RtpWriter` is attached, a frame is
+    Once an :class:`~media_server.rtc.rtp_writer.RtpWriter` is attached, a frame is
     written to the wire at once, inside the pacer's tick. Until then (or where the
     writer cannot be bound) ``recv`` returns it as an ``av.Packet`` to aiortc's
     ``RTCRtpSender``, which packs it as-is (no re-encode, no thread hop); RTP

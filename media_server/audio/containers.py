@@ -16,10 +16,10 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from media_server.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from media_server.encoding import Framer
-from media_server.opus import OpusEncoder, OpusSettings
-from media_server.resampler import StreamResampler
+from media_server.audio.encoder import Framer
+from media_server.audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from media_server.audio.opus import OpusEncoder, OpusSettings
+from media_server.audio.resampler import StreamResampler
 
 logger = logging.getLogger(__name__)
 

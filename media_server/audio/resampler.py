@@ -6,7 +6,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from media_server.audio import SAMPLE_RATE_HZ
+from media_server.audio.frames import SAMPLE_RATE_HZ
 
 Pcm = npt.NDArray[np.int16]
 

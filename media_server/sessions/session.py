@@ -6,20 +6,20 @@ import concurrent.futures
 import logging
 from typing import Any
 
+from media_server.audio.budget import EncodeBudget
+from media_server.audio.encoder import StreamEncoder
 from media_server.clock import Clock
 from media_server.config import Settings
-from media_server.encode_budget import EncodeBudget
-from media_server.encoding import StreamEncoder
-from media_server.pacer import Pacer
-from media_server.peer_client import CloseRequest, PeerClient
-from media_server.protocol import (
+from media_server.playout.pacer import Pacer
+from media_server.playout.ticker import Ticker
+from media_server.rtc.client import CloseRequest, PeerClient
+from media_server.speech.protocol import (
     ProtocolError,
     loads_json,
     parse_client_message,
 )
-from media_server.speaker import Speaker
-from media_server.talker import Talker
-from media_server.ticker import Ticker
+from media_server.speech.speaker import Speaker
+from media_server.speech.talker import Talker
 from synthesis import (
     SynthesisService,
 )

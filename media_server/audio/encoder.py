@@ -8,15 +8,15 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from media_server.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from media_server.encode_budget import EncodeBudget
-from media_server.opus import (
+from media_server.audio.budget import EncodeBudget
+from media_server.audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from media_server.audio.opus import (
     WIDEBAND_MAX_COMPLEXITY,
     WIDEBAND_RATE_HZ,
     OpusEncoder,
     OpusSettings,
 )
-from media_server.resampler import StreamResampler
+from media_server.audio.resampler import StreamResampler
 
 Pcm = npt.NDArray[np.int16]
 
@@ -67,7 +67,7 @@ class Framer:
 class StreamEncoder:
     """The Opus encoder of one outgoing stream, fed 48 or 16 kHz by complexity.
 
-    Above :data:`~media_server.opus.WIDEBAND_MAX_COMPLEXITY` the encoder takes
+    Above :data:`~media_server.audio.opus.WIDEBAND_MAX_COMPLEXITY` the encoder takes
     48 kHz (hybrid coding, up to fullband). At or below it libopus codes SILK
     wideband whatever its input, so the encoder takes 16 kHz: the same audio band
     for less CPU, which is what a server that has stepped complexity down under

@@ -13,10 +13,10 @@ from typing import Any, Final
 
 from aiohttp import WSMsgType, web
 
+from media_server.audio.containers import AudioFormatter, create_formatter
 from media_server.clock import MonotonicClock
 from media_server.config import Settings
-from media_server.formats import AudioFormatter, create_formatter
-from media_server.protocol import (
+from media_server.speech.protocol import (
     CancelMessage,
     ProtocolError,
     SayMessage,
@@ -28,15 +28,15 @@ from media_server.protocol import (
     rate_limited,
     streamed_text_too_long,
 )
-from media_server.rate import TokenBucket
-from media_server.speech import speech_pcm
+from media_server.speech.rate import TokenBucket
+from media_server.speech.unpaced import speech_pcm
 from media_server.tasks import cancel_and_wait
 from signaling.access import client_address, ws_protocols
 from signaling.body import message_refused
 from signaling.errors import json_error
 from signaling.keys import QUOTAS_KEY, SETTINGS_KEY, SYNTHESIS_KEY
 from signaling.quotas import ClientQuotas, Quota, QuotaExceeded, quota_error
-from signaling.tts import ClientGone, abort_connection, http_opus, within_write_timeout
+from signaling.routes.tts import ClientGone, abort_connection, http_opus, within_write_timeout
 from synthesis import (
     RequestLimits,
     SynthesisError,

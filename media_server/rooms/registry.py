@@ -8,11 +8,11 @@ import logging
 import re
 from typing import Final
 
+from media_server.audio.budget import EncodeBudget
+from media_server.audio.opus import encode_silence
 from media_server.clock import Clock, MonotonicClock
 from media_server.config import Settings
-from media_server.encode_budget import EncodeBudget
-from media_server.opus import encode_silence
-from media_server.room import Room
+from media_server.rooms.room import Room
 from media_server.tasks import cancel_and_wait
 from synthesis import SynthesisService
 

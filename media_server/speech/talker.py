@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from media_server.clock import Clock
 from media_server.config import Settings
-from media_server.protocol import (
+from media_server.speech.protocol import (
     CancelMessage,
     ClientMessage,
     ProtocolError,
@@ -16,8 +16,8 @@ from media_server.protocol import (
     rate_limited,
     streamed_text_too_long,
 )
-from media_server.rate import TokenBucket
-from media_server.speaker import Speaker
+from media_server.speech.rate import TokenBucket
+from media_server.speech.speaker import Speaker
 from synthesis import RequestLimits, SynthesisRequest
 
 

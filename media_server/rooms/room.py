@@ -9,22 +9,22 @@ import secrets
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from media_server.audio.budget import EncodeBudget
+from media_server.audio.encoder import StreamEncoder
 from media_server.clock import Clock
 from media_server.config import Settings
-from media_server.encode_budget import EncodeBudget
-from media_server.encoding import StreamEncoder
-from media_server.fanout import FanOut
-from media_server.pacer import Pacer
-from media_server.peer_client import PeerClient
-from media_server.protocol import (
+from media_server.playout.pacer import Pacer
+from media_server.rooms.fanout import FanOut
+from media_server.rooms.tokens import Claims, Role
+from media_server.rtc.client import PeerClient
+from media_server.speech.protocol import (
     ClientMessage,
     ProtocolError,
     parse_client_message,
 )
-from media_server.speaker import Speaker
-from media_server.talker import Talker
+from media_server.speech.speaker import Speaker
+from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
-from media_server.tokens import Claims, Role
 from synthesis import SynthesisService
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class Room:
         credential: bytes | None = None,
     ) -> tuple[ListenerSession, str]:
         """Negotiate a listener; ``client`` and ``credential`` as for 1:1 sessions
-        (:meth:`SessionRegistry.create <media_server.registry.SessionRegistry.create>`)."""
+        (:meth:`SessionRegistry.create <media_server.sessions.registry.SessionRegistry.create>`)."""
         self._check_capacity()
         listener_id = secrets.token_urlsafe(12)
         listener = ListenerSession(listener_id, self, claims, request_close)

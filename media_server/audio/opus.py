@@ -14,7 +14,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from media_server.audio import FRAME_MS, SAMPLE_RATE_HZ
+from media_server.audio.frames import FRAME_MS, SAMPLE_RATE_HZ
 
 MAX_PACKET_BYTES: Final = 1275
 INPUT_RATES_HZ: Final = (8_000, 12_000, 16_000, 24_000, 48_000)
@@ -27,7 +27,7 @@ Measured with libopus 1.6.1 at 32 kbps on the Piper voice: every packet at
 complexity 0 and 1 is SILK WB; at 2 and above they are hybrid SWB/FB. An encoder fed
 16 kHz then codes the same band as one fed 48 kHz for less CPU a frame (measured:
 see docs/performance.md), and the resampler makes a third of the samples
-(:class:`~media_server.encoding.StreamEncoder`)."""
+(:class:`~media_server.audio.encoder.StreamEncoder`)."""
 
 
 @dataclass(frozen=True, slots=True)

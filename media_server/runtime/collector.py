@@ -31,7 +31,7 @@ class CollectionScheduler:
     (owned by the app, ``cleanup_ctx``) then collects fully once nobody listens, and
     while someone always does, at most once per ``max_interval_s``, so cyclic garbage
     the teardown missed stays bounded. Closed peers leave almost none
-    (:mod:`media_server.teardown`), so little waits for the next collection.
+    (:mod:`media_server.rtc.teardown`), so little waits for the next collection.
     """
 
     def __init__(

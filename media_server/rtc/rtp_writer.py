@@ -32,7 +32,7 @@ from aiortc.rtcdtlstransport import State
 from aiortc.rtcrtpparameters import RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
-from media_server.pacer import OutgoingFrame
+from media_server.playout.pacer import OutgoingFrame
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class RtpWriter:
             srtp = self._dtls._tx_srtp
             ready = self._dtls._state is State.CONNECTED and srtp is not None
             transport = pair.protocol.transport if pair is not None and ready else None
-        except AttributeError:  # the connection was already released (media_server.teardown)
+        except AttributeError:  # the connection was already released (media_server.rtc.teardown)
             transport = None
         if transport is None or pair is None:
             self.unsent += 1

@@ -5,7 +5,7 @@ timer of its own. The ticker wakes once per *slot* instead: the 20 ms frame is
 cut into :data:`PHASES` slots (5 ms each) and every pacer belongs to one of them,
 the least crowded when it joined, so the work of one tick is spread over the frame
 rather than all due at the same instant. Each pacer keeps its own absolute
-deadlines, lateness record and capped catch-up (:class:`~media_server.pacer.Pacer`);
+deadlines, lateness record and capped catch-up (:class:`~media_server.playout.pacer.Pacer`);
 the ticker only decides when to call it.
 """
 
@@ -16,9 +16,9 @@ import logging
 import math
 from typing import Final
 
-from media_server.audio import FRAME_S
+from media_server.audio.frames import FRAME_S
 from media_server.clock import Clock
-from media_server.pacer import Pacer
+from media_server.playout.pacer import Pacer
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 libopus at complexity 10 with in-band FEC costs several times as much CPU per
 20 ms frame of speech as at complexity 1 (fed 16 kHz there:
-:class:`~media_server.encoding.StreamEncoder`; measured: see docs/performance.md).
+:class:`~media_server.audio.encoder.StreamEncoder`; measured: see docs/performance.md).
 A server that keeps complexity 10 at any load runs out of CPU with far fewer
 speaking sessions per core, and then every listener hears gaps. This budget trades a little
 quality for capacity instead: every encoder reports how long its frames took, and
@@ -17,7 +17,7 @@ margin and nothing ran dry.
 
 Measuring alone is too late when many streams start at once: each encodes its first
 seconds ahead as fast as it can, and an utterance keeps the input rate it started
-with (:class:`~media_server.encoding.StreamEncoder`), so many sessions starting
+with (:class:`~media_server.audio.encoder.StreamEncoder`), so many sessions starting
 within a second at complexity 10 ran dry for the length of their first utterance
 (measured: see docs/performance.md).
 The budget therefore also counts the streams that are speaking and caps the level
@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable
 from typing import Final
 
-from media_server.audio import FRAME_MS
+from media_server.audio.frames import FRAME_MS
 
 logger = logging.getLogger(__name__)
 

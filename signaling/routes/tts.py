@@ -13,10 +13,10 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from media_server.formats import AudioFormatter, create_formatter
-from media_server.opus import OpusSettings
-from media_server.protocol import JsonTooDeep, loads_json
-from media_server.speech import one_piece, speech_pcm
+from media_server.audio.containers import AudioFormatter, create_formatter
+from media_server.audio.opus import OpusSettings
+from media_server.speech.protocol import JsonTooDeep, loads_json
+from media_server.speech.unpaced import one_piece, speech_pcm
 from signaling.access import client_address
 from signaling.body import read_body
 from signaling.errors import json_error

@@ -8,8 +8,8 @@ from typing import Any
 
 import av
 
-from media_server.pacer import OutgoingFrame
-from media_server.track import EncodedAudioTrack, make_packet
+from media_server.playout.pacer import OutgoingFrame
+from media_server.rtc.track import EncodedAudioTrack, make_packet
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ class FanOut:
     """Sends every frame the room's pacer emits to every joined track.
 
     Per listener there is only the RTP header, SRTP and the send (each listener's
-    :class:`~media_server.rtp_writer.RtpWriter`); for a track without a writer
+    :class:`~media_server.rtc.rtp_writer.RtpWriter`); for a track without a writer
     the ``av.Packet`` is built once per tick and the same object queued on each. A
     track added between ticks gets the next frame; ``on_first`` tells its owner
     at which stream position that listener started.

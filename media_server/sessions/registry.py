@@ -8,13 +8,13 @@ import logging
 import secrets
 from typing import Final
 
+from media_server.audio.budget import EncodeBudget
+from media_server.audio.opus import encode_silence
 from media_server.clock import Clock, MonotonicClock
 from media_server.config import Settings
-from media_server.encode_budget import EncodeBudget
-from media_server.opus import encode_silence
-from media_server.session import VoiceSession
+from media_server.playout.ticker import Ticker
+from media_server.sessions.session import VoiceSession
 from media_server.tasks import cancel_and_wait
-from media_server.ticker import Ticker
 from synthesis import SynthesisService
 
 logger = logging.getLogger(__name__)

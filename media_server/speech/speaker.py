@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from media_server.audio import FRAME_MS, FRAME_SAMPLES
-from media_server.encode_budget import EncodeBudget
-from media_server.encoding import StreamEncoder, UtteranceEncoder, leading_silence
-from media_server.executor import DeadlineExecutor
+from media_server.audio.budget import EncodeBudget
+from media_server.audio.encoder import StreamEncoder, UtteranceEncoder, leading_silence
+from media_server.audio.executor import DeadlineExecutor
+from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
 from media_server.tasks import cancel_and_wait
 from synthesis import Engine, SynthesisError, SynthesisRequest, SynthesisService
 from synthesis.text import TextAccumulator
