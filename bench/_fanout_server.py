@@ -48,12 +48,12 @@ from media_server.rtc.track import EncodedAudioTrack
 from media_server.runtime.heap import rss_bytes
 from media_server.speech.speaker import Speaker
 from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
-from signaling.keys import ENCODE_BUDGET_KEY, REGISTRY_KEY, ROOMS_KEY
+from signaling.keys import MEDIA_KEY
 from synthesis import (
     AudioChunk,
     Engine,
     EngineCapabilities,
-    SynthesisError,
+    Unsupported,
     VoiceInfo,
 )
 from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
@@ -117,7 +117,7 @@ class ReplayEngine:
     def register_voice(
         self, voice_id: str, reference: ReferenceAudio, reference_text: str | None
     ) -> VoiceInfo:
-        raise SynthesisError("the replay engine cannot clone voices", error="unsupported")
+        raise Unsupported("unsupported", "the replay engine cannot clone voices", "")
 
     def close(self) -> None:
         pass
@@ -293,12 +293,12 @@ class Probe:
         if self._mode == MODE_ROOM:
             return [
                 (room.pacer, room.speaker, [lst.track for lst in room.listeners.values()])
-                for room in self._app[ROOMS_KEY].rooms.values()
+                for room in self._app[MEDIA_KEY].rooms.rooms.values()
             ]
-        return [(s.pacer, s.speaker, [s.track]) for s in self._app[REGISTRY_KEY].sessions()]
+        return [(s.pacer, s.speaker, [s.track]) for s in self._app[MEDIA_KEY].sessions.sessions()]
 
     def _complexity(self) -> str:
-        budget = self._app[ENCODE_BUDGET_KEY]
+        budget = self._app[MEDIA_KEY]._budget
         return f"{budget.complexity} ({budget.load_cores:.2f})"
 
     def least_buffered(self) -> int:
@@ -436,8 +436,8 @@ def _session_count(app: web.Application, mode: str) -> int:
     if mode == MODE_AIORTC:
         return peers(app)
     if mode == MODE_ROOM:
-        return sum(len(r.listeners) for r in app[ROOMS_KEY].rooms.values())
-    return len(app[REGISTRY_KEY])
+        return sum(len(r.listeners) for r in app[MEDIA_KEY].rooms.rooms.values())
+    return len(app[MEDIA_KEY].sessions)
 
 
 def _looped_speech_48k(engine: ReplayEngine) -> np.ndarray:

@@ -53,7 +53,7 @@ from media_server.playout.stats import PacingStats
 from media_server.sessions.session import VoiceSession
 from media_server.speech.speaker import ENCODE_SLICE_MS, Utterance
 from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
-from signaling.keys import REGISTRY_KEY
+from signaling.keys import MEDIA_KEY
 from synthesis import (
     AudioChunk,
     Engine,
@@ -482,7 +482,7 @@ class Bench:
         app = create_app(settings, engine=self.timed)
         runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT_S)
         await runner.setup()
-        registry = app[REGISTRY_KEY]
+        registry = app[MEDIA_KEY].sessions
         create = registry.create
 
         async def create_probed(

@@ -6,11 +6,11 @@ import math
 
 from aiohttp import web
 
-from media_server.speech.protocol import ProtocolError
 from signaling.access import client_address
 from signaling.errors import json_error
 from signaling.keys import QUOTAS_KEY
 from signaling.quotas import upload_refused
+from synthesis import ClientLimit
 
 READ_CHUNK_BYTES = 64 * 1024
 
@@ -22,13 +22,13 @@ def charge_upload(request: web.Request, size: int) -> None:
         raise upload_refused(wait_s)
 
 
-def message_refused(request: web.Request, size: int) -> ProtocolError | None:
+def message_refused(request: web.Request, size: int) -> ClientLimit | None:
     """For a WebSocket message of ``size`` bytes: the error to send instead of acting on
     it when this client is over its upload rate, else None (the socket stays open)."""
     wait_s = request.app[QUOTAS_KEY].take_upload(client_address(request), size)
     if wait_s <= 0:
         return None
-    return ProtocolError(
+    return ClientLimit(
         "upload_rate_limited",
         "this client is sending more bytes per second than the server accepts; "
         "the message was dropped",

@@ -1,14 +1,59 @@
-"""Every HTTP error is JSON ``{"error", "message", "solution"}`` with the right status."""
+"""Every HTTP error is JSON ``{"error", "message", "solution"}`` with the right status.
+
+Handlers raise :class:`~synthesis.errors.ClientError` subclasses (from any layer) and
+:func:`error_middleware` renders them, with the status :data:`STATUS` gives the class.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
 
 from aiohttp import web
 
+from media_server import IceRestartUnsupported
+from synthesis.errors import (
+    ClientError,
+    ClientLimit,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ServerBusy,
+    SynthesisError,
+    SynthesisTimeout,
+    Unauthorized,
+    Unsupported,
+)
+
 logger = logging.getLogger(__name__)
+
+STATUS: Final[Mapping[type[ClientError], int]] = {
+    InvalidRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    IceRestartUnsupported: 405,
+    Conflict: 409,
+    Unsupported: 422,
+    ClientLimit: 429,
+    SynthesisError: 500,
+    ServerBusy: 503,
+    SynthesisTimeout: 504,
+}
+"""The HTTP status of each error class; a subclass takes its nearest listed ancestor's."""
+
+REALM: Final = 'Bearer realm="voice-media-server"'
+
+
+def status_of(exc: ClientError) -> int:
+    for cls in type(exc).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return 400
 
 
 def json_error(
@@ -25,6 +70,19 @@ def json_error(
     return exc
 
 
+def http_error(exc: ClientError) -> web.HTTPException:
+    """``exc`` as the HTTP answer: its status, ``Retry-After`` when retrying can help, and
+    ``WWW-Authenticate`` when a token is missing."""
+    status = status_of(exc)
+    headers: dict[str, str] = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    if status == 401:
+        headers["WWW-Authenticate"] = REALM
+    solution = exc.solution or "retry the request"
+    return json_error(status, exc.code, exc.message, solution, headers or None)
+
+
 _GENERIC_SOLUTIONS = {
     404: "check the URL; see the README for the endpoints",
     405: "check the HTTP method; see the README for the endpoints",
@@ -35,9 +93,12 @@ _GENERIC_SOLUTIONS = {
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Turn aiohttp's own plain-text errors (unknown route, wrong method) into JSON ones."""
+    """Render client errors, and turn aiohttp's own plain-text errors (unknown route, wrong
+    method) into JSON ones."""
     try:
         return await handler(request)
+    except ClientError as exc:
+        raise http_error(exc) from None
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise

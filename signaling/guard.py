@@ -10,7 +10,7 @@ from aiohttp import hdrs, web
 
 from signaling.access import check_ws_origin, client_address, require_operator
 from signaling.keys import QUOTAS_KEY
-from signaling.quotas import Quota, QuotaExceeded, quota_refused
+from signaling.quotas import Quota
 
 OPERATOR_ROUTES: Final = frozenset(
     {
@@ -42,8 +42,5 @@ async def access_middleware(
         return await handler(request)
     check_ws_origin(request)
     with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(request.app[QUOTAS_KEY].hold(Quota.SOCKETS, client_address(request)))
-        except QuotaExceeded as exc:
-            raise quota_refused(exc) from None
+        held.enter_context(request.app[QUOTAS_KEY].hold(Quota.SOCKETS, client_address(request)))
         return await handler(request)

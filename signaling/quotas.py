@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from aiohttp import web
-
 from media_server.clock import Clock, MonotonicClock
-from signaling.errors import json_error
+from synthesis import ClientLimit
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +36,19 @@ class Quota(StrEnum):
     """Open WebSockets (``/tts/ws``, room bots)."""
 
 
-class QuotaExceeded(Exception):
-    """A client address already holds its limit of ``quota``."""
+class QuotaExceeded(ClientLimit):
+    """A client address already holds its limit of ``quota`` (code ``too_many_<quota>``)."""
 
     def __init__(self, quota: str, limit: int, setting: str) -> None:
-        super().__init__(f"this client already holds {limit} {quota} (the per-client limit)")
+        super().__init__(
+            f"too_many_{quota}",
+            f"this client already holds {limit} {quota} (the per-client limit)",
+            f"wait for one to finish and retry in {RETRY_AFTER_S} s; the operator can raise "
+            f"{setting}, or send the operator token",
+            retry_after_s=RETRY_AFTER_S,
+        )
         self.quota = quota
         self.limit = limit
-        self.setting = setting
-        self.retry_after_s = RETRY_AFTER_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,27 +153,11 @@ class ClientQuotas:
                 del self._uploads[address]
 
 
-def quota_error(exc: QuotaExceeded) -> tuple[str, str, str]:
-    """``(error, message, solution)`` for a client over one of its bounds."""
-    return (
-        f"too_many_{exc.quota}",
-        str(exc),
-        f"wait for one to finish and retry in {exc.retry_after_s} s; the operator can raise "
-        f"{exc.setting}, or send the operator token",
-    )
-
-
-def quota_refused(exc: QuotaExceeded) -> web.HTTPException:
-    """The 429 answer for a client over one of its bounds."""
-    return json_error(429, *quota_error(exc), headers={"Retry-After": str(exc.retry_after_s)})
-
-
-def upload_refused(retry_after_s: float) -> web.HTTPException:
+def upload_refused(retry_after_s: float) -> ClientLimit:
     seconds = max(1, math.ceil(retry_after_s))
-    return json_error(
-        429,
+    return ClientLimit(
         "upload_rate_limited",
         "this client is sending more bytes per second than the server accepts",
         f"retry in {seconds} s; the operator can raise VMS_CLIENT_UPLOAD_BYTES_PER_S",
-        headers={"Retry-After": str(seconds)},
+        retry_after_s=seconds,
     )

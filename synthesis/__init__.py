@@ -3,8 +3,21 @@
 This package never imports aiortc: it knows text and PCM, nothing about WebRTC.
 """
 
-from synthesis.base import Engine, EngineCapabilities, SynthesisError, VoiceInfo
+from synthesis.base import Engine, EngineCapabilities, VoiceInfo
 from synthesis.capabilities import check_supported
+from synthesis.errors import (
+    ClientError,
+    ClientLimit,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ServerBusy,
+    SynthesisError,
+    SynthesisTimeout,
+    Unauthorized,
+    Unsupported,
+)
 from synthesis.factory import available_engines, create_engine
 from synthesis.request import (
     Mode,
@@ -20,6 +33,16 @@ from synthesis.text import split_text
 from synthesis.types import AudioChunk
 
 __all__ = [
+    "ClientError",
+    "ClientLimit",
+    "Conflict",
+    "Forbidden",
+    "InvalidRequest",
+    "NotFound",
+    "ServerBusy",
+    "SynthesisTimeout",
+    "Unauthorized",
+    "Unsupported",
     "AudioChunk",
     "Engine",
     "EngineBusy",

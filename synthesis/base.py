@@ -11,16 +11,6 @@ from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
 from synthesis.types import AudioChunk
 
 
-class SynthesisError(Exception):
-    """An engine could not synthesise a request."""
-
-    def __init__(self, message: str, solution: str = "", error: str = "synthesis_failed") -> None:
-        super().__init__(message)
-        self.message = message
-        self.solution = solution
-        self.error = error
-
-
 @dataclass(frozen=True, slots=True)
 class VoiceInfo:
     """A voice an engine can speak with."""

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from synthesis.base import EngineCapabilities, SynthesisError, VoiceInfo
+from synthesis.base import EngineCapabilities, VoiceInfo
+from synthesis.errors import Conflict, InvalidRequest, SynthesisError, SynthesisTimeout, Unsupported
 from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
 from synthesis.text import split_text
 from synthesis.types import AudioChunk, PcmArray
@@ -227,18 +228,18 @@ class _Watchdog:
         self._busy_s += elapsed
         self._since_chunk_s += elapsed
         if self._busy_s > self._request_timeout_s:
-            raise SynthesisError(
+            raise SynthesisTimeout(
+                "timeout",
                 f"the cosyvoice engine did not finish within {self._request_timeout_s:g} s",
                 "shorten the text or retry; raise VMS_COSYVOICE_REQUEST_TIMEOUT_S if the "
                 "hardware is slow",
-                error="timeout",
             )
         if self._since_chunk_s > self._chunk_timeout_s:
-            raise SynthesisError(
+            raise SynthesisTimeout(
+                "timeout",
                 f"the cosyvoice engine produced no audio for {self._chunk_timeout_s:g} s",
                 "retry; if it keeps happening the engine is overloaded or stuck "
                 "(VMS_COSYVOICE_CHUNK_TIMEOUT_S sets the limit)",
-                error="timeout",
             )
 
     def chunk_delivered(self) -> None:
@@ -251,8 +252,8 @@ def to_pcm16(audio: Any) -> PcmArray:
     return (np.clip(samples, -1.0, 1.0) * PEAK_INT16).astype(np.int16)
 
 
-def _unsupported(message: str, solution: str) -> SynthesisError:
-    return SynthesisError(message, solution, error="unsupported")
+def _unsupported(message: str, solution: str) -> Unsupported:
+    return Unsupported("unsupported", message, solution)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,9 +288,9 @@ class CosyVoiceEngine:
         self._clock = clock
         if not (config.model_dir / "cosyvoice2.yaml").is_file():
             raise SynthesisError(
+                "engine_unavailable",
                 f"{config.model_dir} is not a CosyVoice2 model directory (no cosyvoice2.yaml)",
                 f"set {ENV_PREFIX}MODEL_DIR to a local copy of CosyVoice2-0.5B",
-                error="engine_unavailable",
             )
         started = time.perf_counter()
         self._runtime = (runtime_factory or _load_runtime)(config)
@@ -307,9 +308,9 @@ class CosyVoiceEngine:
         )
         if self._runtime.sample_rate_hz != SAMPLE_RATE_HZ:
             raise SynthesisError(
+                "engine_unavailable",
                 f"the model speaks at {self._runtime.sample_rate_hz} Hz, not {SAMPLE_RATE_HZ}",
                 "use a CosyVoice2 model",
-                error="engine_unavailable",
             )
         logger.info(
             "CosyVoice2 loaded from %s on %s in %.1f s: %d voices (%d registered)",
@@ -356,27 +357,30 @@ class CosyVoiceEngine:
         not zero_shot (which continues the transcript's speech).
         """
         if not voice_id or voice_id in {v.voice_id for v in self.voices}:
-            raise SynthesisError(
-                f"a voice {voice_id!r} already exists" if voice_id else "voice_id is empty",
-                "choose another voice_id",
-                error="voice_exists" if voice_id else "invalid_request",
-            )
+            if voice_id:
+                raise Conflict(
+                    "voice_exists",
+                    f"a voice {voice_id!r} already exists",
+                    "choose another voice_id",
+                )
+            raise InvalidRequest("invalid_request", "voice_id is empty", "choose a voice_id")
         entry = self._prompt_from_reference(reference, reference_text or "")
         with self._voices_lock:
             if voice_id in self._registered:
-                raise SynthesisError(
-                    f"a voice {voice_id!r} already exists", "choose another voice_id",
-                    error="voice_exists",
-                )  # fmt: skip
+                raise Conflict(
+                    "voice_exists",
+                    f"a voice {voice_id!r} already exists",
+                    "choose another voice_id",
+                )
             self._registered[voice_id] = entry
             try:
                 self._runtime.save_speakers(self._config.voices_path, self._registered)
             except OSError as exc:
                 del self._registered[voice_id]
                 raise SynthesisError(
+                    "voice_not_saved",
                     f"cannot save voice {voice_id!r} to {self._config.voices_path}: {exc}",
                     f"set {ENV_PREFIX}VOICES_DIR to a writable directory",
-                    error="voice_not_saved",
                 ) from exc
         self._runtime.add_speaker(voice_id, entry)
         logger.info("registered CosyVoice voice %r (%.1f s clip)", voice_id, reference.duration_s)
@@ -470,29 +474,29 @@ class CosyVoiceEngine:
         entry = self._runtime.speaker(voice_id) if voice_id else None
         if entry is None:
             known = ", ".join(v.voice_id for v in self.voices) or "none yet"
-            raise SynthesisError(
+            raise InvalidRequest(
+                "unknown_voice",
                 f"unknown voice {voice_id!r} for engine 'cosyvoice'"
                 if voice_id
                 else "the cosyvoice model has no stored voices and the request names none",
                 f"use one of: {known}; or register one with POST /voices, or send "
                 "'reference_audio'",
-                error="unknown_voice",
             )
         return entry
 
     def _prompt_from_reference(self, reference: ReferenceAudio, text: str) -> SpeakerEntry:
         if reference.sample_rate_hz != REFERENCE_RATE_HZ:
-            raise SynthesisError(
+            raise InvalidRequest(
+                "invalid_request",
                 f"reference audio is {reference.sample_rate_hz} Hz; the engine needs 16 kHz",
                 "decode the sample with synthesis.reference (it resamples to 16 kHz)",
-                error="invalid_request",
             )
         if reference.duration_s > MAX_REFERENCE_S or len(reference.pcm) == 0:
-            raise SynthesisError(
+            raise InvalidRequest(
+                "invalid_request",
                 f"reference audio is {reference.duration_s:.1f} s; the engine takes up to "
                 f"{MAX_REFERENCE_S:g} s",
                 "send a clip of 3-30 s",
-                error="invalid_request",
             )
         try:
             return self._runtime.prompt_from_audio(reference.pcm, text)
@@ -509,13 +513,14 @@ class CosyVoiceEngine:
             release_memory()
             logger.error("CosyVoice ran out of GPU memory: %s", exc)
             return SynthesisError(
+                "out_of_memory",
                 "the cosyvoice engine ran out of GPU memory",
                 "retry in a moment; if it persists, lower the engine's concurrency limit, "
                 f"enable {ENV_PREFIX}FP16 or use a GPU with more memory",
-                error="out_of_memory",
             )
         logger.error("CosyVoice synthesis failed", exc_info=exc)
         return SynthesisError(
+            "synthesis_failed",
             f"the cosyvoice engine failed: {type(exc).__name__}: {exc}",
             "retry the request; if it keeps failing, check the server log",
         )
@@ -550,9 +555,9 @@ def _load_runtime(config: CosyVoiceConfig) -> CosyVoiceRuntime:
         from synthesis.cosyvoice_runtime import CosyVoiceRuntime, RuntimeUnavailable
     except ImportError as exc:
         raise SynthesisError(
+            "engine_unavailable",
             f"the CosyVoice runtime is not installed ({exc})",
             "run: bash scripts/install-cosyvoice.sh <python of this environment>",
-            error="engine_unavailable",
         ) from exc
     try:
         return CosyVoiceRuntime(
@@ -564,9 +569,9 @@ def _load_runtime(config: CosyVoiceConfig) -> CosyVoiceRuntime:
         )
     except RuntimeUnavailable as exc:
         raise SynthesisError(
+            "engine_unavailable",
             str(exc),
             "run: bash scripts/install-cosyvoice.sh <python of this environment>",
-            error="engine_unavailable",
         ) from exc
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from synthesis.base import EngineCapabilities, SynthesisError, VoiceInfo
+from synthesis.base import EngineCapabilities, VoiceInfo
+from synthesis.errors import InvalidRequest, Unsupported
 from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
 from synthesis.text import split_text
 from synthesis.types import AudioChunk
@@ -67,10 +68,10 @@ class PiperEngine:
     def register_voice(
         self, voice_id: str, reference: ReferenceAudio, reference_text: str | None
     ) -> VoiceInfo:
-        raise SynthesisError(
+        raise Unsupported(
+            "unsupported",
             "the piper engine cannot clone voices",
             "voice cloning needs the cosyvoice engine",
-            error="unsupported",
         )
 
     def synthesize(
@@ -79,10 +80,10 @@ class PiperEngine:
         from piper.config import SynthesisConfig
 
         if request.speaker_id not in (None, DEFAULT_VOICE_ID):
-            raise SynthesisError(
+            raise InvalidRequest(
+                "unknown_voice",
                 f"unknown voice {request.speaker_id!r} for engine 'piper'",
                 f"use one of: {', '.join(v.voice_id for v in self._voices)}",
-                error="unknown_voice",
             )
         # Piper's length_scale stretches phoneme durations: speed is native.
         config = SynthesisConfig(length_scale=1.0 / request.speed, normalize_audio=False)

@@ -50,16 +50,16 @@ def _sniff_format(blob: bytes) -> str | None:
 
 def _undecodable(message: str) -> RequestError:
     return RequestError(
-        FIELD, message, f"send a {FORMATS} file, base64-encoded", error="reference_undecodable"
+        "reference_undecodable", message, f"send a {FORMATS} file, base64-encoded", field=FIELD
     )
 
 
 def _too_long(limits: RequestLimits) -> RequestError:
     return RequestError(
-        FIELD,
+        "reference_too_long",
         f"is longer than {limits.max_reference_s:g} s",
         f"trim the clip to at most {limits.max_reference_s:g} s of speech",
-        error="reference_too_long",
+        field=FIELD,
     )
 
 
@@ -132,10 +132,10 @@ def decode_reference_audio(blob: bytes, limits: RequestLimits) -> ReferenceAudio
     """
     if len(blob) > limits.max_reference_bytes:
         raise RequestError(
-            FIELD,
+            "reference_too_large",
             f"is {len(blob)} bytes; the limit is {limits.max_reference_bytes}",
             f"send at most {limits.max_reference_s:g} s of audio, or a compressed format",
-            error="reference_too_large",
+            field=FIELD,
         )
     fmt = _sniff_format(blob)
     if fmt is None:
@@ -154,18 +154,18 @@ def decode_reference_audio(blob: bytes, limits: RequestLimits) -> ReferenceAudio
     audio = ReferenceAudio(pcm=pcm)
     if audio.duration_s < limits.min_reference_s:
         raise RequestError(
-            FIELD,
+            "reference_too_short",
             f"is {audio.duration_s:.2f} s long; at least {limits.min_reference_s:g} s is needed",
             f"send a clip of {limits.min_reference_s:g} to {limits.max_reference_s:g} s of speech",
-            error="reference_too_short",
+            field=FIELD,
         )
     peak = float(np.max(np.abs(pcm)))
     if peak < SILENCE_PEAK:
         raise RequestError(
-            FIELD,
+            "reference_silent",
             f"is silent (peak {20 * np.log10(max(peak, 1e-10)):.0f} dBFS)",
             "record the clip again with the speaker audible",
-            error="reference_silent",
+            field=FIELD,
         )
     logger.debug("reference audio: %s, %.2f s, peak %.3f", fmt, audio.duration_s, peak)
     return audio

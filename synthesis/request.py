@@ -13,6 +13,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from synthesis.errors import InvalidRequest, Unsupported
+
 REFERENCE_RATE_HZ: Final = 16_000
 SPEED_MIN: Final = 0.5
 SPEED_MAX: Final = 2.0
@@ -32,15 +34,20 @@ class Mode(StrEnum):
     INSTRUCT = "instruct"
 
 
-class RequestError(ValueError):
-    """A request field that cannot be used. ``field`` names it; ``solution`` says how to fix it."""
+class RequestError(InvalidRequest):
+    """A request field that cannot be used: ``field`` names it, the message starts with it."""
 
-    def __init__(self, field: str, message: str, solution: str, error: str = "invalid_request"):
-        super().__init__(f"{field}: {message}")
+    def __init__(self, code: str | None, message: str, solution: str, *, field: str) -> None:
+        super().__init__(code, f"'{field}': {message}" if field else message, solution)
         self.field = field
-        self.message = f"'{field}': {message}" if field else message
-        self.solution = solution
-        self.error = error
+
+
+class UnsupportedRequest(Unsupported):
+    """A valid request field this engine cannot honour (a mode, cloning)."""
+
+    def __init__(self, message: str, solution: str, *, field: str) -> None:
+        super().__init__(None, f"'{field}': {message}" if field else message, solution)
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +100,12 @@ def check_text(field: str, value: str) -> None:
     bad = _FORBIDDEN_CHARS.search(value)
     if bad is not None:
         raise RequestError(
-            field,
+            "invalid_request",
             f"contains the character U+{ord(bad.group()):04X} at position {bad.start()} "
             "(a control character or an unpaired surrogate)",
             "send plain text: tabs and line breaks are fine, other control characters "
             "and lone UTF-16 surrogates are not",
+            field=field,
         )
 
 
@@ -106,11 +114,16 @@ def _optional_str(data: Mapping[str, Any], field: str, max_chars: int) -> str | 
     if value is None:
         return None
     if not isinstance(value, str):
-        raise RequestError(field, "must be a string", f"send '{field}' as a JSON string")
+        raise RequestError(
+            "invalid_request", "must be a string", f"send '{field}' as a JSON string", field=field
+        )
     value = value.strip()
     if len(value) > max_chars:
         raise RequestError(
-            field, f"is {len(value)} characters; the limit is {max_chars}", f"shorten '{field}'"
+            "invalid_request",
+            f"is {len(value)} characters; the limit is {max_chars}",
+            f"shorten '{field}'",
+            field=field,
         )
     check_text(field, value)
     return value or None
@@ -130,25 +143,43 @@ def parse_request(
     it before it is decoded, so an engine that cannot clone never pays for decoding.
     """
     known = {
-        "type", "id", "mode", "text", "speaker_id", "voice", "reference_audio", "reference_text",
-        "speed", "emotion", "dialect", "instruct_text", "stream", "format",
-    }  # fmt: skip
+        "type",
+        "id",
+        "mode",
+        "text",
+        "speaker_id",
+        "voice",
+        "reference_audio",
+        "reference_text",
+        "speed",
+        "emotion",
+        "dialect",
+        "instruct_text",
+        "stream",
+        "format",
+    }
     unknown = sorted(set(data) - known)
     if unknown:
         raise RequestError(
-            unknown[0],
+            "invalid_request",
             "is not a request field",
             f"remove it; fields are: {', '.join(sorted(known))}",
+            field=unknown[0],
         )
     text = data.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise RequestError("text", "must be a non-empty string", "put the words to speak in 'text'")
+        raise RequestError(
+            "invalid_request",
+            "must be a non-empty string",
+            "put the words to speak in 'text'",
+            field="text",
+        )
     if len(text) > limits.max_text_chars:
         raise RequestError(
-            "text",
+            "text_too_long",
             f"has {len(text)} characters; the limit is {limits.max_text_chars}",
             "split the text into several requests",
-            error="text_too_long",
+            field="text",
         )
     check_text("text", text)
     raw_mode = data.get("mode", Mode.SFT.value)
@@ -156,20 +187,31 @@ def parse_request(
         mode = Mode(raw_mode)
     except ValueError:
         raise RequestError(
-            "mode", f"{raw_mode!r} is not a mode", f"use one of: {', '.join(m.value for m in Mode)}"
+            "invalid_request",
+            f"{raw_mode!r} is not a mode",
+            f"use one of: {', '.join(m.value for m in Mode)}",
+            field="mode",
         ) from None
     speed = data.get("speed", 1.0)
     if isinstance(speed, bool) or not isinstance(speed, int | float):
         raise RequestError(
-            "speed", "must be a number", f"send a number from {SPEED_MIN} to {SPEED_MAX}"
+            "invalid_request",
+            "must be a number",
+            f"send a number from {SPEED_MIN} to {SPEED_MAX}",
+            field="speed",
         )
     if not SPEED_MIN <= float(speed) <= SPEED_MAX:
         raise RequestError(
-            "speed", f"{speed} is out of range", f"send a number from {SPEED_MIN} to {SPEED_MAX}"
+            "invalid_request",
+            f"{speed} is out of range",
+            f"send a number from {SPEED_MIN} to {SPEED_MAX}",
+            field="speed",
         )
     stream = data.get("stream", True)
     if not isinstance(stream, bool):
-        raise RequestError("stream", "must be true or false", "send a JSON boolean")
+        raise RequestError(
+            "invalid_request", "must be true or false", "send a JSON boolean", field="stream"
+        )
     speaker_id = _optional_str(data, "speaker_id", MAX_ID_CHARS) or _optional_str(
         data, "voice", MAX_ID_CHARS
     )
@@ -180,22 +222,26 @@ def parse_request(
             check_reference(mode)
         if not isinstance(raw_reference, str):
             raise RequestError(
-                "reference_audio",
+                "invalid_request",
                 "must be a base64 string",
                 "base64-encode a WAV/MP3/OGG/FLAC file",
+                field="reference_audio",
             )
         if len(raw_reference) > limits.max_reference_bytes * 4 // 3 + 4:
             raise RequestError(
-                "reference_audio",
+                "reference_too_large",
                 f"is larger than {limits.max_reference_bytes} bytes",
                 f"send at most {limits.max_reference_s:g} s of audio",
-                error="reference_too_large",
+                field="reference_audio",
             )
         try:
             blob = base64.b64decode(raw_reference, validate=True)
         except (binascii.Error, ValueError):
             raise RequestError(
-                "reference_audio", "is not valid base64", "base64-encode the audio file's bytes"
+                "invalid_request",
+                "is not valid base64",
+                "base64-encode the audio file's bytes",
+                field="reference_audio",
             ) from None
         if decode_reference is None:
             from synthesis.reference import decode_reference_audio

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from synthesis.base import Engine, SynthesisError
+from synthesis.base import Engine
+from synthesis.errors import ServerBusy
 from synthesis.request import SynthesisRequest
 from synthesis.stream import CHUNK_TIMEOUT_S, SynthesisStream
 
@@ -19,16 +20,18 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER_S: Final = 2
 
 
-class EngineBusy(SynthesisError):
+class EngineBusy(ServerBusy):
     """The engine is running as many requests as it may; retry after ``retry_after_s``."""
+
+    default_code = "engine_busy"
 
     def __init__(self, engine_name: str, limit: int, retry_after_s: int = RETRY_AFTER_S) -> None:
         super().__init__(
+            None,
             f"the {engine_name} engine is busy ({limit} requests running)",
             f"retry in {retry_after_s} s",
-            error="engine_busy",
+            retry_after_s=retry_after_s,
         )
-        self.retry_after_s = retry_after_s
 
 
 class Caller(StrEnum):

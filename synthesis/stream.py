@@ -9,7 +9,8 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
-from synthesis.base import Engine, SynthesisError
+from synthesis.base import Engine
+from synthesis.errors import SynthesisError, SynthesisTimeout
 from synthesis.request import SynthesisRequest
 from synthesis.types import AudioChunk
 
@@ -129,10 +130,10 @@ class SynthesisStream:
                 self._engine.name,
                 self._chunk_timeout_s,
             )
-            raise SynthesisError(
+            raise SynthesisTimeout(
+                "timeout",
                 f"the {self._engine.name} engine produced no audio for {self._chunk_timeout_s:g} s",
                 "retry; if it keeps happening, the engine is overloaded or stuck",
-                error="timeout",
             ) from None
         if isinstance(item, _End):
             self._done = True
@@ -142,6 +143,7 @@ class SynthesisStream:
             if isinstance(item, SynthesisError):
                 raise item
             raise SynthesisError(
+                "synthesis_failed",
                 f"engine {self._engine.name!r} failed: {item}",
                 "retry the request; if it keeps failing, check the server log",
             ) from item

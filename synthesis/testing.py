@@ -18,7 +18,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from synthesis.base import EngineCapabilities, SynthesisError, VoiceInfo
+from synthesis.base import EngineCapabilities, VoiceInfo
+from synthesis.errors import Unsupported
 from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
 from synthesis.types import AudioChunk
 
@@ -98,7 +99,7 @@ class ScriptedEngine:
     def register_voice(
         self, voice_id: str, reference: ReferenceAudio, reference_text: str | None
     ) -> VoiceInfo:
-        raise SynthesisError("no cloning", "none", error="unsupported")
+        raise Unsupported("unsupported", "no cloning", "none")
 
     def synthesize(
         self, request: SynthesisRequest, cancel: threading.Event

@@ -12,9 +12,12 @@ from media_server.audio.budget import EncodeBudget
 from media_server.audio.opus import encode_silence
 from media_server.clock import Clock, MonotonicClock
 from media_server.config import Settings
-from media_server.rooms.room import Room
+from media_server.rooms.room import RETRY_AFTER_S, ListenerSession, Room
+from media_server.rooms.tokens import Claims
+from media_server.sessions.registry import ClientSessionLimit, SessionNotFound
 from media_server.tasks import cancel_and_wait
 from synthesis import SynthesisService
+from synthesis.errors import ServerBusy
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +25,16 @@ ROOM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """Use with ``fullmatch``: ``match`` with ``$`` would let a trailing newline through."""
 
 
-class RoomLimitReached(Exception):
+class RoomLimitReached(ServerBusy):
+    default_code = "too_many_rooms"
+
     def __init__(self, limit: int) -> None:
-        super().__init__(f"the server already has {limit} rooms")
+        super().__init__(
+            None,
+            f"the server already has {limit} rooms",
+            f"retry in {RETRY_AFTER_S} s, or raise VMS_MAX_ROOMS",
+            retry_after_s=RETRY_AFTER_S,
+        )
         self.limit = limit
 
 
@@ -85,6 +95,46 @@ class RoomRegistry:
 
     def listener_closer(self, room: str) -> ListenerCloser:
         return ListenerCloser(self._to_close, room)
+
+    async def join_listener(
+        self,
+        name: str,
+        claims: Claims,
+        offer_sdp: str,
+        *,
+        client: str | None = None,
+        credential: bytes | None = None,
+    ) -> tuple[ListenerSession, str]:
+        """Add a listener to room ``name`` (created if need be); returns it and the answer.
+
+        ``client`` and ``credential`` as for 1:1 sessions; a room this join created is
+        closed again if the join fails.
+        """
+        limit = self.settings.max_pending_sessions_per_client
+        if client is not None and limit and self.unconnected(client) >= limit:
+            raise ClientSessionLimit(limit)
+        room = self.get_or_create(name)
+        try:
+            return await room.add_listener(
+                claims, offer_sdp, self.listener_closer(name), client=client, credential=credential
+            )
+        except BaseException:
+            await self.close_if_empty(room)
+            raise
+
+    def listener(self, name: str, listener_id: str) -> ListenerSession:
+        room = self.rooms.get(name)
+        listener = None if room is None else room.listeners.get(listener_id)
+        if listener is None:
+            raise SessionNotFound(
+                None,
+                f"no such listener in room {name!r}",
+                f"the session ended; POST /rooms/{name}/whep to join again",
+            )
+        return listener
+
+    def stats(self) -> list[dict[str, object]]:
+        return [room.stats() for room in self.rooms.values()]
 
     async def remove_listener(self, room_name: str, listener_id: str) -> bool:
         room = self.rooms.get(room_name)

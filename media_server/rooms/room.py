@@ -7,7 +7,7 @@ import concurrent.futures
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from media_server.audio.budget import EncodeBudget
 from media_server.audio.encoder import StreamEncoder
@@ -19,22 +19,34 @@ from media_server.rooms.tokens import Claims, Role
 from media_server.rtc.client import PeerClient
 from media_server.speech.protocol import (
     ClientMessage,
-    ProtocolError,
+    error_event,
     parse_client_message,
 )
 from media_server.speech.speaker import Speaker
 from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
 from synthesis import SynthesisService
+from synthesis.errors import ClientError, Forbidden, ServerBusy
 
 logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 
 
-class RoomFull(Exception):
+RETRY_AFTER_S: Final = 5
+"""What a client refused by a room or server limit is told to wait before trying again."""
+
+
+class RoomFull(ServerBusy):
+    default_code = "room_full"
+
     def __init__(self, room: str, limit: int) -> None:
-        super().__init__(f"room {room!r} already has {limit} participants")
+        super().__init__(
+            None,
+            f"room {room!r} already has {limit} participants",
+            "retry later, or raise VMS_MAX_ROOM_PARTICIPANTS",
+            retry_after_s=RETRY_AFTER_S,
+        )
         self.limit = limit
 
 
@@ -187,7 +199,7 @@ class Room:
     # -- speech -------------------------------------------------------------------
 
     def handle(self, message: ClientMessage, talker: Talker, *, cancel_everyone: bool) -> None:
-        """Act on a member's message; raises :class:`ProtocolError` for the member."""
+        """Act on a member's message; a :class:`~synthesis.errors.ClientError` is for the member."""
         talker.apply(message, self.speaker, cancel_everyone=cancel_everyone)
 
     async def aclose(self) -> None:
@@ -259,11 +271,11 @@ class ListenerSession(PeerClient):
         try:
             message = parse_client_message(raw, limits=self.talker.limits)
             if self.claims.role is not Role.SPEAKER:
-                raise ProtocolError(
+                raise Forbidden(
                     "forbidden",
                     f"a {self.claims.role.value} token cannot send text or cancel",
                     "join with a 'speaker' token to talk in this room",
                 )
             self.room.handle(message, self.talker, cancel_everyone=True)
-        except ProtocolError as exc:
-            self.send_event(exc.event())
+        except ClientError as exc:
+            self.send_event(error_event(exc))

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from synthesis.errors import Forbidden, Unauthorized
+
 DEFAULT_TTL_S: Final = 3600
 MAX_TOKEN_CHARS: Final = 2048
 ROOM_NAME_MAX_CHARS: Final = 64
@@ -24,17 +26,6 @@ class Role(StrEnum):
     """A listener that may also send text and cancel over its data channel."""
     BOT = "bot"
     """Speaks into the room over the bot WebSocket."""
-
-
-class TokenError(Exception):
-    """``status`` is 401 (no valid token) or 403 (valid, but not for this room or role)."""
-
-    def __init__(self, status: int, error: str, message: str, solution: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
-        self.solution = solution
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,20 +77,23 @@ class TokenSigner:
         return f"{payload}.{self._sign(payload)}"
 
     def verify(self, token: str | None, room: str, roles: Collection[Role]) -> Claims:
-        """Claims of a valid token for ``room`` and one of ``roles``; else :class:`TokenError`."""
+        """Claims of a valid token for ``room`` and one of ``roles``; else ``Unauthorized``
+        (no valid token) or ``Forbidden`` (valid, not for this room or role)."""
         if not token:
-            raise TokenError(
-                401, "token_required", "this endpoint needs a join token",
+            raise Unauthorized(
+                "token_required",
+                "this endpoint needs a join token",
                 "send 'Authorization: Bearer <token>' (or ?token= on a WebSocket)",
-            )  # fmt: skip
+            )
         payload, _, signature = token.partition(".")
         if len(token) > MAX_TOKEN_CHARS or not hmac.compare_digest(
             signature.encode(), self._sign(payload).encode()
         ):
-            raise TokenError(
-                401, "invalid_token", "the token's signature does not match",
+            raise Unauthorized(
+                "invalid_token",
+                "the token's signature does not match",
                 "use a token issued with this server's VMS_TOKEN_SECRET",
-            )  # fmt: skip
+            )
         try:
             body = json.loads(_unb64(payload))
             claims = Claims(
@@ -110,21 +104,22 @@ class TokenSigner:
                 voice=body.get("voice"),
             )
         except (ValueError, KeyError, TypeError):
-            raise TokenError(
-                401, "invalid_token", "the token is malformed", "issue a new token"
+            raise Unauthorized(
+                "invalid_token", "the token is malformed", "issue a new token"
             ) from None
         if claims.expires_at < self._clock():
-            raise TokenError(401, "token_expired", "the token has expired", "issue a new token")
+            raise Unauthorized("token_expired", "the token has expired", "issue a new token")
         if claims.room != room:
-            raise TokenError(
-                403, "wrong_room", f"the token is for room {claims.room!r}, not {room!r}",
+            raise Forbidden(
+                "wrong_room",
+                f"the token is for room {claims.room!r}, not {room!r}",
                 "use a token issued for this room",
-            )  # fmt: skip
+            )
         if claims.role not in roles:
-            raise TokenError(
-                403, "wrong_role",
+            raise Forbidden(
+                "wrong_role",
                 f"a {claims.role.value} token cannot do this; "
                 f"it needs one of: {', '.join(sorted(r.value for r in roles))}",
                 "use a token issued for the right role",
-            )  # fmt: skip
+            )
         return claims

@@ -68,6 +68,11 @@ class PeerClient(abc.ABC):
         self._spawn(self._run_media(), "media")
         return answer
 
+    async def add_trickle(self, fragment: str) -> int:
+        """Apply a WHEP ``PATCH`` body (``OfferError`` and subclasses for a refused one:
+        the session stays up and nothing of the fragment is applied)."""
+        return await self.peer.add_trickle(fragment)
+
     @abc.abstractmethod
     async def _run_media(self) -> None:
         """Feed ``self.track`` until cancelled (started once negotiation is done)."""

@@ -23,6 +23,7 @@ from media_server.config import IceServer
 from media_server.rtc.ice import CandidateKey, parse_remote_candidate
 from media_server.rtc.rtp_writer import RtpWriter
 from media_server.rtc.teardown import release_peer
+from synthesis.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -37,22 +38,28 @@ DEFAULT_MAX_REMOTE_CANDIDATES: Final = 32
 """Remote ICE candidates one session takes (see ``Settings.max_remote_candidates``)."""
 
 
-class OfferError(ValueError):
+class OfferError(InvalidRequest):
     """An SDP offer (or trickle fragment) that cannot be used."""
 
+    default_code = "invalid_offer"
+
     def __init__(self, message: str, solution: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.solution = solution
+        super().__init__(None, message, solution)
+
+
+class InvalidCandidate(OfferError):
+    default_code = "invalid_candidate"
 
 
 class IceRestartUnsupported(OfferError):
-    pass
+    default_code = "ice_restart_unsupported"
 
 
 class TooManyCandidates(OfferError):
     """More remote candidates than a session takes: aioice re-sorts its whole check
     list on each one, so an unbounded number would hold the event loop."""
+
+    default_code = "too_many_candidates"
 
 
 _MID = re.compile(r"^a=mid:(\S+)\s*$", re.MULTILINE)
@@ -181,11 +188,11 @@ class PeerSession:
         # (each m= section may list them again, so the lines are bounded once per section)
         lines = offer_sdp.count("a=candidate:")
         if lines > self._max_remote_candidates * MAX_MEDIA_SECTIONS:
-            raise self._too_many(lines, "the offer has")
+            raise self._too_many(lines, "the offer has", OfferError)
         for line in _CANDIDATE_LINE.finditer(offer_sdp):
             self._remote_candidates.add(_candidate(line.group(0).strip())[1])
         if len(self._remote_candidates) > self._max_remote_candidates:
-            raise self._too_many(len(self._remote_candidates), "the offer has")
+            raise self._too_many(len(self._remote_candidates), "the offer has", OfferError)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as exc:  # aiortc's parser raises assorted types, AssertionError too
@@ -259,7 +266,10 @@ class PeerSession:
             if line.startswith("a=mid:"):
                 default_mid = line[len("a=mid:") :]
             elif line.startswith("a=candidate:"):
-                candidate, key = _candidate(line)
+                try:
+                    candidate, key = _candidate(line)
+                except OfferError as exc:
+                    raise InvalidCandidate(exc.message, exc.solution) from None
                 if key in keys or key in self._remote_candidates:
                     continue
                 keys.add(key)
@@ -274,8 +284,11 @@ class PeerSession:
         self._remote_candidates |= keys
         return await self._add_candidates(new, end)
 
-    def _too_many(self, count: int, subject: str) -> TooManyCandidates:
-        return TooManyCandidates(
+    def _too_many(
+        self, count: int, subject: str, kind: type[OfferError] = TooManyCandidates
+    ) -> OfferError:
+        """An offer with too many is an ``invalid_offer``; a trickle ``too_many_candidates``."""
+        return kind(
             f"{subject} {count} remote ICE candidates, "
             f"at most {self._max_remote_candidates} are taken",
             "send only the candidates your ICE agent gathered (a browser has fewer "

@@ -16,24 +16,49 @@ from media_server.playout.ticker import Ticker
 from media_server.sessions.session import VoiceSession
 from media_server.tasks import cancel_and_wait
 from synthesis import SynthesisService
+from synthesis.errors import ClientLimit, NotFound, ServerBusy
 
 logger = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S: Final = 1.0
 
 
-class SessionLimitReached(Exception):
+RETRY_AFTER_S: Final = 5
+"""What a client over a limit is told to wait before trying again."""
+
+
+class SessionLimitReached(ServerBusy):
+    default_code = "too_many_sessions"
+
     def __init__(self, limit: int) -> None:
-        super().__init__(f"the server already has {limit} sessions")
+        super().__init__(
+            None,
+            f"the server already has {limit} sessions",
+            f"retry in {RETRY_AFTER_S} s, or raise VMS_MAX_SESSIONS",
+            retry_after_s=RETRY_AFTER_S,
+        )
         self.limit = limit
 
 
-class ClientSessionLimit(Exception):
-    """One client address already has as many unconnected sessions as it may."""
+class ClientSessionLimit(ClientLimit):
+    """One client address already has as many unconnected sessions as it may (1:1 sessions
+    and room listeners together)."""
+
+    default_code = "too_many_pending_sessions"
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"this client already has {limit} sessions that have not connected")
+        super().__init__(
+            None,
+            f"this client already has {limit} sessions that have not connected",
+            "complete ICE on (or DELETE) the sessions you started before starting more; the "
+            "operator can raise VMS_MAX_PENDING_SESSIONS_PER_CLIENT",
+            retry_after_s=RETRY_AFTER_S,
+        )
         self.limit = limit
+
+
+class SessionNotFound(NotFound):
+    default_code = "session_not_found"
 
 
 class SessionRegistry:

@@ -14,15 +14,14 @@ from media_server.playout.pacer import Pacer
 from media_server.playout.ticker import Ticker
 from media_server.rtc.client import CloseRequest, PeerClient
 from media_server.speech.protocol import (
-    ProtocolError,
+    error_event,
     loads_json,
     parse_client_message,
 )
 from media_server.speech.speaker import Speaker
 from media_server.speech.talker import Talker
-from synthesis import (
-    SynthesisService,
-)
+from synthesis import SynthesisService
+from synthesis.errors import ClientError
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +93,8 @@ class VoiceSession(PeerClient):
         try:
             message = parse_client_message(raw, limits=self._talker.limits)
             self._talker.apply(message, self.speaker, cancel_everyone=True)
-        except ProtocolError as exc:
-            self.send_event(exc.event(_id_of(raw)))
+        except ClientError as exc:
+            self.send_event(error_event(exc, _id_of(raw)))
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -11,12 +11,12 @@ import numpy as np
 
 from synthesis import (
     Engine,
-    RequestError,
     RequestLimits,
     SynthesisRequest,
     check_supported,
     parse_request,
 )
+from synthesis.errors import ClientError, ClientLimit, InvalidRequest
 from synthesis.request import ReferenceCheck, check_text
 
 MAX_MESSAGE_BYTES: Final = 16 * 1024
@@ -96,29 +96,21 @@ class CancelMessage:
 ClientMessage = SayMessage | TextDeltaMessage | TextDoneMessage | CancelMessage
 
 
-class ProtocolError(Exception):
+class ProtocolError(InvalidRequest):
     """A client message that cannot be acted on; becomes an ``error`` event."""
 
-    def __init__(self, error: str, message: str, solution: str) -> None:
-        super().__init__(message)
-        self.error = error
-        self.message = message
-        self.solution = solution
 
-    @classmethod
-    def from_request_error(cls, exc: RequestError) -> ProtocolError:
-        return cls(exc.error, exc.message, exc.solution)
-
-    def event(self, utterance_id: str | None = None) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "type": "error",
-            "error": self.error,
-            "message": self.message,
-            "solution": self.solution,
-        }
-        if utterance_id is not None:
-            event["id"] = utterance_id
-        return event
+def error_event(exc: ClientError, utterance_id: str | None = None) -> dict[str, Any]:
+    """The ``error`` event for ``exc``: the same code, message and solution HTTP gives."""
+    event: dict[str, Any] = {
+        "type": "error",
+        "error": exc.code,
+        "message": exc.message,
+        "solution": exc.solution,
+    }
+    if utterance_id is not None:
+        event["id"] = utterance_id
+    return event
 
 
 def _utterance_id(data: dict[str, Any]) -> str | None:
@@ -198,10 +190,7 @@ def parse_client_message(
                 f"'text': has {len(text)} characters; the limit is {limits.max_text_chars}",
                 "send smaller deltas",
             )
-        try:
-            check_text("text", text)
-        except RequestError as exc:
-            raise ProtocolError.from_request_error(exc) from None
+        check_text("text", text)
         return TextDeltaMessage(text, _utterance_id(data))
     if kind != "say":
         raise ProtocolError(
@@ -216,10 +205,7 @@ def parse_client_message(
             "'reference_audio': not accepted on the data channel",
             "register the voice with POST /voices, then send its 'speaker_id'",
         )
-    try:
-        request = parse_request(data, limits, check_reference=check_reference)
-    except RequestError as exc:
-        raise ProtocolError.from_request_error(exc) from None
+    request = parse_request(data, limits, check_reference=check_reference)
     return SayMessage(request, utterance_id)
 
 
@@ -229,15 +215,18 @@ def checked_request(
     """``request`` with the session's default voice, checked against the engine."""
     if request.speaker_id is None and default_voice is not None:
         request = dataclasses.replace(request, speaker_id=default_voice)
-    try:
-        check_supported(engine.name, engine.capabilities, engine.voices, request)
-    except RequestError as exc:
-        raise ProtocolError.from_request_error(exc) from None
+    check_supported(engine.name, engine.capabilities, engine.voices, request)
     return request
 
 
-def rate_limited(burst: int, rate_per_s: float) -> ProtocolError:
+def binary_refused() -> ProtocolError:
     return ProtocolError(
+        "invalid_message", "binary messages are not accepted", "send JSON text messages"
+    )
+
+
+def rate_limited(burst: int, rate_per_s: float) -> ClientLimit:
+    return ClientLimit(
         "rate_limited",
         f"more than {burst} requests in a burst (sustained limit {rate_per_s:g} per second)",
         "send fewer, longer 'say' messages, or wait a moment",
@@ -252,8 +241,8 @@ def streamed_text_too_long(limit: int) -> ProtocolError:
     )
 
 
-def queue_full(queued: int, limit: int) -> ProtocolError:
-    return ProtocolError(
+def queue_full(queued: int, limit: int) -> ClientLimit:
+    return ClientLimit(
         "queue_full",
         f"{queued} utterances are queued; the limit is {limit}",
         "wait for speech.done events, or send 'cancel' to drop the queue",

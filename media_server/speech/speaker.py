@@ -16,7 +16,8 @@ from media_server.audio.encoder import StreamEncoder, UtteranceEncoder, leading_
 from media_server.audio.executor import DeadlineExecutor
 from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
 from media_server.tasks import cancel_and_wait
-from synthesis import Engine, SynthesisError, SynthesisRequest, SynthesisService
+from synthesis import Engine, SynthesisRequest, SynthesisService
+from synthesis.errors import ClientError
 from synthesis.text import TextAccumulator
 
 logger = logging.getLogger(__name__)
@@ -380,14 +381,14 @@ class Speaker:
             utterance = self._to_produce.popleft()
             try:
                 await self._produce(utterance)
-            except SynthesisError as exc:
+            except ClientError as exc:
                 logger.warning("synthesis of %s failed: %s", utterance.utterance_id, exc)
                 utterance.failed = True
                 if not utterance.cancelled:
                     self._emit(
                         "error",
                         utterance,
-                        error=exc.error,
+                        error=exc.code,
                         message=exc.message,
                         solution=exc.solution or "retry, or check the server log",
                     )

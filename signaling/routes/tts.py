@@ -20,14 +20,15 @@ from media_server.speech.unpaced import one_piece, speech_pcm
 from signaling.access import client_address
 from signaling.body import read_body
 from signaling.errors import json_error
-from signaling.keys import QUOTAS_KEY, SETTINGS_KEY, SYNTHESIS_KEY
-from signaling.quotas import Quota, QuotaExceeded, quota_refused
+from signaling.keys import MEDIA_KEY, QUOTAS_KEY, SETTINGS_KEY
+from signaling.quotas import Quota
 from synthesis import (
-    EngineBusy,
-    RequestError,
+    ClientError,
+    Conflict,
+    InvalidRequest,
     RequestLimits,
-    SynthesisError,
     SynthesisRequest,
+    Unsupported,
     check_supported,
     parse_request,
 )
@@ -47,41 +48,27 @@ def request_limits(request: web.Request) -> RequestLimits:
     return RequestLimits(max_text_chars=request.app[SETTINGS_KEY].max_text_chars)
 
 
-def request_error(exc: RequestError) -> web.HTTPException:
-    status = 422 if exc.error == "unsupported" else 400
-    return json_error(status, exc.error, exc.message, exc.solution)
-
-
-def synthesis_error(exc: SynthesisError) -> web.HTTPException:
-    if isinstance(exc, EngineBusy):
-        return json_error(
-            503, exc.error, exc.message, exc.solution,
-            headers={"Retry-After": str(exc.retry_after_s)},
-        )  # fmt: skip
-    status = {"timeout": 504, "unsupported": 422, "unknown_voice": 400}.get(exc.error, 500)
-    return json_error(status, exc.error, exc.message, exc.solution or "retry the request")
-
-
 async def read_json(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise json_error(
-            415, "unsupported_media_type",
+            415,
+            "unsupported_media_type",
             f"expected Content-Type application/json, got {request.content_type or 'none'}",
             "send the request as JSON with 'Content-Type: application/json'",
-        )  # fmt: skip
+        )
     raw = await read_body(request, MAX_BODY_BYTES, "send shorter text or a shorter reference clip")
     try:
         data = loads_json(raw)
     except JsonTooDeep as exc:
-        raise json_error(
-            400, "invalid_json", f"the body {exc}", 'send a flat JSON object, e.g. {"text": ...}'
+        raise InvalidRequest(
+            "invalid_json", f"the body {exc}", 'send a flat JSON object, e.g. {"text": ...}'
         ) from None
     except (ValueError, UnicodeDecodeError):
-        raise json_error(
-            400, "invalid_json", "the body is not valid JSON", "send a JSON object"
+        raise InvalidRequest(
+            "invalid_json", "the body is not valid JSON", "send a JSON object"
         ) from None
     if not isinstance(data, dict):
-        raise json_error(400, "invalid_json", "the body must be a JSON object", "send {...}")
+        raise InvalidRequest("invalid_json", "the body must be a JSON object", "send {...}")
     return data
 
 
@@ -91,20 +78,15 @@ async def parse_checked(request: web.Request, data: dict[str, Any]) -> Synthesis
     Reference audio the engine cannot use is refused before it is decoded: decoding is
     the expensive part, and anyone may call ``POST /tts``.
     """
-    service = request.app[SYNTHESIS_KEY]
+    service = request.app[MEDIA_KEY].synthesis
     engine = service.engine
     loop = asyncio.get_running_loop()
     check = reference_check(engine.name, engine.capabilities)
-    try:
-        parsed = await loop.run_in_executor(
-            None,
-            functools.partial(parse_request, data, request_limits(request), check_reference=check),
-        )
-        check_supported(
-            service.engine.name, service.engine.capabilities, service.engine.voices, parsed
-        )
-    except RequestError as exc:
-        raise request_error(exc) from None
+    parsed = await loop.run_in_executor(
+        None,
+        functools.partial(parse_request, data, request_limits(request), check_reference=check),
+    )
+    check_supported(engine.name, engine.capabilities, engine.voices, parsed)
     return parsed
 
 
@@ -113,21 +95,15 @@ async def tts(request: web.Request) -> web.StreamResponse:
     data = await read_json(request)
     fmt = data.pop("format", None) or request.query.get("format", "pcm")
     if fmt not in FORMATS:
-        raise json_error(
-            400, "invalid_request", f"'format': {fmt!r} is not a format",
-            f"use one of: {', '.join(FORMATS)}",
-        )  # fmt: skip
+        raise InvalidRequest(
+            None, f"'format': {fmt!r} is not a format", f"use one of: {', '.join(FORMATS)}"
+        )
     parsed = await parse_checked(request, data)
-    service = request.app[SYNTHESIS_KEY]
+    service = request.app[MEDIA_KEY].synthesis
     settings = request.app[SETTINGS_KEY]
     formatter = create_formatter(fmt, service.engine.sample_rate_hz, http_opus(settings.opus))
     with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(
-                request.app[QUOTAS_KEY].hold(Quota.SYNTHESIS, client_address(request))
-            )
-        except QuotaExceeded as exc:
-            raise quota_refused(exc) from None
+        held.enter_context(request.app[QUOTAS_KEY].hold(Quota.SYNTHESIS, client_address(request)))
         return await synthesise_response(request, parsed, fmt, formatter)
 
 
@@ -192,7 +168,7 @@ async def synthesise_response(
     takes no audio for ``http_write_timeout_s``: that is logged at INFO, and the
     connection is dropped.
     """
-    service = request.app[SYNTHESIS_KEY]
+    service = request.app[MEDIA_KEY].synthesis
     timeout_s = request.app[SETTINGS_KEY].http_write_timeout_s
     headers = audio_headers(formatter, fmt, service)
     loop = asyncio.get_running_loop()
@@ -201,10 +177,7 @@ async def synthesise_response(
     try:
         # Wait for the first chunk before answering, so a refused or failed
         # request still gets a proper status and JSON error.
-        try:
-            first = await anext(audio, None)
-        except SynthesisError as exc:
-            raise synthesis_error(exc) from None
+        first = await anext(audio, None)
         body = formatter.header()
         if first is not None:
             body += await loop.run_in_executor(None, formatter.feed, first)
@@ -239,9 +212,9 @@ async def synthesise_response(
     except asyncio.CancelledError:
         logger.info("TTS request cancelled (client gone or server stopping): synthesis stopped")
         raise
-    except SynthesisError as exc:
+    except ClientError as exc:
         if response is None:
-            raise synthesis_error(exc) from None
+            raise
         # Headers are gone: all we can do is cut the stream short.
         logger.warning("TTS stream failed after %s: %s", fmt, exc)
         if request.transport is not None:
@@ -271,7 +244,7 @@ def audio_headers(formatter: Any, fmt: str, service: Any) -> dict[str, str]:
 
 @routes.get("/voices")
 async def list_voices(request: web.Request) -> web.Response:
-    engine = request.app[SYNTHESIS_KEY].engine
+    engine = request.app[MEDIA_KEY].synthesis.engine
     return web.json_response(
         {
             "engine": engine.name,
@@ -291,50 +264,44 @@ async def list_voices(request: web.Request) -> web.Response:
 
 @routes.post("/voices")
 async def register_voice(request: web.Request) -> web.Response:
-    engine = request.app[SYNTHESIS_KEY].engine
+    engine = request.app[MEDIA_KEY].synthesis.engine
     if not engine.capabilities.cloning:
-        raise json_error(
-            422, "unsupported", f"the {engine.name} engine cannot clone voices",
+        raise Unsupported(
+            None,
+            f"the {engine.name} engine cannot clone voices",
             "voice cloning needs the cosyvoice engine (VMS_ENGINE=cosyvoice)",
-        )  # fmt: skip
+        )
     data = await read_json(request)
     voice_id = data.get("voice_id")
     if not isinstance(voice_id, str) or not VOICE_ID.fullmatch(voice_id):
-        raise json_error(
-            400, "invalid_request", "'voice_id': must be 1-64 letters, digits, '_' or '-'",
+        raise InvalidRequest(
+            None,
+            "'voice_id': must be 1-64 letters, digits, '_' or '-'",
             "name the voice, e.g. 'alice'",
-        )  # fmt: skip
+        )
     if any(v.voice_id == voice_id for v in engine.voices):
-        raise json_error(
-            409, "voice_exists", f"a voice {voice_id!r} already exists", "choose another voice_id"
+        raise Conflict(
+            "voice_exists", f"a voice {voice_id!r} already exists", "choose another voice_id"
         )
     if not isinstance(data.get("reference_audio"), str):
-        raise json_error(
-            400, "invalid_request", "'reference_audio': required (base64 WAV/MP3/OGG/FLAC)",
+        raise InvalidRequest(
+            None,
+            "'reference_audio': required (base64 WAV/MP3/OGG/FLAC)",
             "send a clip of the voice, 3-30 s, base64-encoded",
-        )  # fmt: skip
+        )
     fields = {
         "text": "-",
         "reference_audio": data["reference_audio"],
         "reference_text": data.get("reference_text"),
     }
     loop = asyncio.get_running_loop()
-    try:
-        parsed = await loop.run_in_executor(None, parse_request, fields, request_limits(request))
-    except RequestError as exc:
-        raise request_error(exc) from None
+    parsed = await loop.run_in_executor(None, parse_request, fields, request_limits(request))
     reference: ReferenceAudio | None = parsed.reference_audio
     assert reference is not None
-    try:
-        voice = await loop.run_in_executor(
-            None, engine.register_voice, voice_id, reference, parsed.reference_text
-        )
-    except SynthesisError as exc:
-        if exc.error == "voice_exists":  # a concurrent registration of the same id won
-            raise json_error(
-                409, exc.error, exc.message, exc.solution or "choose another voice_id"
-            ) from None
-        raise synthesis_error(exc) from None
+    # a concurrent registration of the same id that won raises Conflict (409)
+    voice = await loop.run_in_executor(
+        None, engine.register_voice, voice_id, reference, parsed.reference_text
+    )
     return web.json_response(
         {"voice_id": voice.voice_id, "language": voice.language, "cloned": True}, status=201
     )

@@ -22,7 +22,9 @@ from media_server.speech.protocol import (
     SayMessage,
     TextDeltaMessage,
     TextDoneMessage,
+    binary_refused,
     checked_request,
+    error_event,
     parse_client_message,
     queue_full,
     rate_limited,
@@ -33,13 +35,13 @@ from media_server.speech.unpaced import speech_pcm
 from media_server.tasks import cancel_and_wait
 from signaling.access import client_address, ws_protocols
 from signaling.body import message_refused
-from signaling.errors import json_error
-from signaling.keys import QUOTAS_KEY, SETTINGS_KEY, SYNTHESIS_KEY
-from signaling.quotas import ClientQuotas, Quota, QuotaExceeded, quota_error
+from signaling.keys import MEDIA_KEY, QUOTAS_KEY, SETTINGS_KEY
+from signaling.quotas import ClientQuotas, Quota, QuotaExceeded
 from signaling.routes.tts import ClientGone, abort_connection, http_opus, within_write_timeout
 from synthesis import (
+    ClientError,
+    InvalidRequest,
     RequestLimits,
-    SynthesisError,
     SynthesisRequest,
     SynthesisService,
 )
@@ -155,8 +157,8 @@ class TtsSocket:
                 ),
             )
             self._dispatch(message)
-        except ProtocolError as exc:
-            await self.send_event(exc.event())
+        except ClientError as exc:
+            await self.send_event(error_event(exc))
 
     def _checked(self, request: SynthesisRequest) -> SynthesisRequest:
         return checked_request(self._service.engine, request)
@@ -267,8 +269,7 @@ class TtsSocket:
             with held:
                 await self._synthesise(utterance)
         except QuotaExceeded as exc:
-            error = ProtocolError(*quota_error(exc))
-            await self.send_event(error.event(utterance.utterance_id))
+            await self.send_event(error_event(exc, utterance.utterance_id))
 
     async def _synthesise(self, utterance: _Utterance) -> None:
         service = self._service
@@ -300,16 +301,8 @@ class TtsSocket:
                     "duration_ms": round(1000 * utterance.sent_samples / rate),
                 }
             )
-        except SynthesisError as exc:
-            await self.send_event(
-                {
-                    "type": "error",
-                    "id": utterance.utterance_id,
-                    "error": exc.error,
-                    "message": exc.message,
-                    "solution": exc.solution or "retry the request",
-                }
-            )
+        except ClientError as exc:
+            await self.send_event(error_event(exc, utterance.utterance_id))
         except (ClientGone, ConnectionError):
             return
         finally:
@@ -319,11 +312,10 @@ class TtsSocket:
 @routes.get("/tts/ws")
 async def tts_ws(request: web.Request) -> web.WebSocketResponse:
     fmt = request.query.get("format", "pcm")
-    service = request.app[SYNTHESIS_KEY]
+    service = request.app[MEDIA_KEY].synthesis
     if fmt not in WS_FORMATS:
-        raise json_error(
-            400,
-            "invalid_request",
+        raise InvalidRequest(
+            None,
             f"'format': {fmt!r} is not a WebSocket format",
             f"use one of: {', '.join(WS_FORMATS)}",
         )
@@ -350,17 +342,11 @@ async def tts_ws(request: web.Request) -> web.WebSocketResponse:
             if msg.type == WSMsgType.TEXT:
                 refused = message_refused(request, len(msg.data))
                 if refused is not None:
-                    await socket.send_event(refused.event())
+                    await socket.send_event(error_event(refused))
                 else:
                     await socket.handle(msg.data)
             elif msg.type == WSMsgType.BINARY:
-                await socket.send_event(
-                    ProtocolError(
-                        "invalid_message",
-                        "binary messages are not accepted",
-                        "send JSON text messages",
-                    ).event()
-                )
+                await socket.send_event(error_event(binary_refused()))
     finally:
         await socket.aclose()
     return ws

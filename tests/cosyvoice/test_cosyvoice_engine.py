@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from synthesis.base import Engine, SynthesisError
+from synthesis import ClientError
+from synthesis.base import Engine
 from synthesis.capabilities import check_supported
 from synthesis.cosyvoice import (
     DIALECT_INSTRUCTIONS,
@@ -29,7 +30,7 @@ from synthesis.cosyvoice import (
     instruction_text,
 )
 from synthesis.factory import available_engines
-from synthesis.request import Mode, ReferenceAudio, RequestError, SynthesisRequest
+from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
 from synthesis.stream import SynthesisStream
 from synthesis.types import AudioChunk
 from tests.cosyvoice.tiny_model import SPEAKER_ID
@@ -119,9 +120,9 @@ def test_config_from_env() -> None:
 
 def test_registered_and_refuses_a_missing_model_dir(tmp_path: Path) -> None:
     assert "cosyvoice" in available_engines()
-    with pytest.raises(SynthesisError) as info:
+    with pytest.raises(ClientError) as info:
         CosyVoiceEngine(CosyVoiceConfig(tmp_path / "missing"))
-    assert info.value.error == "engine_unavailable"
+    assert info.value.code == "engine_unavailable"
 
 
 # --------------------------------------------------------------------------- the tiny model
@@ -142,12 +143,12 @@ def test_capabilities_and_voices(engine: CosyVoiceEngine) -> None:
 
     check(mode=Mode.INSTRUCT, emotion="happy", dialect="sichuanese")
     check(mode=Mode.SFT, speaker_id=SPEAKER_ID)
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(ClientError) as info:
         check(mode=Mode.INSTRUCT, emotion="ecstatic")
-    assert info.value.error == "unsupported"
-    with pytest.raises(RequestError) as info:
+    assert info.value.code == "unsupported"
+    with pytest.raises(ClientError) as info:
         check(mode=Mode.SFT, speaker_id="nobody")
-    assert info.value.error == "unknown_voice"
+    assert info.value.code == "unknown_voice"
 
 
 @pytest.mark.slow
@@ -245,12 +246,12 @@ def test_refusals(engine: CosyVoiceEngine, reference: ReferenceAudio) -> None:
         "unsupported": SynthesisRequest(TEXT, Mode.SFT, emotion="happy"),
     }
     for error, request in cases.items():
-        with pytest.raises(SynthesisError) as info:
+        with pytest.raises(ClientError) as info:
             collect(engine, request)
-        assert info.value.error == error, request
-    with pytest.raises(SynthesisError) as info:
+        assert info.value.code == error, request
+    with pytest.raises(ClientError) as info:
         collect(engine, SynthesisRequest(TEXT, Mode.SFT, reference_audio=reference))
-    assert info.value.error == "unsupported"
+    assert info.value.code == "unsupported"
 
 
 @pytest.fixture(scope="module")
@@ -265,9 +266,9 @@ def test_register_voice_persists_across_restarts(
 ) -> None:
     assert any(v.voice_id == registered_voice and v.cloned for v in engine.voices)
     assert engine.config.voices_path.is_file()
-    with pytest.raises(SynthesisError) as info:
+    with pytest.raises(ClientError) as info:
         engine.register_voice(registered_voice, reference, None)
-    assert info.value.error == "voice_exists"
+    assert info.value.code == "voice_exists"
 
     restarted = CosyVoiceEngine(engine.config)  # loads the model again from disk
     try:
@@ -284,9 +285,9 @@ def test_zero_shot_refuses_a_voice_registered_without_transcript(
     engine: CosyVoiceEngine, reference: ReferenceAudio
 ) -> None:
     engine.register_voice("mute", reference, None)
-    with pytest.raises(SynthesisError) as info:
+    with pytest.raises(ClientError) as info:
         collect(engine, SynthesisRequest(TEXT, Mode.ZERO_SHOT, speaker_id="mute"))
-    assert info.value.error == "unsupported"
+    assert info.value.code == "unsupported"
     assert_audio(collect(engine, SynthesisRequest(TEXT, Mode.CROSS_LINGUAL, speaker_id="mute")))
 
 
@@ -378,9 +379,9 @@ def test_lm_error_fails_fast_and_the_engine_recovers(
 
     monkeypatch.setattr(llm, "inference", broken)
     started = time.perf_counter()
-    with pytest.raises(SynthesisError) as info:
+    with pytest.raises(ClientError) as info:
         collect(engine, SynthesisRequest(TEXT))
-    assert info.value.error == "synthesis_failed"
+    assert info.value.code == "synthesis_failed"
     assert "LM exploded" in info.value.message
     assert time.perf_counter() - started < 2.0  # upstream's tts() would spin forever
     monkeypatch.setattr(llm, "inference", original)
@@ -402,10 +403,10 @@ def test_hung_lm_times_out_and_the_engine_recovers(
 
     monkeypatch.setattr(llm, "inference", hung)
     started = time.perf_counter()
-    with pytest.raises(SynthesisError) as info:
+    with pytest.raises(ClientError) as info:
         collect(engine, SynthesisRequest(TEXT))
     elapsed = time.perf_counter() - started
-    assert info.value.error == "timeout"
+    assert info.value.code == "timeout"
     assert 0.5 <= elapsed < 3.0, elapsed
     release.set()
     assert wait_for_lm_threads_to_end() == []
@@ -421,9 +422,9 @@ def test_request_timeout_bounds_a_slow_request(
     llm = llm_of(engine)
     monkeypatch.setattr(llm, "inference", slow_lm(llm.inference, 0.02, []))
     started = time.perf_counter()
-    with pytest.raises(SynthesisError) as info:
+    with pytest.raises(ClientError) as info:
         collect(engine, SynthesisRequest(TEXT))
-    assert info.value.error == "timeout"
+    assert info.value.code == "timeout"
     assert "did not finish" in info.value.message
     assert time.perf_counter() - started < 4.0
     assert wait_for_lm_threads_to_end() == []

@@ -17,10 +17,10 @@ from media_server.config import Settings
 from media_server.rooms.tokens import Role, TokenSigner
 from signaling.app import create_app
 from synthesis import (
+    Conflict,
     EngineCapabilities,
     Mode,
     ReferenceAudio,
-    SynthesisError,
     VoiceInfo,
 )
 from synthesis.testing import ScriptedEngine
@@ -172,8 +172,8 @@ class CloningEngine(ScriptedEngine):
             pass  # only one request got here: the other was refused earlier
         with self._lock:
             if voice_id in self.registered:
-                raise SynthesisError(
-                    f"a voice {voice_id!r} already exists", "choose another", error="voice_exists"
+                raise Conflict(
+                    "voice_exists", f"a voice {voice_id!r} already exists", "choose another"
                 )
             self.registered.append(voice_id)
         return VoiceInfo(voice_id, "xx", self.sample_rate_hz, True)

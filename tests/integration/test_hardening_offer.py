@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from media_server.config import Settings
 from media_server.rooms.tokens import Role, TokenSigner
 from media_server.rtc.peer import MAX_MEDIA_SECTIONS
-from signaling.keys import REGISTRY_KEY, ROOMS_KEY
+from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
 from tests.integration.test_whep_http import assert_json_error
 
@@ -43,7 +43,7 @@ async def test_two_data_sections_are_400_and_the_server_goes_on(
     resp = await client.post("/whep", data=with_second_data_section(offer), headers=SDP)
     body = await assert_json_error(resp, 400, "invalid_offer")
     assert "answered" in body["message"]
-    assert len(client.app[REGISTRY_KEY]) == 0
+    assert len(client.app[MEDIA_KEY].sessions) == 0
     resp = await client.post("/whep", data=offer, headers=SDP)
     assert resp.status == 201
     assert (await client.delete(resp.headers["Location"])).status == 200
@@ -72,7 +72,7 @@ async def test_room_listener_with_two_data_sections_is_400(
         "/rooms/hall/whep", data=with_second_data_section(offer), headers=headers
     )
     await assert_json_error(resp, 400, "invalid_offer")
-    assert "hall" not in client.app[ROOMS_KEY].rooms  # the room it opened is gone again
+    assert "hall" not in client.app[MEDIA_KEY].rooms.rooms  # the room it opened is gone again
     resp = await client.post("/rooms/hall/whep", data=offer, headers=headers)
     assert resp.status == 201
     await asyncio.sleep(0.2)
@@ -97,5 +97,5 @@ async def test_inconsistent_mids_are_400(
     assert callable(mangle)
     resp = await client.post("/whep", data=mangle(offer), headers=SDP)
     await assert_json_error(resp, 400, "invalid_offer")
-    assert len(client.app[REGISTRY_KEY]) == 0
+    assert len(client.app[MEDIA_KEY].sessions) == 0
     assert errors(caplog) == []

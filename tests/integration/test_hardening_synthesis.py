@@ -23,7 +23,7 @@ from aiohttp import web
 
 from media_server.config import Settings
 from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
-from signaling.keys import QUOTAS_KEY, SYNTHESIS_KEY
+from signaling.keys import MEDIA_KEY, QUOTAS_KEY
 from signaling.quotas import Quota
 from synthesis import Engine, SynthesisRequest, SynthesisService
 from tests.conftest import loopback_settings
@@ -46,7 +46,7 @@ class Server:
 
     @property
     def service(self) -> SynthesisService:
-        return self.app[SYNTHESIS_KEY]
+        return self.app[MEDIA_KEY].synthesis
 
 
 @pytest.fixture

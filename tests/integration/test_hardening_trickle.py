@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from media_server.config import ConfigError, Settings
 from media_server.rtc.ice import parse_remote_candidate
-from signaling.keys import REGISTRY_KEY
+from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
 from tests.integration.test_whep_http import assert_json_error
 from tests.whep_client import WhepClient
@@ -99,7 +99,7 @@ async def test_out_of_range_port_is_400_and_the_session_still_works(
         await peer.next_event("speech.done")
         assert any(f.rms > 0 for f in peer.frames)
         session_id = peer.location.rsplit("/", 1)[1] if peer.location else ""
-        session = client.app[REGISTRY_KEY].get(session_id)
+        session = client.app[MEDIA_KEY].sessions.get(session_id)
         assert session is not None and session.peer.connection_state == "connected"
     finally:
         await peer.close(http)
@@ -136,7 +136,7 @@ async def test_invalid_candidate_is_400_naming_the_problem(
         await client.patch(location, data=frag, headers=FRAG), 400, "invalid_candidate"
     )
     assert problem in body["message"]
-    assert client.app[REGISTRY_KEY].get(location.rsplit("/", 1)[1]) is not None
+    assert client.app[MEDIA_KEY].sessions.get(location.rsplit("/", 1)[1]) is not None
 
 
 @pytest.mark.parametrize(
@@ -234,7 +234,7 @@ async def test_offer_with_an_out_of_range_port_is_400(client: TestClient, offer:
         await client.post("/whep", data=bad, headers=SDP), 400, "invalid_offer"
     )
     assert "port" in body["message"]
-    assert len(client.app[REGISTRY_KEY]) == 0
+    assert len(client.app[MEDIA_KEY].sessions) == 0
 
 
 def test_parsed_candidate_keeps_what_aiortc_needs() -> None:

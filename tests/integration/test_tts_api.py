@@ -15,7 +15,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from media_server.config import Settings
-from signaling.keys import SYNTHESIS_KEY
+from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
 
 PARAGRAPH = " ".join(
@@ -99,7 +99,7 @@ async def test_speed_changes_duration(client: TestClient) -> None:
 
 @pytest.mark.slow
 async def test_client_disconnect_cancels_synthesis(client: TestClient) -> None:
-    service = client.app[SYNTHESIS_KEY]
+    service = client.app[MEDIA_KEY].synthesis
     t0 = time.monotonic()
     resp = await client.post("/tts", json={"text": LONG_TEXT})
     assert resp.status == 200

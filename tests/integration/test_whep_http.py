@@ -13,7 +13,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from media_server.config import Settings
 from media_server.runtime.collector import NEVER
 from signaling.app import create_app
-from signaling.keys import REGISTRY_KEY
+from signaling.keys import MEDIA_KEY
 from synthesis import Engine
 from tests.conftest import loopback_settings
 
@@ -41,10 +41,10 @@ async def test_offer_gets_201_location_and_sdp_answer(client: TestClient, offer:
     assert "a=sendonly" in answer
     assert "m=application" in answer  # the data channel was accepted
     assert "127.0.0.1" in answer  # ICE host address from settings
-    assert len(client.app[REGISTRY_KEY]) == 1
+    assert len(client.app[MEDIA_KEY].sessions) == 1
     resp = await client.delete(location)
     assert resp.status == 200
-    assert len(client.app[REGISTRY_KEY]) == 0
+    assert len(client.app[MEDIA_KEY].sessions) == 0
     await assert_json_error(await client.delete(location), 404, "session_not_found")
 
 
@@ -79,7 +79,7 @@ async def test_unusable_offer_is_400(client: TestClient, body: str) -> None:
     await assert_json_error(
         await client.post("/whep", data=body, headers=SDP), 400, "invalid_offer"
     )
-    assert len(client.app[REGISTRY_KEY]) == 0
+    assert len(client.app[MEDIA_KEY].sessions) == 0
 
 
 async def test_unknown_voice_is_400(client: TestClient, offer: str) -> None:
@@ -147,7 +147,7 @@ async def test_200_sessions_open_and_close_without_leaks(
     await asyncio.sleep(0.1)
     before = set(asyncio.all_tasks())
     baseline = len(before)
-    registry = client.app[REGISTRY_KEY]
+    registry = client.app[MEDIA_KEY].sessions
     locations = []
     for _ in range(200):
         resp = await client.post("/whep", data=offer, headers=SDP)

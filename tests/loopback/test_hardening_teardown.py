@@ -19,7 +19,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from media_server.config import Settings
 from media_server.rtc.teardown import _UNTRACKED_CODES, UNTRACKED_COROUTINES
-from signaling.keys import REGISTRY_KEY
+from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
 
 pytestmark = [pytest.mark.loopback, pytest.mark.slow]
@@ -82,7 +82,7 @@ async def test_immediate_delete_logs_no_error(
     await settle()
     assert loop_errors == []
     assert error_records(caplog) == []
-    assert len(client.app[REGISTRY_KEY]) == 0
+    assert len(client.app[MEDIA_KEY].sessions) == 0
 
 
 @pytest.mark.parametrize("settings", [loopback_settings(connect_timeout_s=0.2)])
@@ -94,7 +94,7 @@ async def test_connect_timeout_logs_no_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING)
-    registry = client.app[REGISTRY_KEY]
+    registry = client.app[MEDIA_KEY].sessions
     for _ in range(3):
         resp = await client.post("/whep", data=offer, headers=SDP)
         assert resp.status == 201

@@ -24,7 +24,7 @@ from media_server.audio.frames import FRAME_SAMPLES
 from media_server.config import Settings
 from media_server.playout.pacer import OutgoingFrame
 from media_server.sessions.session import VoiceSession
-from signaling.keys import REGISTRY_KEY
+from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
 from tests.whep_client import WhepClient
 
@@ -72,7 +72,7 @@ async def peer(client: TestClient, http: aiohttp.ClientSession) -> AsyncIterator
 
 def server_session(client: TestClient, peer: WhepClient) -> VoiceSession:
     assert peer.location is not None
-    session = client.app[REGISTRY_KEY].get(peer.location.rsplit("/", 1)[-1])
+    session = client.app[MEDIA_KEY].sessions.get(peer.location.rsplit("/", 1)[-1])
     assert session is not None
     return session
 

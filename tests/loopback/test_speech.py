@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient
 from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
 from media_server.audio.opus import WIDEBAND_MAX_COMPLEXITY, OpusSettings
 from media_server.config import Settings
-from signaling.keys import REGISTRY_KEY
+from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
 from tests.whep_client import WhepClient
 
@@ -111,7 +111,7 @@ async def test_say_is_heard_with_the_duration_the_engine_produced(
     assert len(loud) > 0.5 * len(during)
     assert max(f.rms for f in after) < SILENT_RMS
     assert voice.location is not None
-    session = client.app[REGISTRY_KEY].get(voice.location.rsplit("/", 1)[-1])
+    session = client.app[MEDIA_KEY].sessions.get(voice.location.rsplit("/", 1)[-1])
     assert session is not None and session.speaker.encoder.current is not None
     wideband = settings.opus.complexity <= WIDEBAND_MAX_COMPLEXITY
     assert session.speaker.encoder.current.input_rate_hz == (16_000 if wideband else 48_000)
@@ -214,7 +214,7 @@ async def test_say_rate_limit(voice: WhepClient, settings: Settings) -> None:
 async def test_delete_frees_the_session(
     client: TestClient, voice: WhepClient, http: aiohttp.ClientSession
 ) -> None:
-    registry = client.app[REGISTRY_KEY]
+    registry = client.app[MEDIA_KEY].sessions
     assert len(registry) == 1
     voice.say(LONG_TEXT)
     await voice.next_event("speech.started")
@@ -228,7 +228,7 @@ async def test_closed_session_is_not_kept_alive(
     client: TestClient, voice: WhepClient, http: aiohttp.ClientSession, settings: Settings
 ) -> None:
     """Nothing the server keeps (the idle sweeper's loop included) holds a closed session."""
-    registry = client.app[REGISTRY_KEY]
+    registry = client.app[MEDIA_KEY].sessions
     (session,) = registry.sessions()
     closed = weakref.ref(session)
     del session
@@ -244,7 +244,7 @@ async def test_closed_session_is_not_kept_alive(
 async def test_idle_session_is_closed(
     client: TestClient, voice: WhepClient, settings: Settings
 ) -> None:
-    registry = client.app[REGISTRY_KEY]
+    registry = client.app[MEDIA_KEY].sessions
     assert len(registry) == 1
     async with asyncio.timeout(5):
         while len(registry):
@@ -252,7 +252,7 @@ async def test_idle_session_is_closed(
 
 
 async def test_peer_that_goes_away_is_cleaned_up(client: TestClient, voice: WhepClient) -> None:
-    registry = client.app[REGISTRY_KEY]
+    registry = client.app[MEDIA_KEY].sessions
     assert len(registry) == 1
     await voice.pc.close()  # no DELETE: the server notices the peer is gone
     async with asyncio.timeout(10):

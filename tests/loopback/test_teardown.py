@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from media_server.rtc.teardown import release_peer
-from signaling.keys import REGISTRY_KEY
+from signaling.keys import MEDIA_KEY
 from tests.whep_client import WhepClient
 
 pytestmark = [pytest.mark.loopback, pytest.mark.slow]
@@ -29,7 +29,7 @@ async def test_closed_sessions_leave_no_cyclic_garbage(
     client: TestClient, http: aiohttp.ClientSession
 ) -> None:
     base = str(client.make_url("")).rstrip("/")
-    registry = client.app[REGISTRY_KEY]
+    registry = client.app[MEDIA_KEY].sessions
     peers = [WhepClient(base) for _ in range(PEERS)]
     for peer in peers:
         await peer.connect(http)

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
 from media_server.config import Settings
 from media_server.rooms.tokens import Role, TokenSigner
-from signaling.keys import ROOMS_KEY
+from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
 from tests.whep_client import WhepClient
 
@@ -89,12 +89,12 @@ async def bot_event(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str,
 
 def skipped_ticks(client: TestClient, room: str) -> int:
     """Ticks the room's pacer skipped after a stall (RTP positions that were never sent)."""
-    return client.app[ROOMS_KEY].rooms[room].pacer.stats.skipped_frames
+    return client.app[MEDIA_KEY].rooms.rooms[room].pacer.stats.skipped_frames
 
 
 def underruns(client: TestClient, room: str) -> int:
     """Silent ticks inside an utterance because encoding fell behind playout."""
-    return client.app[ROOMS_KEY].rooms[room].speaker.underruns
+    return client.app[MEDIA_KEY].rooms.rooms[room].speaker.underruns
 
 
 def gaps(positions: list[int]) -> int:
@@ -239,13 +239,13 @@ async def test_token_failures(client: TestClient, signer: TokenSigner) -> None:
     assert resp.status == 403
     resp = await client.get("/rooms/bad%20name/bot")
     assert resp.status == 400
-    assert not client.app[ROOMS_KEY].rooms  # nothing was created by refused joins
+    assert not client.app[MEDIA_KEY].rooms.rooms  # nothing was created by refused joins
 
 
 async def test_rooms_are_removed_when_empty(
     client: TestClient, http: aiohttp.ClientSession, signer: TokenSigner
 ) -> None:
-    rooms = client.app[ROOMS_KEY]
+    rooms = client.app[MEDIA_KEY].rooms
     listener = await join(client, http, signer, "pop-up", "guest")
     assert "pop-up" in rooms.rooms
     await listener.close(http)

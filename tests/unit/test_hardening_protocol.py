@@ -21,7 +21,7 @@ from media_server.speech.protocol import (
 )
 from media_server.speech.speaker import Speaker
 from media_server.speech.talker import Talker
-from synthesis import RequestError, RequestLimits, SynthesisService, parse_request
+from synthesis import ClientError, RequestLimits, SynthesisService, parse_request
 from synthesis.testing import FakeClock, ScriptedEngine
 from tests.conftest import loopback_settings
 
@@ -30,7 +30,7 @@ NESTED = "[" * 2000  # the review's 4 KB message; json.loads raises RecursionErr
 
 
 def refused(raw: str | bytes, limits: RequestLimits = LIMITS) -> ProtocolError:
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(ClientError) as caught:
         parse_client_message(raw, limits=limits)
     assert caught.value.message and caught.value.solution
     return caught.value
@@ -48,7 +48,7 @@ def refused(raw: str | bytes, limits: RequestLimits = LIMITS) -> ProtocolError:
 )
 def test_deeply_nested_json_is_an_invalid_json_error(raw: str | bytes) -> None:
     error = refused(raw)
-    assert error.error == "invalid_json"
+    assert error.code == "invalid_json"
     assert str(MAX_JSON_DEPTH) in error.message
 
 
@@ -88,18 +88,18 @@ def test_loads_json_refuses_deep_input_and_parses_the_rest() -> None:
 @pytest.mark.parametrize("field", ["text", "reference_text", "instruct_text"])
 def test_control_characters_and_lone_surrogates_are_refused(bad: str, field: str) -> None:
     data = {"text": "hello", field: f"say {bad} this"}
-    with pytest.raises(RequestError) as caught:
+    with pytest.raises(ClientError) as caught:
         parse_request(data, LIMITS)
-    assert caught.value.error == "invalid_request"
+    assert caught.value.code == "invalid_request"
     assert caught.value.field == field
     assert f"U+{ord(bad):04X}" in caught.value.message
 
 
 def test_a_json_escaped_lone_surrogate_is_refused_on_every_message() -> None:
     say = refused('{"type":"say","text":"a\\ud800b"}')
-    assert say.error == "invalid_request" and "'text'" in say.message
+    assert say.code == "invalid_request" and "'text'" in say.message
     delta = refused('{"type":"text.delta","text":"nul \\u0000 here"}')
-    assert delta.error == "invalid_request" and "U+0000" in delta.message
+    assert delta.code == "invalid_request" and "U+0000" in delta.message
 
 
 def test_tabs_newlines_and_real_astral_characters_are_fine() -> None:
@@ -127,9 +127,9 @@ async def test_one_streamed_utterance_is_capped_and_keeps_what_it_has() -> None:
     try:
         for _ in range(cap // len(delta)):
             talker.apply(TextDeltaMessage(delta, "s"), speaker, cancel_everyone=True)
-        with pytest.raises(ProtocolError) as caught:
+        with pytest.raises(ClientError) as caught:
             talker.apply(TextDeltaMessage("x", "s"), speaker, cancel_everyone=True)
-        assert caught.value.error == "text_too_long"
+        assert caught.value.code == "text_too_long"
         assert str(cap) in caught.value.message
         # The utterance is still open with everything taken so far, and can be finished.
         utterance = speaker.text_done("s")

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from synthesis import ClientError
 from synthesis.base import EngineCapabilities
 from synthesis.capabilities import reference_check
 from synthesis.reference import MAX_SOURCE_CHANNELS, decode_reference_audio
@@ -77,7 +78,7 @@ def tone_s16(samples: int, channels: int = 1) -> bytes:
 
 
 def refused(blob: bytes) -> RequestError:
-    with pytest.raises(RequestError) as caught:
+    with pytest.raises(ClientError) as caught:
         decode_reference_audio(blob, LIMITS)
     assert caught.value.field == "reference_audio" and caught.value.solution
     return caught.value
@@ -87,14 +88,14 @@ def test_the_reviews_81_byte_flac_bomb_is_refused_by_its_header() -> None:
     blob = flac_bomb()
     assert len(blob) < 100
     error = refused(blob)
-    assert error.error == "reference_undecodable"
+    assert error.code == "reference_undecodable"
     assert "1 Hz" in error.message
 
 
 def test_a_frame_with_its_own_absurd_rate_is_refused_before_resampling() -> None:
     # STREAMINFO and the first frame are a plausible 44.1 kHz; later frames say 1 Hz.
     error = refused(flac_bomb(44_100, (44_100, 1, 1)))
-    assert error.error == "reference_undecodable"
+    assert error.code == "reference_undecodable"
     assert "frame" in error.message and "1 Hz" in error.message
 
 
@@ -108,7 +109,7 @@ def test_wav_headers_with_absurd_rates_or_channels_are_refused(
     samples = 4_000
     blob = wav_header(rate_hz, channels, samples * channels * 2) + tone_s16(samples, channels)
     error = refused(blob)
-    assert error.error == "reference_undecodable"
+    assert error.code == "reference_undecodable"
     assert needle in error.message
     assert channels <= MAX_SOURCE_CHANNELS or str(MAX_SOURCE_CHANNELS) in error.message
 
@@ -122,7 +123,7 @@ def test_a_wav_claiming_a_huge_data_chunk_decodes_only_what_is_there() -> None:
 
 def test_a_long_wav_stops_at_the_limit_counted_in_source_samples() -> None:
     blob = wav_header(8_000, 1, 8_000 * 2 * 40) + tone_s16(8_000 * 40)
-    assert refused(blob).error == "reference_too_long"
+    assert refused(blob).code == "reference_too_long"
 
 
 BOMB_CHILD = textwrap.dedent(
@@ -146,7 +147,7 @@ BOMB_CHILD = textwrap.dedent(
         try:
             decode_reference_audio(blob, RequestLimits())
         except RequestError as exc:
-            print(exc.error)
+            print(exc.code)
         else:
             print("accepted")
     print(f"growth_mb={rss_mb() - before:.1f}")
@@ -203,9 +204,9 @@ def test_reference_audio_the_engine_cannot_use_is_refused_before_decoding(
     capabilities: EngineCapabilities, mode: str, field: str
 ) -> None:
     data = {"text": "hi", "mode": mode, "reference_audio": base64.b64encode(flac_bomb()).decode()}
-    with pytest.raises(RequestError) as caught:
+    with pytest.raises(ClientError) as caught:
         parse_request(data, LIMITS, must_not_decode, reference_check("test", capabilities))
-    assert caught.value.error == "unsupported"
+    assert caught.value.code == "unsupported"
     assert caught.value.field == field
 
 

@@ -17,7 +17,7 @@ async def test_http_leaves_the_reserved_slot_to_live_callers() -> None:
     http = [service.stream(REQUEST, Caller.HTTP) for _ in range(2)]
     with pytest.raises(EngineBusy) as info:
         service.stream(REQUEST, Caller.HTTP)
-    assert info.value.error == "engine_busy" and info.value.retry_after_s > 0
+    assert info.value.code == "engine_busy" and info.value.retry_after_s > 0
     live = service.stream(REQUEST)  # the default caller is a live session
     with pytest.raises(EngineBusy):  # now every slot is held
         service.stream(REQUEST)

@@ -6,13 +6,13 @@ import pytest
 
 from media_server.speech.protocol import (
     CancelMessage,
-    ProtocolError,
     SayMessage,
     TextDeltaMessage,
     TextDoneMessage,
+    error_event,
     parse_client_message,
 )
-from synthesis import Mode, RequestLimits, SynthesisRequest
+from synthesis import ClientError, Mode, RequestLimits, SynthesisRequest
 
 
 def parse(raw: str | bytes) -> object:
@@ -64,8 +64,8 @@ def test_say_takes_the_request_model() -> None:
     ],
 )
 def test_bad_messages_name_the_problem_and_a_solution(raw: str | bytes, error: str) -> None:
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(ClientError) as info:
         parse(raw)
-    event = info.value.event()
+    event = error_event(info.value)
     assert event["type"] == "error" and event["error"] == error
     assert event["message"] and event["solution"]

@@ -10,6 +10,7 @@ import av
 import numpy as np
 import pytest
 
+from synthesis import ClientError
 from synthesis.reference import decode_reference_audio
 from synthesis.request import REFERENCE_RATE_HZ, RequestError, RequestLimits
 
@@ -62,7 +63,7 @@ def peak_hz(pcm: np.ndarray, rate: int = REFERENCE_RATE_HZ) -> float:
 
 
 def rejection(blob: bytes, limits: RequestLimits = LIMITS) -> RequestError:
-    with pytest.raises(RequestError) as caught:
+    with pytest.raises(ClientError) as caught:
         decode_reference_audio(blob, limits)
     assert caught.value.field == "reference_audio"
     assert caught.value.solution
@@ -127,12 +128,12 @@ def test_mp3_without_id3_tag_is_recognised() -> None:
 def test_rejects_a_file_over_the_byte_limit() -> None:
     blob = wav(sine(16_000, 2.0))
     error = rejection(blob, RequestLimits(max_reference_bytes=len(blob) - 1))
-    assert error.error == "reference_too_large"
+    assert error.code == "reference_too_large"
 
 
 def test_rejects_a_clip_over_the_duration_limit() -> None:
     error = rejection(wav(sine(16_000, 3.0)), RequestLimits(max_reference_s=2.0))
-    assert error.error == "reference_too_long"
+    assert error.code == "reference_too_long"
     assert "2 s" in error.message
 
 
@@ -155,20 +156,20 @@ def test_stops_decoding_once_over_the_limit(monkeypatch: pytest.MonkeyPatch) -> 
 
     blob = encode("flac", "flac", 16_000, sine(16_000, 20.0)[None])
     monkeypatch.setattr(av, "AudioResampler", Counting)
-    assert rejection(blob, RequestLimits(max_reference_s=2.0)).error == "reference_too_long"
+    assert rejection(blob, RequestLimits(max_reference_s=2.0)).code == "reference_too_long"
     assert 2.0 * 16_000 < sum(seen) < 3.0 * 16_000  # a 20 s file, read no further than 3 s
 
 
 def test_rejects_a_clip_under_the_minimum() -> None:
     error = rejection(wav(sine(16_000, 0.5)))
-    assert error.error == "reference_too_short"
+    assert error.code == "reference_too_short"
     assert "0.50 s" in error.message
 
 
 @pytest.mark.parametrize("amplitude", [0.0, 10 ** (-60 / 20)])
 def test_rejects_silence(amplitude: float) -> None:
     error = rejection(wav(sine(16_000, 2.0, amplitude=amplitude)))
-    assert error.error == "reference_silent"
+    assert error.code == "reference_silent"
 
 
 def test_quiet_but_audible_speech_is_accepted() -> None:
@@ -190,19 +191,19 @@ def test_quiet_but_audible_speech_is_accepted() -> None:
     ids=["empty", "text", "noise", "wav-magic", "ogg-magic", "flac-magic", "id3-magic"],
 )
 def test_rejects_undecodable_data(blob: bytes) -> None:
-    assert rejection(blob).error == "reference_undecodable"
+    assert rejection(blob).code == "reference_undecodable"
 
 
 def test_rejects_a_truncated_file() -> None:
     blob = encode("ogg", "libopus", 48_000, sine(48_000, 2.0)[None])
-    assert rejection(blob[:100]).error == "reference_undecodable"
+    assert rejection(blob[:100]).code == "reference_undecodable"
 
 
 def test_rejects_a_wav_with_no_samples() -> None:
     fmt = struct.pack("<HHIIHH", 1, 1, 16_000, 32_000, 2, 16)
     blob = b"RIFF" + struct.pack("<I", 36) + b"WAVEfmt " + struct.pack("<I", 16) + fmt
     error = rejection(blob + b"data" + struct.pack("<I", 0))
-    assert error.error == "reference_undecodable"
+    assert error.code == "reference_undecodable"
     assert "no audio samples" in error.message
 
 
@@ -218,5 +219,5 @@ def test_rejects_a_file_with_no_audio_stream() -> None:
         for packet in stream.encode(None):
             container.mux(packet)
     error = rejection(buffer.getvalue())
-    assert error.error == "reference_undecodable"
+    assert error.code == "reference_undecodable"
     assert "no audio stream" in error.message

@@ -10,6 +10,7 @@ import pytest
 
 from synthesis import (
     AudioChunk,
+    ClientError,
     EngineBusy,
     SynthesisError,
     SynthesisRequest,
@@ -52,7 +53,7 @@ async def test_limit_admits_then_refuses_then_admits_again() -> None:
     first, second = service.stream(REQUEST), service.stream(REQUEST)
     with pytest.raises(EngineBusy) as info:
         service.stream(REQUEST)
-    assert info.value.error == "engine_busy" and info.value.retry_after_s > 0
+    assert info.value.code == "engine_busy" and info.value.retry_after_s > 0
     assert service.stats().refused_total == 1
     for stream in (first, second):
         assert len([c async for c in stream]) == 3
@@ -84,9 +85,9 @@ async def test_engine_exception_fails_the_request_and_the_service_goes_on() -> N
 async def test_hung_engine_times_out_and_holds_its_slot_until_it_returns() -> None:
     engine = HangingEngine()
     service = SynthesisService(engine, 1, chunk_timeout_s=0.2)
-    with pytest.raises(SynthesisError) as info:
+    with pytest.raises(ClientError) as info:
         await drain(service)
-    assert info.value.error == "timeout"
+    assert info.value.code == "timeout"
     # the stuck thread still holds the only slot: new work is refused, not queued forever
     assert service.running == 1
     with pytest.raises(EngineBusy):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from media_server.clock import Clock
-from synthesis import Engine, ReferenceAudio, SynthesisError, SynthesisRequest
+from synthesis import ClientError, Engine, ReferenceAudio, SynthesisRequest
 from synthesis.testing import FakeClock, ScriptedEngine
 
 
@@ -19,7 +19,7 @@ def test_scripted_engine_is_an_engine() -> None:
     assert [len(c.pcm) for c in chunks] == [400, 800, 800, 800]
     assert all(c.sample_rate_hz == 8000 for c in chunks)
     assert engine.produced_chunks == 3 and engine.requests == [SynthesisRequest("hi")]
-    with pytest.raises(SynthesisError):
+    with pytest.raises(ClientError):
         engine.register_voice("v", ReferenceAudio(np.zeros(16_000, np.float32)), None)
 
 
