@@ -17,9 +17,15 @@ from media_server.playout.pacer import Pacer
 from media_server.rooms.fanout import FanOut
 from media_server.rooms.tokens import Claims, Role
 from media_server.rtc.client import PeerClient
+from media_server.speech.events import (
+    ErrorEvent,
+    Event,
+    ParticipantJoined,
+    ParticipantLeft,
+    RoomJoined,
+)
 from media_server.speech.protocol import (
     ClientMessage,
-    error_event,
     parse_client_message,
 )
 from media_server.speech.speaker import Speaker
@@ -29,8 +35,6 @@ from synthesis import SynthesisService
 from synthesis.errors import ClientError, Forbidden, ServerBusy
 
 logger = logging.getLogger(__name__)
-
-Event = dict[str, Any]
 
 
 RETRY_AFTER_S: Final = 5
@@ -56,7 +60,8 @@ class Member(Protocol):
     @property
     def identity(self) -> str: ...
 
-    def send_event(self, event: Event) -> None: ...
+    def send_text(self, text: str) -> None:
+        """An event, already serialised: a broadcast encodes it once for everyone."""
 
 
 class Room:
@@ -160,7 +165,7 @@ class Room:
             self.listeners.pop(listener_id, None)
             await listener.aclose()
             raise
-        self._announce("participant.joined", listener.identity, claims.role)
+        self._announce(ParticipantJoined, listener.identity, claims.role)
         return listener, answer
 
     async def remove_listener(self, listener_id: str) -> bool:
@@ -168,13 +173,13 @@ class Room:
         if listener is None:
             return False
         await listener.aclose()
-        self._announce("participant.left", listener.identity, listener.claims.role)
+        self._announce(ParticipantLeft, listener.identity, listener.claims.role)
         return True
 
     def add_bot(self, bot: Member) -> str:
         self._check_capacity()
         member_id = secrets.token_urlsafe(12)
-        self._announce("participant.joined", bot.identity, Role.BOT)  # to the others
+        self._announce(ParticipantJoined, bot.identity, Role.BOT)  # to the others
         self.bots[member_id] = bot
         return member_id
 
@@ -182,25 +187,31 @@ class Room:
         bot = self.bots.pop(member_id, None)
         if bot is not None:
             self.speaker.cancel(bot.identity, everyone=False)
-            self._announce("participant.left", bot.identity, Role.BOT)
+            self._announce(ParticipantLeft, bot.identity, Role.BOT)
 
     # -- events -------------------------------------------------------------------
 
     def broadcast(self, event: Event) -> None:
-        """Speech events (with their ``owner``) go to every bot and listener."""
+        """Speech events (with their ``owner``) go to every bot and listener, serialised
+        once."""
+        text = event.to_json()
         for bot in list(self.bots.values()):
-            bot.send_event(event)
+            bot.send_text(text)
         for listener in list(self.listeners.values()):
-            listener.send_event(event)
+            listener.send_text(text)
 
-    def _announce(self, kind: str, identity: str, role: Role) -> None:
-        self.broadcast({"type": kind, "identity": identity, "role": role.value})
+    def _announce(
+        self, kind: type[ParticipantJoined | ParticipantLeft], identity: str, role: Role
+    ) -> None:
+        self.broadcast(kind(identity, role.value))
 
     # -- speech -------------------------------------------------------------------
 
     def handle(self, message: ClientMessage, talker: Talker, *, cancel_everyone: bool) -> None:
         """Act on a member's message; a :class:`~synthesis.errors.ClientError` is for the member."""
-        talker.apply(message, self.speaker, cancel_everyone=cancel_everyone)
+        talker.apply(
+            message, self.speaker.queue, self.speaker.engine, cancel_everyone=cancel_everyone
+        )
 
     async def aclose(self) -> None:
         if self.closed:
@@ -245,14 +256,9 @@ class ListenerSession(PeerClient):
 
     def _joined_at(self, pts: int) -> None:
         self.send_event(
-            {
-                "type": "room.joined",
-                "room": self.room.name,
-                "identity": self.identity,
-                "role": self.claims.role.value,
-                "stream_ts": pts,
-                "participants": self.room.roster(),
-            }
+            RoomJoined(
+                self.room.name, self.identity, self.claims.role.value, pts, self.room.roster()
+            )
         )
 
     async def _on_close(self) -> None:
@@ -278,4 +284,4 @@ class ListenerSession(PeerClient):
                 )
             self.room.handle(message, self.talker, cancel_everyone=True)
         except ClientError as exc:
-            self.send_event(error_event(exc))
+            self.send_event(ErrorEvent.of(exc))

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.rtc.peer import PeerSession
 from media_server.rtc.track import EncodedAudioTrack
 from media_server.tasks import cancel_and_wait
+
+
+class OutgoingEvent(Protocol):
+    """An event for the client's data channel (``media_server.speech.events``)."""
+
+    def to_json(self) -> str: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +135,12 @@ class PeerClient(abc.ABC):
                 "peer disconnected",
             )
 
-    def send_event(self, event: dict[str, Any]) -> None:
-        if self.peer.send(json.dumps(event, separators=(",", ":"))):
+    def send_event(self, event: OutgoingEvent) -> None:
+        self.send_text(event.to_json())
+
+    def send_text(self, text: str) -> None:
+        """An event already serialised (a room's broadcast is encoded once for all)."""
+        if self.peer.send(text):
             self.events_sent += 1
 
     async def aclose(self) -> None:

@@ -13,8 +13,8 @@ from media_server.config import Settings
 from media_server.playout.pacer import Pacer
 from media_server.playout.ticker import Ticker
 from media_server.rtc.client import CloseRequest, PeerClient
+from media_server.speech.events import ErrorEvent
 from media_server.speech.protocol import (
-    error_event,
     loads_json,
     parse_client_message,
 )
@@ -92,9 +92,11 @@ class VoiceSession(PeerClient):
         self.last_activity = self._clock.now()
         try:
             message = parse_client_message(raw, limits=self._talker.limits)
-            self._talker.apply(message, self.speaker, cancel_everyone=True)
+            self._talker.apply(
+                message, self.speaker.queue, self.speaker.engine, cancel_everyone=True
+            )
         except ClientError as exc:
-            self.send_event(error_event(exc, _id_of(raw)))
+            self.send_event(ErrorEvent.of(exc, _id_of(raw)))
 
     def stats(self) -> dict[str, Any]:
         return {

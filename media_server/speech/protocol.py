@@ -16,7 +16,7 @@ from synthesis import (
     check_supported,
     parse_request,
 )
-from synthesis.errors import ClientError, ClientLimit, InvalidRequest
+from synthesis.errors import ClientLimit, InvalidRequest
 from synthesis.request import ReferenceCheck, check_text
 
 MAX_MESSAGE_BYTES: Final = 16 * 1024
@@ -98,19 +98,6 @@ ClientMessage = SayMessage | TextDeltaMessage | TextDoneMessage | CancelMessage
 
 class ProtocolError(InvalidRequest):
     """A client message that cannot be acted on; becomes an ``error`` event."""
-
-
-def error_event(exc: ClientError, utterance_id: str | None = None) -> dict[str, Any]:
-    """The ``error`` event for ``exc``: the same code, message and solution HTTP gives."""
-    event: dict[str, Any] = {
-        "type": "error",
-        "error": exc.code,
-        "message": exc.message,
-        "solution": exc.solution,
-    }
-    if utterance_id is not None:
-        event["id"] = utterance_id
-    return event
 
 
 def _utterance_id(data: dict[str, Any]) -> str | None:

@@ -1,4 +1,9 @@
-"""Turns queued text into encoded speech frames for one outgoing stream."""
+"""The paced sink: queued text becomes encoded speech frames, one per pacer tick.
+
+The :class:`~media_server.speech.queue.UtteranceQueue` says what to speak; the producer
+task here synthesises, time-stretches, trims the lead-in and Opus-encodes it ahead of
+playout, and :meth:`Speaker.next_payload` is the playout cursor the pacer pulls from.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,17 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from media_server.audio.budget import EncodeBudget
 from media_server.audio.encoder import StreamEncoder, UtteranceEncoder, leading_silence
 from media_server.audio.executor import DeadlineExecutor
 from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
+from media_server.speech.queue import EventSink, Utterance, UtteranceQueue
 from media_server.tasks import cancel_and_wait
 from synthesis import Engine, SynthesisRequest, SynthesisService
 from synthesis.errors import ClientError
-from synthesis.text import TextAccumulator
 
 logger = logging.getLogger(__name__)
 
@@ -40,77 +43,7 @@ FIRST_SLICE_MS: Final = 80
 
 80 ms of engine audio is :data:`START_FRAMES` frames once the resampler's delay
 is taken off: one short worker hop starts the utterance."""
-START_FRAMES: Final = 3
-"""An utterance starts playing once this many frames are encoded (or all of it is,
-or its producer is waiting for streamed text). The next slice then has 60 ms to
-arrive instead of 20, so a busy machine does not open speech with a gap."""
-
-Event = dict[str, Any]
 T = TypeVar("T")
-EventCallback = Callable[[Event], None]
-
-
-@dataclass(eq=False)
-class Utterance:
-    """One ``say`` (or one streamed text), from queued to played."""
-
-    utterance_id: str
-    request: SynthesisRequest
-    """Everything but the text comes from here; the text arrives as ``pieces``."""
-    owner: str | None = None
-    """Who asked for it (a room's bot or speaker); events name it, cancel can target it."""
-    pieces: deque[str] = field(default_factory=deque)
-    text_closed: bool = True
-    """No more text will come (always true for ``say``; ``text.done`` for streamed text)."""
-    accumulator: TextAccumulator | None = None
-    streamed_chars: int = 0
-    """Characters of streamed text taken so far (the talker caps it per utterance)."""
-    text_arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    packets: deque[bytes] = field(default_factory=deque)
-    produced: bool = False
-    """Synthesis and encoding finished (or failed): no more packets will come."""
-    cancelled: bool = False
-    failed: bool = False
-    """Synthesis failed; an ``error`` event was sent. Its played part still ends with done."""
-    frames_played: int = 0
-    first_pts: int | None = None
-    end_pts: int | None = None
-    """Stream position just after the last speech frame sent (``end_ts`` in events)."""
-    waiting_for_text: bool = False
-    """The producer has spoken every piece and waits for more streamed text."""
-    source_samples: int = 0
-    """Samples the engine produced (trimmed lead-in included)."""
-    trimmed_samples: int = 0
-    """Near-silence cut from the start, so speech starts sooner."""
-    source_rate_hz: int = 0
-
-    @property
-    def played_ms(self) -> int:
-        return self.frames_played * FRAME_MS
-
-    @property
-    def source_ms(self) -> float:
-        return 1000 * self.source_samples / self.source_rate_hz if self.source_rate_hz else 0.0
-
-    @property
-    def trimmed_ms(self) -> float:
-        return 1000 * self.trimmed_samples / self.source_rate_hz if self.source_rate_hz else 0.0
-
-    @property
-    def awaiting_text(self) -> bool:
-        return not self.pieces and not self.text_closed
-
-    @property
-    def ready_to_start(self) -> bool:
-        return len(self.packets) >= START_FRAMES or self.produced or self.waiting_for_text
-
-    def add_text(self, pieces: list[str]) -> None:
-        self.pieces.extend(pieces)
-        self.text_arrived.set()
-
-
-def _drop_event(event: Event) -> None:
-    """Where a closed speaker's events go."""
 
 
 class Speaker:
@@ -130,7 +63,7 @@ class Speaker:
         self,
         synthesis: SynthesisService,
         encoder: StreamEncoder,
-        on_event: EventCallback,
+        on_event: EventSink,
         *,
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
@@ -139,21 +72,19 @@ class Speaker:
         self._synthesis = synthesis
         self._engine = synthesis.engine
         self._encoder = encoder
-        self._on_event = on_event
         self._encode_executor = encode_executor
         self._encode_budget = encode_budget
-        self.max_queued = max_queued
-        self._queue: deque[Utterance] = deque()
-        self._to_produce: deque[Utterance] = deque()
-        self._wakeup = asyncio.Event()
+        self.queue = UtteranceQueue(
+            on_event,
+            max_queued=max_queued,
+            on_cancelled=self._dropped,
+            on_speaking=self._count_speaking,
+        )
         self._space = asyncio.Event()
         self._space.set()
         self._buffered = 0
         """Encoded frames queued in every utterance, not yet played."""
         self._task: asyncio.Task[None] | None = None
-        self._next_id = 0
-        self._counted_speaking = False
-        """This stream is among the budget's speaking streams."""
         self.underruns = 0
 
     # -- control (event loop) -------------------------------------------------
@@ -174,63 +105,20 @@ class Speaker:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return self.queue.pending
 
     @property
     def speaking(self) -> bool:
-        return bool(self._queue)
+        return self.queue.speaking
 
-    def _count_speaking(self) -> None:
-        """Tell the encode budget when this stream starts or stops speaking (after any
-        change to the queue): it sizes the Opus level for what all of them will need."""
-        speaking = bool(self._queue)
-        if self._encode_budget is None or speaking == self._counted_speaking:
-            return
-        self._counted_speaking = speaking
-        if speaking:
-            self._encode_budget.stream_started()
-        else:
-            self._encode_budget.stream_stopped()
-
-    def _enqueue(
-        self, request: SynthesisRequest, utterance_id: str | None, owner: str | None
-    ) -> Utterance:
-        if len(self._queue) >= self.max_queued:
-            raise OverflowError(f"{len(self._queue)} utterances are already queued")
-        if utterance_id is None:
-            self._next_id += 1
-            utterance_id = f"u{self._next_id}"
-        utterance = Utterance(utterance_id, request, owner)
-        self._queue.append(utterance)
-        self._to_produce.append(utterance)
-        self._count_speaking()
-        self._wakeup.set()
-        return utterance
+    @property
+    def max_queued(self) -> int:
+        return self.queue.max_queued
 
     def say(
-        self,
-        request: SynthesisRequest,
-        utterance_id: str | None = None,
-        owner: str | None = None,
+        self, request: SynthesisRequest, utterance_id: str | None = None, owner: str | None = None
     ) -> Utterance:
-        """Queue ``request``; raises ``OverflowError`` when the queue is full."""
-        utterance = self._enqueue(request, utterance_id, owner)
-        utterance.add_text([request.text])
-        return utterance
-
-    def _open_stream(self, utterance_id: str | None, owner: str | None) -> Utterance | None:
-        for utterance in reversed(self._queue):
-            if (
-                not utterance.text_closed
-                and utterance.owner == owner
-                and utterance_id in (None, utterance.utterance_id)
-            ):
-                return utterance
-        return None
-
-    def text_delta_opens(self, utterance_id: str | None, owner: str | None = None) -> bool:
-        """True if a ``text.delta`` with this id would open a new utterance."""
-        return self._open_stream(utterance_id, owner) is None
+        return self.queue.say(request, utterance_id, owner)
 
     def text_delta(
         self,
@@ -239,68 +127,37 @@ class Speaker:
         utterance_id: str | None = None,
         owner: str | None = None,
     ) -> Utterance:
-        """Add streamed text to the open utterance ``utterance_id`` (or open a new one).
-
-        Complete clauses are synthesised as soon as they exist, in order; the
-        rest waits for more text or :meth:`text_done`.
-        """
-        utterance = self._open_stream(utterance_id, owner)
-        if utterance is None:
-            utterance = self._enqueue(request, utterance_id, owner)
-            utterance.text_closed = False
-            utterance.accumulator = TextAccumulator()
-        assert utterance.accumulator is not None
-        utterance.add_text(utterance.accumulator.push(text))
-        return utterance
+        return self.queue.text_delta(text, request, utterance_id, owner)
 
     def text_done(
         self, utterance_id: str | None = None, owner: str | None = None
     ) -> Utterance | None:
-        utterance = self._open_stream(utterance_id, owner)
-        if utterance is None:
-            return None
-        assert utterance.accumulator is not None
-        utterance.text_closed = True
-        utterance.add_text(utterance.accumulator.flush())
-        return utterance
+        return self.queue.text_done(utterance_id, owner)
 
     def cancel(self, owner: str | None = None, *, everyone: bool = True) -> list[Utterance]:
-        """Stop speaking now and drop what is queued; returns what was cancelled.
+        """Stop speaking now (on the next tick) and drop what is queued."""
+        return self.queue.cancel(owner, everyone=everyone)
 
-        With ``everyone=False`` only ``owner``'s utterances go (a bot's barge-in
-        leaves other bots' speech alone); if one of them was playing, the next
-        utterance starts on the next tick.
-        """
-        cancelled = [u for u in self._queue if everyone or u.owner == owner]
+    def _count_speaking(self, speaking: bool) -> None:
+        """Tell the encode budget when this stream starts or stops speaking: it sizes
+        the Opus level for what all of them will need."""
+        if self._encode_budget is None:
+            return
+        if speaking:
+            self._encode_budget.stream_started()
+        else:
+            self._encode_budget.stream_stopped()
+
+    def _dropped(self, cancelled: list[Utterance]) -> None:
+        """Cancelled utterances' frames are never played; the producer stops after the
+        slice it is encoding (the stream's Opus state must not be shared by two)."""
         for utterance in cancelled:
-            self._queue.remove(utterance)
-            if utterance in self._to_produce:
-                self._to_produce.remove(utterance)
-        self._count_speaking()
-        for utterance in cancelled:
-            utterance.cancelled = True
             self._buffered -= len(utterance.packets)
             utterance.packets.clear()
-            utterance.text_arrived.set()
-            self._emit(
-                "speech.cancelled",
-                utterance,
-                played_ms=utterance.played_ms,
-                stream_ts=utterance.first_pts,
-                end_ts=utterance.end_pts,
-            )
         self._space.set()
-        self._wakeup.set()
-        return cancelled
 
     async def aclose(self) -> None:
-        self._on_event = _drop_event  # a closed speaker tells nobody (and holds no owner)
-        for utterance in self._queue:
-            utterance.cancelled = True
-            utterance.text_arrived.set()
-        self._queue.clear()
-        self._to_produce.clear()
-        self._count_speaking()
+        self.queue.close()
         self._buffered = 0
         task, self._task = self._task, None
         await cancel_and_wait(task)
@@ -308,40 +165,26 @@ class Speaker:
     # -- playout (called by the pacer once per tick) --------------------------
 
     def next_payload(self, pts: int) -> bytes | None:
-        while self._queue:
-            utterance = self._queue[0]
-            if utterance.first_pts is None and not utterance.ready_to_start:
+        while (utterance := self.queue.head) is not None:
+            if not utterance.started and not utterance.ready_to_start:
                 return None
             if utterance.packets:
                 payload = utterance.packets.popleft()
                 self._buffered -= 1
-                if utterance.first_pts is None:
-                    utterance.first_pts = pts
-                    self._emit("speech.started", utterance, stream_ts=pts)
+                if not utterance.started:
+                    self.queue.started(utterance, pts)
                 utterance.frames_played += 1
                 utterance.end_pts = pts + FRAME_SAMPLES
                 if self._buffered <= MAX_FRAMES_AHEAD - REFILL_FRAMES and not self._space.is_set():
                     self._space.set()
                 return payload
             if not utterance.produced:
-                if utterance.first_pts is not None and not utterance.awaiting_text:
+                if utterance.started and not utterance.awaiting_text:
                     self.underruns += 1
                     if self._encode_budget is not None:
                         self._encode_budget.record_underrun()
                 return None
-            self._queue.popleft()
-            self._count_speaking()
-            if utterance.failed and utterance.first_pts is None:
-                continue  # the error event already ended it; nothing was heard
-            self._emit(
-                "speech.done",
-                utterance,
-                duration_ms=utterance.played_ms,
-                source_duration_ms=round(utterance.source_ms, 1),
-                trimmed_ms=round(utterance.trimmed_ms, 1),
-                stream_ts=utterance.first_pts,
-                end_ts=utterance.end_pts,
-            )
+            self.queue.finished(utterance)
         return None
 
     # -- production (producer task) -------------------------------------------
@@ -356,12 +199,6 @@ class Speaker:
             utterance.packets.extend(packets)
             self._buffered += len(packets)
 
-    def _emit(self, event_type: str, utterance: Utterance, **fields: Any) -> None:
-        event: Event = {"type": event_type, "id": utterance.utterance_id, **fields}
-        if utterance.owner is not None:
-            event["owner"] = utterance.owner
-        self._on_event(event)
-
     async def _in_encoder(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on an encode thread. A :class:`DeadlineExecutor` is told when
         this stream's encoded audio runs out, so the stream nearest a gap goes first."""
@@ -374,24 +211,12 @@ class Speaker:
 
     async def _produce_forever(self) -> None:
         while True:
-            if not self._to_produce:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            utterance = self._to_produce.popleft()
+            utterance = await self.queue.next_to_produce()
             try:
                 await self._produce(utterance)
             except ClientError as exc:
                 logger.warning("synthesis of %s failed: %s", utterance.utterance_id, exc)
-                utterance.failed = True
-                if not utterance.cancelled:
-                    self._emit(
-                        "error",
-                        utterance,
-                        error=exc.code,
-                        message=exc.message,
-                        solution=exc.solution or "retry, or check the server log",
-                    )
+                self.queue.failed(utterance, exc)
             finally:
                 utterance.produced = True
 
@@ -436,18 +261,7 @@ class Speaker:
                     await self._space.wait()
             return not utterance.cancelled
 
-        while not utterance.cancelled:
-            if not utterance.pieces:
-                if utterance.text_closed:
-                    break
-                utterance.text_arrived.clear()
-                utterance.waiting_for_text = True
-                try:
-                    await utterance.text_arrived.wait()
-                finally:
-                    utterance.waiting_for_text = False
-                continue
-            piece = utterance.pieces.popleft()
+        while (piece := await utterance.next_piece()) is not None:
             request = dataclasses.replace(utterance.request, text=piece)
             stream = self._synthesis.stream(request)
             try:

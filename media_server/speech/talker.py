@@ -1,4 +1,4 @@
-"""Talker: what one client may say to a Speaker (identity, voice, rate), and how it is said."""
+"""Talker: what one client may say to an utterance queue (identity, voice, rate, limits)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ from media_server.speech.protocol import (
     rate_limited,
     streamed_text_too_long,
 )
+from media_server.speech.queue import UtteranceQueue
 from media_server.speech.rate import TokenBucket
-from media_server.speech.speaker import Speaker
-from synthesis import RequestLimits, SynthesisRequest
+from synthesis import Engine, RequestLimits, SynthesisRequest
 
 
 class Talker:
-    """One client's voice on a :class:`Speaker`: a 1:1 session's, a bot's, a room speaker's.
+    """One client's voice on an :class:`UtteranceQueue`: a 1:1 session's, a bot's, a room
+    speaker's, a ``/tts/ws`` socket's.
 
     ``identity`` becomes the owner of its utterances (``None`` for a 1:1 session),
     ``voice`` the default ``speaker_id``; ``say`` and each new streamed text take a
@@ -43,14 +44,21 @@ class Talker:
         if not self.rate.take():
             raise rate_limited(self.settings.say_burst, self.settings.say_rate_per_s)
 
-    def apply(self, message: ClientMessage, speaker: Speaker, *, cancel_everyone: bool) -> None:
-        """Act on ``message``; raises :class:`ProtocolError` for the client's ``error`` event.
+    def apply(
+        self,
+        message: ClientMessage,
+        speaker: UtteranceQueue,
+        engine: Engine,
+        *,
+        cancel_everyone: bool,
+    ) -> None:
+        """Act on ``message`` (checked against ``engine``); a
+        :class:`~synthesis.errors.ClientError` is for the client's ``error`` event.
 
         ``cancel_everyone``: whether this client's ``cancel`` stops everyone's speech
         (a person barging in) or only its own (a bot in a shared room).
         """
         owner = self.identity
-        engine = speaker.engine
         try:
             if isinstance(message, CancelMessage):
                 speaker.cancel(owner, everyone=cancel_everyone)

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import WSMsgType, web
 
 from media_server import Claims, ListenerSession, Role, Room, RoomFull
 from media_server.rooms.registry import ROOM_NAME
-from media_server.speech.protocol import binary_refused, error_event, parse_client_message
+from media_server.speech.events import ErrorEvent, Event, RoomReady
+from media_server.speech.protocol import binary_refused, parse_client_message
 from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
 from signaling.access import bearer_token, client_address, token_digest, ws_protocols
@@ -102,15 +103,18 @@ class BotConnection:
         self.claims = claims
         self.room = room
         self.talker = Talker(claims.identity, voice, room.settings, room.clock)
-        self._outbox: deque[dict[str, Any]] = deque()
+        self._outbox: deque[str] = deque()
         self._ready = asyncio.Event()
 
     @property
     def identity(self) -> str:
         return self.claims.identity
 
-    def send_event(self, event: dict[str, Any]) -> None:
-        self._outbox.append(event)
+    def send_event(self, event: Event) -> None:
+        self.send_text(event.to_json())
+
+    def send_text(self, text: str) -> None:
+        self._outbox.append(text)
         self._ready.set()
 
     async def write_events(self) -> None:
@@ -119,16 +123,16 @@ class BotConnection:
             await self._ready.wait()
             self._ready.clear()
             while self._outbox:
-                event = self._outbox.popleft()
+                text = self._outbox.popleft()
                 with contextlib.suppress(ConnectionError):  # the bot has gone
-                    await self._ws.send_json(event)
+                    await self._ws.send_str(text)
 
     def handle(self, raw: str) -> None:
         try:
             message = parse_client_message(raw, limits=self.talker.limits)
             self.room.handle(message, self.talker, cancel_everyone=False)
         except ClientError as exc:
-            self.send_event(error_event(exc))
+            self.send_event(ErrorEvent.of(exc))
 
 
 @routes.get("/rooms/{room}/bot")
@@ -144,15 +148,7 @@ async def join_as_bot(request: web.Request) -> web.WebSocketResponse:
         protocols=ws_protocols(request),
     )
     bot = BotConnection(ws, claims, voice, room)
-    bot.send_event(
-        {
-            "type": "ready",
-            "room": name,
-            "identity": claims.identity,
-            "engine": room.synthesis.engine.name,
-            "participants": room.roster(),
-        }
-    )
+    bot.send_event(RoomReady(name, claims.identity, room.synthesis.engine.name, room.roster()))
     try:
         member_id = room.add_bot(bot)
     except RoomFull:
@@ -166,11 +162,11 @@ async def join_as_bot(request: web.Request) -> web.WebSocketResponse:
             if msg.type == WSMsgType.TEXT:
                 refused = message_refused(request, len(msg.data))
                 if refused is not None:
-                    bot.send_event(error_event(refused))
+                    bot.send_event(ErrorEvent.of(refused))
                 else:
                     bot.handle(msg.data)
             elif msg.type == WSMsgType.BINARY:
-                bot.send_event(error_event(binary_refused()))
+                bot.send_event(ErrorEvent.of(binary_refused()))
     finally:
         room.remove_bot(member_id)
         await cancel_and_wait(writer)

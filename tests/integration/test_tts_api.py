@@ -260,9 +260,15 @@ async def test_websocket_cancel_and_bad_messages(client: TestClient) -> None:
         await ws.send_json({"type": "cancel"})
         events, _ = await ws_collect(ws, "speech.cancelled")
         cancelled = [e for e in events if e["type"] == "speech.cancelled"]
-        assert cancelled[0]["id"] == "long" and cancelled[0]["sent_ms"] > 0
+        assert cancelled[0]["id"] == "long" and cancelled[0]["played_ms"] > 0
         events, _ = await ws_collect(ws, "speech.cancelled")
-        assert events[-1] == {"type": "speech.cancelled", "id": "next", "sent_ms": 0}
+        assert events[-1] == {
+            "type": "speech.cancelled",
+            "id": "next",
+            "played_ms": 0,
+            "stream_ts": None,
+            "end_ts": None,
+        }
         # still up
         await ws.send_json({"type": "say", "text": "Still here.", "id": "ok"})
         events, audio = await ws_collect(ws, "speech.done")

@@ -126,9 +126,13 @@ async def test_one_streamed_utterance_is_capped_and_keeps_what_it_has() -> None:
     delta = "word " * 10
     try:
         for _ in range(cap // len(delta)):
-            talker.apply(TextDeltaMessage(delta, "s"), speaker, cancel_everyone=True)
+            talker.apply(
+                TextDeltaMessage(delta, "s"), speaker.queue, speaker.engine, cancel_everyone=True
+            )
         with pytest.raises(ClientError) as caught:
-            talker.apply(TextDeltaMessage("x", "s"), speaker, cancel_everyone=True)
+            talker.apply(
+                TextDeltaMessage("x", "s"), speaker.queue, speaker.engine, cancel_everyone=True
+            )
         assert caught.value.code == "text_too_long"
         assert str(cap) in caught.value.message
         # The utterance is still open with everything taken so far, and can be finished.
@@ -137,8 +141,10 @@ async def test_one_streamed_utterance_is_capped_and_keeps_what_it_has() -> None:
         assert " ".join(utterance.pieces) == " ".join(["word"] * (cap // 5))
         assert speaker.pending == 1
         # A new streamed utterance starts its own count.
-        talker.apply(TextDeltaMessage(delta, "t"), speaker, cancel_everyone=True)
-        talker.apply(TextDoneMessage("t"), speaker, cancel_everyone=True)
+        talker.apply(
+            TextDeltaMessage(delta, "t"), speaker.queue, speaker.engine, cancel_everyone=True
+        )
+        talker.apply(TextDoneMessage("t"), speaker.queue, speaker.engine, cancel_everyone=True)
         assert speaker.pending == 2
     finally:
         await speaker.aclose()

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
+from media_server.speech.events import ErrorEvent
 from media_server.speech.protocol import (
     CancelMessage,
     SayMessage,
     TextDeltaMessage,
     TextDoneMessage,
-    error_event,
     parse_client_message,
 )
 from synthesis import ClientError, Mode, RequestLimits, SynthesisRequest
@@ -66,6 +66,6 @@ def test_say_takes_the_request_model() -> None:
 def test_bad_messages_name_the_problem_and_a_solution(raw: str | bytes, error: str) -> None:
     with pytest.raises(ClientError) as info:
         parse(raw)
-    event = error_event(info.value)
+    event = ErrorEvent.of(info.value).as_dict()
     assert event["type"] == "error" and event["error"] == error
     assert event["message"] and event["solution"]

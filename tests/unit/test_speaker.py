@@ -13,12 +13,12 @@ from media_server.audio.encoder import StreamEncoder
 from media_server.audio.executor import DeadlineExecutor
 from media_server.audio.frames import FRAME_MS
 from media_server.audio.opus import OpusSettings
+from media_server.speech.queue import START_FRAMES
 from media_server.speech.speaker import (
     BULK_SLICE_MS,
     ENCODE_SLICE_MS,
     MAX_FRAMES_AHEAD,
     REFILL_FRAMES,
-    START_FRAMES,
     Speaker,
 )
 from synthesis import SynthesisRequest, SynthesisService
@@ -32,7 +32,10 @@ def req(text: str, **fields: Any) -> SynthesisRequest:
 def make(engine: ScriptedEngine, **kwargs: Any) -> tuple[Speaker, list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
     speaker = Speaker(
-        SynthesisService(engine, 4), StreamEncoder(OpusSettings()), events.append, **kwargs
+        SynthesisService(engine, 4),
+        StreamEncoder(OpusSettings()),
+        lambda event: events.append(event.as_dict()),
+        **kwargs,
     )
     speaker.start()
     return speaker, events
@@ -165,7 +168,7 @@ async def test_an_utterance_shorter_than_the_start_buffer_still_plays() -> None:
     speaker, events = make(ScriptedEngine(chunk_s=0.03, chunks=1))
     speaker.say(req("Hi"), "hi")
     for _ in range(200):
-        if speaker._queue and speaker._queue[0].produced:
+        if speaker.queue.head and speaker.queue.head.produced:
             break
         await asyncio.sleep(0.005)
     payloads = await play(speaker, 5)

@@ -13,7 +13,8 @@ from media_server.playout.pacer import Pacer
 from media_server.rooms.room import ListenerSession, Room
 from media_server.rooms.tokens import Claims, Role
 from media_server.sessions.session import VoiceSession
-from media_server.speech.speaker import START_FRAMES, Speaker
+from media_server.speech.queue import START_FRAMES
+from media_server.speech.speaker import Speaker
 from synthesis import SynthesisRequest, SynthesisService
 from synthesis.testing import FakeClock, ScriptedEngine
 

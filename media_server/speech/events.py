@@ -1,0 +1,151 @@
+"""Outgoing events, typed: one shape per event on every transport (docs/protocol.md).
+
+The data channel of a 1:1 session, a room's listeners and bots, and the ``/tts/ws``
+WebSocket all send these. An event is serialised once (:meth:`Event.to_json`), so a room
+broadcasting to many members encodes it once, not once per member.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from synthesis.errors import ClientError
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base: ``kind`` is the ``type`` field; None-valued optional fields are left out
+    unless the subclass lists them in ``always``."""
+
+    kind: ClassVar[str] = ""
+    always: ClassVar[frozenset[str]] = frozenset()
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": self.kind}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None or f.name in self.always:
+                body[f.name] = value
+        return body
+
+    def to_json(self) -> str:
+        return _dumps(self.as_dict())
+
+
+_dumps = functools.partial(json.dumps, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted(Event):
+    """The first audio of an utterance left (paced: the first frame was sent)."""
+
+    kind: ClassVar[str] = "speech.started"
+    always: ClassVar[frozenset[str]] = frozenset({"stream_ts"})
+    id: str
+    stream_ts: int | None = None
+    """RTP position of its first frame; null where nothing is paced (``/tts/ws``)."""
+    owner: str | None = None
+    timings: dict[str, float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechDone(Event):
+    """The last audio of an utterance left."""
+
+    kind: ClassVar[str] = "speech.done"
+    always: ClassVar[frozenset[str]] = frozenset({"stream_ts", "end_ts"})
+    id: str
+    duration_ms: int
+    source_duration_ms: float
+    trimmed_ms: float
+    stream_ts: int | None = None
+    end_ts: int | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechCancelled(Event):
+    """A ``cancel`` stopped it, or dropped it from the queue before it started."""
+
+    kind: ClassVar[str] = "speech.cancelled"
+    always: ClassVar[frozenset[str]] = frozenset({"stream_ts", "end_ts"})
+    id: str
+    played_ms: int
+    stream_ts: int | None = None
+    end_ts: int | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent(Event):
+    """A message, or one utterance's synthesis, failed; the session stays up."""
+
+    kind: ClassVar[str] = "error"
+    error: str
+    message: str
+    solution: str
+    id: str | None = None
+    owner: str | None = None
+
+    @classmethod
+    def of(
+        cls, exc: ClientError, utterance_id: str | None = None, owner: str | None = None
+    ) -> ErrorEvent:
+        return cls(exc.code, exc.message, exc.solution or "retry the request", utterance_id, owner)
+
+
+@dataclass(frozen=True, slots=True)
+class Participant:
+    identity: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantJoined(Event):
+    kind: ClassVar[str] = "participant.joined"
+    identity: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantLeft(Event):
+    kind: ClassVar[str] = "participant.left"
+    identity: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoomJoined(Event):
+    """To a listener, once its first frame of the room's stream is sent."""
+
+    kind: ClassVar[str] = "room.joined"
+    room: str
+    identity: str
+    role: str
+    stream_ts: int
+    participants: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomReady(Event):
+    """To a bot, first on its WebSocket."""
+
+    kind: ClassVar[str] = "ready"
+    room: str
+    identity: str
+    engine: str
+    participants: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SocketReady(Event):
+    """First on a ``/tts/ws`` socket: what its binary messages carry."""
+
+    kind: ClassVar[str] = "ready"
+    engine: str
+    format: str
+    sample_rate_hz: int
