@@ -113,7 +113,7 @@ def main() -> None:
         model_dir = args.model_dir
         model = str(model_dir)
         if model_dir is None:
-            from tests.cosyvoice.tiny_model import FULL, TINY, build_model_dir
+            from tests.synthesis.cosyvoice.tiny_model import FULL, TINY, build_model_dir
 
             size = FULL if args.full_size else TINY
             model = f"{'full-size' if args.full_size else 'tiny'} random CosyVoice2"

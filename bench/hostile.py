@@ -256,7 +256,7 @@ def decode_in_child(blob: bytes) -> dict[str, object]:
 
 
 def decoder_rows() -> list[list[str]]:
-    from tests.unit.test_hardening_reference import flac_bomb, tone_s16, wav_header
+    from tests.synthesis.test_hardening_reference import flac_bomb, tone_s16, wav_header
 
     cases = {
         "FLAC 81 bytes, 1 Hz": flac_bomb(stream_rate_hz=1),

@@ -25,7 +25,7 @@ from synthesis import (
 )
 from synthesis.testing import ScriptedEngine
 from tests.conftest import loopback_settings
-from tests.unit.test_hardening_reference import flac_bomb
+from tests.synthesis.test_hardening_reference import flac_bomb
 
 NESTED = "[" * 2000
 ROOM_SECRET = "hardening-room-secret-0123456789"

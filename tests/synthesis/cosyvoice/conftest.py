@@ -32,7 +32,7 @@ def _require_runtime() -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _require_runtime()
-    from tests.cosyvoice.tiny_model import build_model_dir
+    from tests.synthesis.cosyvoice.tiny_model import build_model_dir
 
     return build_model_dir(tmp_path_factory.mktemp("cosyvoice2-tiny"))
 

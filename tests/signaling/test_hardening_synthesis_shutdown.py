@@ -13,12 +13,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.test_hardening_synthesis import (
+from tests.signaling.test_hardening_synthesis import (
     slow_reader,
     tts_request,
     ws_say_never_read,
 )
-from tests.integration.test_tts_api import LONG_TEXT
+from tests.signaling.test_tts_api import LONG_TEXT
 
 ROOT = Path(__file__).resolve().parents[2]
 EXIT_BOUND_S = 15.0

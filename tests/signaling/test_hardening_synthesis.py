@@ -27,7 +27,7 @@ from signaling.keys import MEDIA_KEY, QUOTAS_KEY
 from signaling.quotas import Quota
 from synthesis import Engine, SynthesisRequest, SynthesisService
 from tests.conftest import loopback_settings
-from tests.integration.test_tts_api import LONG_TEXT
+from tests.signaling.test_tts_api import LONG_TEXT
 
 pytestmark = pytest.mark.slow  # each synthesises long audio, some for seconds
 

@@ -33,7 +33,7 @@ from synthesis.factory import available_engines
 from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
 from synthesis.stream import SynthesisStream
 from synthesis.types import AudioChunk
-from tests.cosyvoice.tiny_model import SPEAKER_ID
+from tests.synthesis.cosyvoice.tiny_model import SPEAKER_ID
 
 pytestmark = [  # deprecations inside the vendored upstream code (filtered by the runtime too)
     pytest.mark.filterwarnings("ignore:`torch.cuda.amp.autocast:FutureWarning"),

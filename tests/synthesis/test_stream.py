@@ -70,7 +70,7 @@ async def test_a_cancel_is_never_lost_when_a_chunk_arrives_at_the_same_moment() 
     # Python 3.11's asyncio.wait_for returns the result and swallows the cancellation
     # when the awaited future is done by the time the cancel is handled: a speaker
     # producer cancelled at that moment kept running, and closing its session hung
-    # forever (tests/integration/test_hardening_guard.py, 1 run in 25).
+    # forever (tests/signaling/test_hardening_guard.py, 1 run in 25).
     engine = ScriptedEngine(chunks=1)
     chunk = next(iter(engine.synthesize(REQUEST, threading.Event())))
     lost = 0

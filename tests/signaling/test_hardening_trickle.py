@@ -20,7 +20,7 @@ from media_server.config import ConfigError, Settings
 from media_server.rtc.ice import parse_remote_candidate
 from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
-from tests.integration.test_whep_http import assert_json_error
+from tests.signaling.test_whep_http import assert_json_error
 from tests.whep_client import WhepClient
 
 pytestmark = [pytest.mark.loopback, pytest.mark.slow]

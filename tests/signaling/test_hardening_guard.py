@@ -21,15 +21,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from signaling.app import create_app
 from tests.conftest import loopback_settings
-from tests.integration.test_hardening_http import CloningEngine
-from tests.integration.test_hardening_trickle import (
+from tests.signaling.test_hardening_http import CloningEngine
+from tests.signaling.test_hardening_trickle import (
     FRAG,
     LagProbe,
     TrickleClient,
     base_url,
     candidate_lines,
 )
-from tests.unit.test_hardening_reference import flac_bomb, tone_s16, wav_header
+from tests.synthesis.test_hardening_reference import flac_bomb, tone_s16, wav_header
 
 RSS_GROWTH_BOUND_MB = 300
 LAG_BOUND_S = 0.5

@@ -18,7 +18,7 @@ from media_server.rooms.tokens import Role, TokenSigner
 from media_server.rtc.peer import MAX_MEDIA_SECTIONS
 from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
-from tests.integration.test_whep_http import assert_json_error
+from tests.signaling.test_whep_http import assert_json_error
 
 SDP = {"Content-Type": "application/sdp"}
 SECRET = "hardening-secret-0123456789"
