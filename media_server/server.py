@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import gc
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from media_server.audio.budget import EncodeBudget
+from media_server.audio.containers import http_opus
 from media_server.audio.executor import DeadlineExecutor
 from media_server.clock import Clock, PreciseClock
 from media_server.config import Settings
@@ -23,6 +25,8 @@ from media_server.runtime.heap import HeapTrimmer, glibc_malloc_trim
 from media_server.runtime.priority import lower_thread_priority
 from media_server.sessions.registry import SessionNotFound, SessionRegistry
 from media_server.sessions.session import VoiceSession
+from media_server.speech.talker import Talker
+from media_server.speech.unpaced import Transport, UnpacedSpeaker
 from media_server.tasks import cancel_and_wait
 from synthesis import Engine, InvalidRequest, ServerBusy, SynthesisService, create_engine
 
@@ -221,6 +225,28 @@ class MediaServer:
 
     async def close_session(self, session_id: str) -> bool:
         return await self.sessions.close(session_id)
+
+    # -- unpaced streams ---------------------------------------------------------------
+
+    def unpaced_speaker(
+        self,
+        fmt: str,
+        transport: Transport,
+        *,
+        hold: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+    ) -> UnpacedSpeaker:
+        """A ``/tts/ws`` stream: its own utterance queue, spoken as fast as synthesis
+        goes (not started: the caller starts and closes it)."""
+        settings = self.settings
+        return UnpacedSpeaker(
+            self.synthesis,
+            fmt,
+            http_opus(settings.opus),
+            transport,
+            Talker(None, None, settings, self.clock),
+            max_queued=settings.max_queued_utterances,
+            hold=hold,
+        )
 
     # -- rooms --------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ Blocking (libswresample, libopus): run ``feed``/``finish`` off the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import struct
@@ -233,3 +234,8 @@ def create_formatter(fmt: str, source_rate_hz: int, opus: OpusSettings) -> Audio
     if fmt == "ogg":
         return OggOpusFormatter(source_rate_hz, opus)
     raise ValueError(f"unknown audio format {fmt!r}; use one of: {', '.join(FORMATS)}")
+
+
+def http_opus(settings: OpusSettings) -> OpusSettings:
+    """Opus for a container over TCP: nothing is lost, so in-band FEC would only waste bits."""
+    return dataclasses.replace(settings, inband_fec=False, expected_loss_pct=0)

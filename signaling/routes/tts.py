@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import re
@@ -13,8 +12,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from media_server.audio.containers import AudioFormatter, create_formatter
-from media_server.audio.opus import OpusSettings
+from media_server.audio.containers import AudioFormatter, create_formatter, http_opus
 from media_server.speech.protocol import JsonTooDeep, loads_json
 from media_server.speech.unpaced import one_piece, speech_pcm
 from signaling.access import client_address
@@ -107,7 +105,7 @@ async def tts(request: web.Request) -> web.StreamResponse:
         return await synthesise_response(request, parsed, fmt, formatter)
 
 
-class ClientGone(Exception):
+class ClientGone(ConnectionError):
     """The client disconnected, or took no audio for the write timeout."""
 
 
@@ -223,11 +221,6 @@ async def synthesise_response(
     finally:
         with contextlib.suppress(Exception):
             await audio.aclose()
-
-
-def http_opus(settings: OpusSettings) -> OpusSettings:
-    """Over TCP nothing is lost: in-band FEC would only waste bits."""
-    return dataclasses.replace(settings, inband_fec=False, expected_loss_pct=0)
 
 
 def audio_headers(formatter: Any, fmt: str, service: Any) -> dict[str, str]:
