@@ -237,7 +237,7 @@ def audio_headers(formatter: Any, fmt: str, service: Any) -> dict[str, str]:
 
 @routes.get("/voices")
 async def list_voices(request: web.Request) -> web.Response:
-    engine = request.app[MEDIA_KEY].synthesis.engine
+    engine = request.app[MEDIA_KEY].engine
     return web.json_response(
         {
             "engine": engine.name,
@@ -257,7 +257,7 @@ async def list_voices(request: web.Request) -> web.Response:
 
 @routes.post("/voices")
 async def register_voice(request: web.Request) -> web.Response:
-    engine = request.app[MEDIA_KEY].synthesis.engine
+    engine = request.app[MEDIA_KEY].engine
     if not engine.capabilities.cloning:
         raise Unsupported(
             None,
