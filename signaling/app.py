@@ -145,6 +145,14 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def stats_window(request: web.Request) -> web.Response:
+    """Start a fresh measuring window in every pacer (1:1 sessions and rooms): a later
+    ``GET /stats`` shows lateness, frames and underruns since now (benchmarks, tests)."""
+    sessions = request.app[REGISTRY_KEY].start_stats_window()
+    rooms = request.app[ROOMS_KEY].start_stats_window()
+    return web.json_response({"sessions": sessions, "rooms": rooms})
+
+
 async def gc_ctx(app: web.Application) -> AsyncIterator[None]:
     """Keep what start-up built out of every later garbage collection.
 
@@ -282,6 +290,7 @@ def create_app(
     app.router.add_get("/", index)
     app.router.add_get("/healthz", health)
     app.router.add_get("/stats", stats)
+    app.router.add_post("/stats/window", stats_window)
     app.router.add_routes(whep.routes)
     app.router.add_routes(tts.routes)
     app.router.add_routes(tts_socket.routes)

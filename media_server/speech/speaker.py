@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,38 @@ T = TypeVar("T")
 EventCallback = Callable[[Event], None]
 
 
+def monotonic_ms() -> float:
+    """This machine's ``time.monotonic()`` in ms: the clock of :class:`UtteranceTimings`
+    (not the media clock, so a client process on the same machine can compare)."""
+    return time.monotonic() * 1000
+
+
+@dataclass(slots=True)
+class UtteranceTimings:
+    """When an utterance reached each stage first, in :func:`monotonic_ms`; None: not yet.
+
+    Stamped always (a clock read per stage); sent in ``speech.started`` only with
+    ``Settings.debug_timings``, so a benchmark can split the server's time to first
+    speech without patching it."""
+
+    received_ms: float | None = None
+    """The data channel (or WebSocket) handed over the message that opened it."""
+    synthesis_started_ms: float | None = None
+    """Its first piece of text was handed to the synthesis service."""
+    first_chunk_ms: float | None = None
+    """The engine's first audio chunk reached the event loop."""
+    first_packets_ms: float | None = None
+    """Its first Opus packets were queued for playout."""
+    first_sent_ms: float | None = None
+    """The pacer took its first packet (``speech.started`` is sent right then)."""
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            f.name: None if (value := getattr(self, f.name)) is None else round(value, 3)
+            for f in dataclasses.fields(self)
+        }
+
+
 @dataclass(eq=False)
 class Utterance:
     """One ``say`` (or one streamed text), from queued to played."""
@@ -82,6 +115,7 @@ class Utterance:
     trimmed_samples: int = 0
     """Near-silence cut from the start, so speech starts sooner."""
     source_rate_hz: int = 0
+    timings: UtteranceTimings = field(default_factory=UtteranceTimings)
 
     @property
     def played_ms(self) -> int:
@@ -134,6 +168,7 @@ class Speaker:
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
         max_queued: int = 16,
+        debug_timings: bool = False,
     ) -> None:
         self._synthesis = synthesis
         self._engine = synthesis.engine
@@ -142,6 +177,8 @@ class Speaker:
         self._encode_executor = encode_executor
         self._encode_budget = encode_budget
         self.max_queued = max_queued
+        self._debug_timings = debug_timings
+        """``speech.started`` carries the utterance's :class:`UtteranceTimings`."""
         self._queue: deque[Utterance] = deque()
         self._to_produce: deque[Utterance] = deque()
         self._wakeup = asyncio.Event()
@@ -316,7 +353,12 @@ class Speaker:
                 self._buffered -= 1
                 if utterance.first_pts is None:
                     utterance.first_pts = pts
-                    self._emit("speech.started", utterance, stream_ts=pts)
+                    utterance.timings.first_sent_ms = monotonic_ms()
+                    if self._debug_timings:
+                        timings = utterance.timings.as_dict()
+                        self._emit("speech.started", utterance, stream_ts=pts, timings=timings)
+                    else:
+                        self._emit("speech.started", utterance, stream_ts=pts)
                 utterance.frames_played += 1
                 utterance.end_pts = pts + FRAME_SAMPLES
                 if self._buffered <= MAX_FRAMES_AHEAD - REFILL_FRAMES and not self._space.is_set():
@@ -352,6 +394,8 @@ class Speaker:
 
     def _add_packets(self, utterance: Utterance, packets: list[bytes]) -> None:
         if not utterance.cancelled:  # a cancelled utterance has left the queue
+            if packets and utterance.timings.first_packets_ms is None:
+                utterance.timings.first_packets_ms = monotonic_ms()
             utterance.packets.extend(packets)
             self._buffered += len(packets)
 
@@ -448,9 +492,13 @@ class Speaker:
                 continue
             piece = utterance.pieces.popleft()
             request = dataclasses.replace(utterance.request, text=piece)
+            if utterance.timings.synthesis_started_ms is None:
+                utterance.timings.synthesis_started_ms = monotonic_ms()
             stream = self._synthesis.stream(request)
             try:
                 async for chunk in stream:
+                    if utterance.timings.first_chunk_ms is None:
+                        utterance.timings.first_chunk_ms = monotonic_ms()
                     utterance.source_samples += int(chunk.pcm.size)
                     pcm = chunk.pcm if stretcher is None else stretcher.process(chunk.pcm)
                     if utterance.cancelled or not await encode(pcm):

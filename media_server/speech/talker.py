@@ -17,7 +17,7 @@ from media_server.speech.protocol import (
     streamed_text_too_long,
 )
 from media_server.speech.rate import TokenBucket
-from media_server.speech.speaker import Speaker
+from media_server.speech.speaker import Speaker, monotonic_ms
 from synthesis import RequestLimits, SynthesisRequest
 
 
@@ -43,12 +43,23 @@ class Talker:
         if not self.rate.take():
             raise rate_limited(self.settings.say_burst, self.settings.say_rate_per_s)
 
-    def apply(self, message: ClientMessage, speaker: Speaker, *, cancel_everyone: bool) -> None:
+    def apply(
+        self,
+        message: ClientMessage,
+        speaker: Speaker,
+        *,
+        cancel_everyone: bool,
+        received_ms: float | None = None,
+    ) -> None:
         """Act on ``message``; raises :class:`ProtocolError` for the client's ``error`` event.
 
         ``cancel_everyone``: whether this client's ``cancel`` stops everyone's speech
         (a person barging in) or only its own (a bot in a shared room).
+        ``received_ms``: when the message arrived (:func:`monotonic_ms`; default now),
+        stamped on the utterance it opens.
         """
+        if received_ms is None:
+            received_ms = monotonic_ms()
         owner = self.identity
         engine = speaker.engine
         try:
@@ -57,7 +68,8 @@ class Talker:
             elif isinstance(message, SayMessage):
                 request = checked_request(engine, message.request, self.voice)
                 self._take_token()
-                speaker.say(request, message.utterance_id, owner)
+                said = speaker.say(request, message.utterance_id, owner)
+                said.timings.received_ms = received_ms
             elif isinstance(message, TextDeltaMessage):
                 if speaker.text_delta_opens(message.utterance_id, owner):
                     self._take_token()
@@ -65,6 +77,8 @@ class Talker:
                 # An empty delta finds (or opens) the utterance without adding text, so
                 # the cap is checked before this delta's text is taken.
                 utterance = speaker.text_delta("", base, message.utterance_id, owner)
+                if utterance.timings.received_ms is None:
+                    utterance.timings.received_ms = received_ms
                 total = utterance.streamed_chars + len(message.text)
                 if total > self.limits.max_streamed_text_chars:
                     raise streamed_text_too_long(self.limits.max_streamed_text_chars)

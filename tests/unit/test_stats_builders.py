@@ -10,6 +10,7 @@ import pytest
 
 from media_server.config import Settings
 from media_server.playout.pacer import Pacer
+from media_server.playout.stats import PacingStats
 from media_server.rooms.room import ListenerSession, Room
 from media_server.rooms.tokens import Claims, Role
 from media_server.sessions.session import VoiceSession
@@ -104,3 +105,27 @@ async def test_a_starving_session_reports_its_underruns() -> None:
         assert PACING_KEYS <= stats.keys()
     finally:
         await session.aclose()
+
+
+async def test_a_room_keeps_when_the_last_listener_got_each_frame(room: Room) -> None:
+    assert isinstance(room.clock, FakeClock)
+    await starve(room.speaker, room.pacer, room.clock)
+    stats = room.stats()
+    assert stats["send_lateness_p99_ms"] >= 0 and stats["send_lateness_max_ms"] >= 0
+    assert "send_lateness_p99_ms" not in PacingStats().snapshot().as_dict()
+
+
+async def test_a_new_window_forgets_frames_lateness_and_underruns(room: Room) -> None:
+    assert isinstance(room.clock, FakeClock)
+    await starve(room.speaker, room.pacer, room.clock)
+    stats = room.pacer.stats
+    stats.record(0.5, speech=True)
+    assert stats.snapshot().lateness_max_ms == 500 and stats.underruns > 0
+    stats.start_window()
+    fresh = stats.snapshot()
+    assert (fresh.frames_sent, fresh.speech_frames_sent, fresh.skipped_frames) == (0, 0, 0)
+    assert fresh.underruns == 0 and fresh.lateness_max_ms == 0 and fresh.lateness_p99_ms == 0
+    assert fresh.send_lateness_max_ms == 0 and stats.lateness_s().size == 0
+    stats.record(0.002, speech=False)
+    assert stats.snapshot().lateness_p99_ms == pytest.approx(2.0)
+    assert stats.snapshot().frames_sent == 1
