@@ -13,6 +13,8 @@ the server in the same run on the same machine:
 The speech is pre-synthesised PCM at 48 kHz, looped forever, so every session
 speaks continuously and only the media path is measured. ``POST /whep`` takes an
 SDP offer and answers ``201``; ``DELETE`` on the ``Location`` closes the peer.
+``GET /stats`` and ``POST /stats/window`` answer as the server's do (``per_session``
+pacing figures, a fresh window), so the benchmarks read both servers the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import fractions
 import time
 import uuid
+from collections import deque
 from typing import Final
 
 import av
@@ -40,18 +43,35 @@ FRAME_S: Final = FRAME_SAMPLES / SAMPLE_RATE_HZ
 TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE_HZ)
 
 
+WINDOW_FRAMES: Final = 3000
+"""Lateness samples kept per track, as the server's ``PacingStats`` keeps."""
+
+
 class Lateness:
-    """How late each naive track woke for its frame (seconds), while recording."""
+    """How late one naive track woke for its frames (seconds) since the window started."""
 
     def __init__(self) -> None:
-        self.samples: list[float] = []
+        self.samples: deque[float] = deque(maxlen=WINDOW_FRAMES)
         self.frames = 0
-        self.recording = False
+        self.max_s = 0.0
 
     def add(self, late_s: float) -> None:
-        if self.recording:
-            self.samples.append(late_s)
-            self.frames += 1
+        self.samples.append(late_s)
+        self.frames += 1
+        self.max_s = max(self.max_s, late_s)
+
+    def figures(self) -> dict[str, float | int]:
+        late_ms = np.asarray(self.samples, dtype=np.float64) * 1000
+        p50, p99 = np.percentile(late_ms, [50, 99]) if late_ms.size else (0.0, 0.0)
+        return {
+            "frames_sent": self.frames,
+            "speech_frames_sent": self.frames,
+            "underruns": 0,
+            "skipped_frames": 0,
+            "lateness_p50_ms": float(p50),
+            "lateness_p99_ms": float(p99),
+            "lateness_max_ms": self.max_s * 1000,
+        }
 
 
 class NaiveSpeechTrack(MediaStreamTrack):
@@ -59,10 +79,10 @@ class NaiveSpeechTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, pcm: npt.NDArray[np.int16], lateness: Lateness) -> None:
+    def __init__(self, pcm: npt.NDArray[np.int16]) -> None:
         super().__init__()
         self._pcm = pcm
-        self._lateness = lateness
+        self.lateness = Lateness()
         self._offset = 0
         self._start = 0.0
         self._timestamp: int | None = None
@@ -72,7 +92,7 @@ class NaiveSpeechTrack(MediaStreamTrack):
             self._timestamp += FRAME_SAMPLES
             deadline = self._start + self._timestamp / SAMPLE_RATE_HZ
             await asyncio.sleep(deadline - time.time())
-            self._lateness.add(max(0.0, time.time() - deadline))
+            self.lateness.add(max(0.0, time.time() - deadline))
         else:
             self._start = time.time()
             self._timestamp = 0
@@ -88,8 +108,7 @@ class NaiveSpeechTrack(MediaStreamTrack):
         return frame
 
 
-PEERS_KEY: Final = web.AppKey("naive_peers", dict[str, RTCPeerConnection])
-LATENESS_KEY: Final = web.AppKey("naive_lateness", Lateness)
+PEERS_KEY: Final = web.AppKey("naive_peers", dict[str, tuple[RTCPeerConnection, NaiveSpeechTrack]])
 PCM_KEY: Final = web.AppKey("naive_pcm", np.ndarray)
 
 
@@ -97,13 +116,14 @@ async def _offer(request: web.Request) -> web.Response:
     offer = await request.text()
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     peer_id = uuid.uuid4().hex
-    request.app[PEERS_KEY][peer_id] = pc
     await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
     # ?idle=1: a session with nothing to say sends silence (aiortc's AudioStreamTrack)
     pcm = request.app[PCM_KEY]
     if request.query.get("idle") == "1":
         pcm = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-    pc.addTrack(NaiveSpeechTrack(pcm, request.app[LATENESS_KEY]))
+    track = NaiveSpeechTrack(pcm)
+    request.app[PEERS_KEY][peer_id] = (pc, track)
+    pc.addTrack(track)
     await pc.setLocalDescription(await pc.createAnswer())
     return web.Response(
         status=201,
@@ -114,29 +134,38 @@ async def _offer(request: web.Request) -> web.Response:
 
 
 async def _delete(request: web.Request) -> web.Response:
-    pc = request.app[PEERS_KEY].pop(request.match_info["peer_id"], None)
-    if pc is None:
+    peer = request.app[PEERS_KEY].pop(request.match_info["peer_id"], None)
+    if peer is None:
         raise web.HTTPNotFound()
-    await pc.close()
+    await peer[0].close()
     return web.Response()
+
+
+async def _stats(request: web.Request) -> web.Response:
+    peers = request.app[PEERS_KEY].values()
+    per_session = [track.lateness.figures() for _, track in peers]
+    return web.json_response({"sessions": len(per_session), "per_session": per_session})
+
+
+async def _window(request: web.Request) -> web.Response:
+    for _, track in request.app[PEERS_KEY].values():
+        track.lateness = Lateness()
+    return web.json_response({"sessions": len(request.app[PEERS_KEY]), "rooms": 0})
 
 
 async def _close_all(app: web.Application) -> None:
     peers = list(app[PEERS_KEY].values())
     app[PEERS_KEY].clear()
-    await asyncio.gather(*(pc.close() for pc in peers), return_exceptions=True)
+    await asyncio.gather(*(pc.close() for pc, _ in peers), return_exceptions=True)
 
 
-def create_naive_app(pcm_48k: npt.NDArray[np.int16], lateness: Lateness) -> web.Application:
+def create_naive_app(pcm_48k: npt.NDArray[np.int16]) -> web.Application:
     app = web.Application()
     app[PEERS_KEY] = {}
-    app[LATENESS_KEY] = lateness
     app[PCM_KEY] = pcm_48k
     app.router.add_post("/whep", _offer)
     app.router.add_delete("/whep/{peer_id}", _delete)
+    app.router.add_get("/stats", _stats)
+    app.router.add_post("/stats/window", _window)
     app.on_shutdown.append(_close_all)
     return app
-
-
-def peers(app: web.Application) -> int:
-    return len(app[PEERS_KEY])

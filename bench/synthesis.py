@@ -36,14 +36,14 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
-from bench._report import counts, machine_rows, print_table
+from bench._report import counts, fmt, p50_p90_max, print_machine, print_table, system_busy_s
 from synthesis import (
     Engine,
     EngineBusy,
@@ -106,64 +106,22 @@ class Sample:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """A snapshot of clocks and counters; subtract two to get what a run used."""
+    """Clocks and counters: wall, this process's CPU (all threads), its involuntary context
+    switches, the whole machine's busy CPU (``/proc/stat``). Add or subtract two."""
 
-    wall_s: float
-    cpu_s: float
-    """User + system time of this process, all threads."""
-    involuntary_switches: int
-    machine_busy_s: float | None
-    """Non-idle time of all cores of the machine (``/proc/stat``), None off Linux."""
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    involuntary_switches: int = 0
+    machine_busy_s: float = 0.0
 
     @classmethod
     def now(cls) -> Usage:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return cls(
-            time.perf_counter(),
-            usage.ru_utime + usage.ru_stime,
-            usage.ru_nivcsw,
-            _machine_busy_s(),
-        )
+        cpu = usage.ru_utime + usage.ru_stime
+        return cls(time.perf_counter(), cpu, usage.ru_nivcsw, system_busy_s())
 
-    def __sub__(self, other: Usage) -> Usage:
-        busy = (
-            None
-            if self.machine_busy_s is None or other.machine_busy_s is None
-            else self.machine_busy_s - other.machine_busy_s
-        )
-        return Usage(
-            self.wall_s - other.wall_s,
-            self.cpu_s - other.cpu_s,
-            self.involuntary_switches - other.involuntary_switches,
-            busy,
-        )
-
-    def __add__(self, other: Usage) -> Usage:
-        busy = (
-            None
-            if self.machine_busy_s is None or other.machine_busy_s is None
-            else self.machine_busy_s + other.machine_busy_s
-        )
-        return Usage(
-            self.wall_s + other.wall_s,
-            self.cpu_s + other.cpu_s,
-            self.involuntary_switches + other.involuntary_switches,
-            busy,
-        )
-
-
-ZERO_USAGE: Final = Usage(0.0, 0.0, 0, 0.0)
-
-
-def _machine_busy_s() -> float | None:
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user]
-    busy = sum(fields[:8]) - fields[3] - fields[4]
-    return busy / os.sysconf("SC_CLK_TCK")
+    def plus(self, other: Usage, sign: int = 1) -> Usage:
+        return Usage(*(a + sign * b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 @dataclass
@@ -173,7 +131,7 @@ class Run:
     label: str
     concurrency: int
     samples: list[Sample] = field(default_factory=list)
-    usage: Usage = ZERO_USAGE
+    usage: Usage = Usage()
     refused: int = 0
     """EngineBusy answers (retried); the service is sized so this should stay 0."""
 
@@ -304,7 +262,7 @@ async def run_paired(
                     sample = await direct.run(request)
                 else:
                     sample = await synthesize_service(service, request, run)
-                run.usage = run.usage + (Usage.now() - before)
+                run.usage = run.usage.plus(Usage.now().plus(before, -1))
                 run.samples.append(sample)
     finally:
         service.close()
@@ -329,7 +287,7 @@ async def run_level(
     try:
         before = Usage.now()
         per_stream = await asyncio.gather(*(stream_worker(k) for k in range(concurrency)))
-        run.usage = Usage.now() - before
+        run.usage = Usage.now().plus(before, -1)
     finally:
         service.close()
     # in sentence order, so that every level lists the same sentences in the same order
@@ -410,233 +368,98 @@ def _onnx_sessions(engine: Engine) -> list[Any]:
 
 
 def engine_rows(engine: Engine, load_s: float, threads_added: int) -> list[tuple[str, str]]:
+    """What the engine is and how its runtime was set up (threads decide what N streams get)."""
     rows = [
-        ("engine", engine.name),
-        ("sample rate", f"{engine.sample_rate_hz} Hz"),
-        ("load time", f"{load_s:.2f} s"),
+        ("engine", f"{engine.name}, {engine.sample_rate_hz} Hz, loaded in {load_s:.2f} s"),
         ("OS threads started by loading it", str(threads_added)),
     ]
     for index, session in enumerate(_onnx_sessions(engine)):
         options = session.get_session_options()
-        try:
-            spinning = options.get_session_config_entry("session.intra_op.allow_spinning")
-        except Exception:  # onnxruntime raises when the key was never set
-            spinning = "not set (ORT default: on)"
         intra = options.intra_op_num_threads
-        prefix = f"ONNX session {index + 1}: "
-        rows += [
-            (prefix + "providers", ", ".join(session.get_providers())),
+        rows.append(
             (
-                prefix + "intra_op_num_threads",
-                f"{intra}" + (" (ORT default: one per physical core)" if intra == 0 else ""),
-            ),
-            (prefix + "inter_op_num_threads", str(options.inter_op_num_threads)),
-            (prefix + "execution mode", str(options.execution_mode).rsplit(".", 1)[-1]),
-            (prefix + "intra-op spinning", spinning),
-        ]
+                f"ONNX session {index + 1}",
+                f"{', '.join(session.get_providers())}; intra-op threads"
+                f" {intra or 'default (one per physical core)'}, inter-op"
+                f" {options.inter_op_num_threads}, {options.execution_mode.name}",
+            )
+        )
     torch = sys.modules.get("torch")
     if torch is not None:
-        rows += [
-            ("torch intra-op threads", str(torch.get_num_threads())),
-            ("torch inter-op threads", str(torch.get_num_interop_threads())),
-        ]
+        rows.append(
+            ("torch threads", f"{torch.get_num_threads()} / {torch.get_num_interop_threads()}")
+        )
     return rows
 
 
 # -- output ----------------------------------------------------------------------------
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _ratio(value: float | None, base: float | None) -> str:
     return "-" if value is None or not base else f"{value / base:.2f}x"
 
 
-def print_machine() -> None:
-    rows = machine_rows(("onnxruntime", "torch", "piper-tts", "numpy"))
-    print_table("Machine", ("item", "value"), rows, left=(0, 1))
-
-
-def _percentiles(values: Iterable[float | None]) -> tuple[float, float, float] | None:
-    present = np.array([v for v in values if v is not None], dtype=np.float64)
-    if not present.size:
-        return None
-    p50, p90 = np.percentile(present, [50, 90])
-    return float(p50), float(p90), float(present.max())
-
-
 def print_results(runs: Sequence[Run]) -> None:
     baseline = runs[0]
-    base_first = _percentiles(s.first_chunk_s for s in baseline.samples)
-    base_p50 = base_first[0] if base_first else None
-
-    rows: list[tuple[str, ...]] = []
-    for run in runs:
-        first = _percentiles(s.first_chunk_s for s in run.samples)
-        p50, p90, peak = (v * 1000 for v in first) if first else (None, None, None)
-        rows.append(
-            (
-                run.label,
-                str(run.concurrency),
-                str(len(run.samples)),
-                _fmt(p50),
-                _fmt(p90),
-                _fmt(peak),
-                _ratio(first[0] if first else None, base_p50),
-            )
-        )
+    first_chunks = [p50_p90_max(s.first_chunk_s for s in run.samples) for run in runs]
+    base_p50 = first_chunks[0][0] if first_chunks[0] else None
     print_table(
         "First chunk: request made -> first chunk in hand (ms)",
         ("run", "streams", "samples", "p50", "p90", "max", "p50 vs baseline"),
-        rows,
-    )
-
-    base_rtf = baseline.rtf
-    base_tp = baseline.throughput
-    rows = []
+        [(run.label, str(run.concurrency), str(len(run.samples)),
+          *(fmt(None if first is None else v * 1000) for v in (first or (0, 0, 0))),
+          _ratio(first[0] if first else None, base_p50))
+         for run, first in zip(runs, first_chunks, strict=True)],
+    )  # fmt: skip
+    rows: list[tuple[str, ...]] = []
     for run in runs:
-        rtfs = _percentiles(s.synthesis_s / s.audio_s if s.audio_s else None for s in run.samples)
+        rtfs = p50_p90_max(s.synthesis_s / s.audio_s if s.audio_s else None for s in run.samples)
         busy_streams = run.synthesis_s / run.usage.wall_s if run.usage.wall_s else None
-        rows.append(
-            (
-                run.label,
-                str(run.concurrency),
-                _fmt(run.audio_s),
-                _fmt(run.rtf, 3),
-                _fmt(rtfs[1] if rtfs else None, 3),
-                _ratio(run.rtf, base_rtf),
-                _fmt(run.throughput, 1),
-                _ratio(run.throughput, base_tp),
-                _fmt(run.usage.wall_s),
-                _fmt(busy_streams, 1),
-                f"{run.errors}/{run.refused}",
-            )
-        )
+        rows.append((
+            run.label, str(run.concurrency), fmt(run.audio_s), fmt(run.rtf, 3),
+            fmt(rtfs[1] if rtfs else None, 3), _ratio(run.rtf, baseline.rtf),
+            fmt(run.throughput, 1), _ratio(run.throughput, baseline.throughput),
+            fmt(run.usage.wall_s), fmt(busy_streams, 1), f"{run.errors}/{run.refused}",
+        ))  # fmt: skip
     print_table(
         "Speed: RTF = synthesis time / audio time (lower is faster)",
-        (
-            "run",
-            "streams",
-            "audio s",
-            "RTF",
-            "RTF p90",
-            "RTF vs base",
-            "throughput",
-            "vs base",
-            "wall s",
-            "busy streams",
-            "err/refused",
-        ),
+        ("run", "streams", "audio s", "RTF", "RTF p90", "RTF vs base", "throughput", "vs base",
+         "wall s", "busy", "err/refused"),
         rows,
-    )
-
-    cores = len(os.sched_getaffinity(0))
-    rows = []
+    )  # fmt: skip
+    rows.clear()
     for run in runs:
-        usage = run.usage
-        wall = usage.wall_s or float("nan")
-        cpu_per_audio = usage.cpu_s / run.audio_s if run.audio_s else None
-        machine = None if usage.machine_busy_s is None else usage.machine_busy_s / wall
-        rows.append(
-            (
-                run.label,
-                _fmt(usage.cpu_s / wall, 2),
-                _fmt(machine, 2),
-                _fmt(None if machine is None else machine - usage.cpu_s / wall, 2),
-                _fmt(cpu_per_audio, 3),
-                _fmt(usage.involuntary_switches / wall, 0),
-            )
-        )
+        u = run.usage
+        wall = u.wall_s or float("nan")
+        rows.append((
+            run.label, fmt(u.cpu_s / wall, 2), fmt(u.machine_busy_s / wall, 2),
+            fmt((u.machine_busy_s - u.cpu_s) / wall, 2),
+            fmt(u.cpu_s / run.audio_s if run.audio_s else None, 3),
+            fmt(u.involuntary_switches / wall, 0),
+        ))  # fmt: skip
     print_table(
-        f"CPU (average cores busy, of {cores}; per run's own wall time)",
-        (
-            "run",
-            "this process",
-            "machine",
-            "everything else",
-            "CPU s per audio s",
-            "invol. switches/s",
-        ),
+        f"CPU (average cores busy, of {len(os.sched_getaffinity(0))}; per run's own wall time)",
+        ("run", "this process", "machine", "everything else", "CPU s per audio s",
+         "invol. switches/s"),
         rows,
-    )
-
-    errors: dict[str, int] = {}
-    for run in runs:
-        for sample in run.samples:
-            if sample.error is not None:
-                errors[sample.error] = errors.get(sample.error, 0) + 1
-    if errors:
-        print_table(
-            "Errors (all runs)",
-            ("error", "count"),
-            [(message[:120], str(count)) for message, count in errors.items()],
-        )
-
+    )  # fmt: skip
     single = next((r for r in runs if r.label == "service, concurrency 1"), None)
-    if single is not None:
-        pairs = list(zip(baseline.samples, single.samples, strict=True))
-        first_diff = [
-            (s.first_chunk_s - b.first_chunk_s) * 1000
-            for b, s in pairs
-            if b.first_chunk_s is not None and s.first_chunk_s is not None
-        ]
-        synth_diff = [(s.synthesis_s - b.synthesis_s) * 1000 for b, s in pairs]
-        rows = []
-        for label, values in (
-            ("first chunk", first_diff),
-            ("whole sentence (synthesis time)", synth_diff),
-        ):
-            stats = _percentiles(values)
-            mean = float(np.mean(values)) if values else None
-            rows.append(
-                (label, *(_fmt(v, 2) for v in (stats or (None, None, None))), _fmt(mean, 2))
-            )
-        print_table(
-            "Service overhead at concurrency 1: service - engine direct, same sentence (ms)",
-            ("measure", "p50", "p90", "max", "mean"),
-            rows,
-        )
-
-
-def print_notes(
-    engine_name: str, onnx: bool, threads_added: int, baseline_cores: float | None
-) -> None:
-    cores = len(os.sched_getaffinity(0))
-    print(
-        "Columns: streams = concurrent streams (= the service's max_concurrent); RTF = sum of\n"
-        "per-sentence synthesis times / sum of audio durations (per stream, so above the core\n"
-        "count it grows with the queueing); RTF p90 = 90th percentile of per-sentence RTF;\n"
-        "throughput = audio seconds produced per wall second, all streams together; busy\n"
-        "streams = mean number of streams synthesising (the last rounds of a level taper off);\n"
-        "err/refused = failed sentences / EngineBusy answers (retried; should both be 0).\n"
-        "Baseline and concurrency 1 alternate sentence by sentence; their wall time is the sum\n"
-        "of their own sentences only. 'vs base' compares with the engine called directly.\n"
-    )
-    alone = f"{baseline_cores:.1f} cores" if baseline_cores is not None else "all of its cores"
-    if onnx:
-        print(
-            f"On this {cores}-core machine, concurrency > cores means queueing inside ONNX\n"
-            "Runtime threads. Each session.run works on the calling worker thread plus the\n"
-            f"session's intra-op pool ({threads_added} thread(s) started when the engine loaded),\n"
-            f"so one stream alone already keeps about {alone} busy (CPU table). More streams\n"
-            "add worker threads that the OS time-slices over the same cores: throughput rises\n"
-            "little, and each stream's first chunk and RTF stretch about in proportion to the\n"
-            "busy streams. ORT's pool threads spin-wait for work by default (counted as CPU).\n"
-        )
-    else:
-        print(
-            f"On this {cores}-core machine, concurrency > cores means the streams' worker\n"
-            f"threads queue for the cores (one stream alone keeps about {alone} busy).\n"
-        )
-    if engine_name == "piper":
-        print(
-            "Piper is not deterministic: the same text gives different durations and timings\n"
-            "from one call to the next, so compare percentiles and aggregates, not sentences.\n"
-            "Piper yields one chunk per sentence (the first piece is cut at a clause boundary),\n"
-            "so the first chunk is a whole clause synthesised.\n"
-        )
+    if single is None:
+        return
+    pairs = list(zip(baseline.samples, single.samples, strict=True))
+    diffs = {
+        "first chunk": [(s.first_chunk_s - b.first_chunk_s) * 1000 for b, s in pairs
+                        if b.first_chunk_s is not None and s.first_chunk_s is not None],
+        "whole sentence (synthesis time)": [(s.synthesis_s - b.synthesis_s) * 1000
+                                            for b, s in pairs],
+    }  # fmt: skip
+    print_table(
+        "Service overhead at concurrency 1: service - engine direct, same sentence (ms)",
+        ("measure", "p50", "p90", "max", "mean"),
+        [(label, *(fmt(v, 2) for v in (p50_p90_max(values) or (None, None, None))),
+          fmt(float(np.mean(values)) if values else None, 2))
+         for label, values in diffs.items()],
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -645,40 +468,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--engine", default="piper", help="engine name (default piper)")
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=None,
-        help="model directory for engines that need one (set as VMS_<ENGINE>_MODEL_DIR)",
-    )
-    parser.add_argument(
-        "--voice", default=None, help="speaker_id for every request (default: the engine's)"
-    )
-    parser.add_argument(
-        "--levels",
-        type=counts,
-        default=DEFAULT_LEVELS,
-        help="concurrency levels, comma-separated (default 1,4,16)",
-    )
-    parser.add_argument(
-        "--passes",
-        type=int,
-        default=None,
-        help=f"times through the {len(SENTENCES)} sentences per level "
-        f"(default {DEFAULT_PASSES}; {QUICK_PASSES} with --quick)",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"{QUICK_PASSES} pass: {QUICK_PASSES * len(SENTENCES)} sentences per level",
-    )
-    parser.add_argument(
-        "--chunk-timeout",
-        type=float,
-        default=CHUNK_TIMEOUT_S,
-        help=f"the service's chunk_timeout_s (default {CHUNK_TIMEOUT_S:g})",
-    )
+    add = parser.add_argument
+    add("--engine", default="piper", help="engine name (default piper)")
+    add("--model-dir", type=Path, help="model directory (set as VMS_<ENGINE>_MODEL_DIR)")
+    add("--voice", help="speaker_id for every request (default: the engine's)")
+    add("--levels", type=counts, default=DEFAULT_LEVELS, help="concurrency levels (1,4,16)")
+    add("--passes", type=int, help=f"times through the sentences ({DEFAULT_PASSES}; quick 1)")
+    add("--quick", action="store_true", help=f"{QUICK_PASSES} pass through the sentences")
+    add("--chunk-timeout", type=float, default=CHUNK_TIMEOUT_S, help="service chunk_timeout_s")
     args = parser.parse_args(argv)
     passes = (
         args.passes if args.passes is not None else QUICK_PASSES if args.quick else DEFAULT_PASSES
@@ -689,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
-    print_machine()
+    print_machine(("onnxruntime", "torch", "piper-tts", "numpy"))
     # import the runtimes first, so that the thread count below is the engine's own
     for runtime in ("onnxruntime", "torch"):
         try:
@@ -708,16 +505,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "one asyncio loop; streams read as fast as chunks come.\n",
         flush=True,
     )
-    onnx = bool(_onnx_sessions(engine))
     try:
         runs = asyncio.run(measure(engine, args.levels, samples, args.voice, args.chunk_timeout))
     finally:
         engine.close()
     print()
     print_results(runs)
-    base_usage = runs[0].usage
-    base_cores = base_usage.cpu_s / base_usage.wall_s if base_usage.wall_s else None
-    print_notes(engine.name, onnx, threads_added, base_cores)
+    print(
+        "RTF = per-sentence synthesis times / audio durations (per stream: above the core\n"
+        "count it grows with the queueing); throughput = audio s per wall s, all streams;\n"
+        "busy = mean streams synthesising; err/refused = failed sentences / EngineBusy\n"
+        "answers (both should be 0).\n"
+    )
     print(f"Total run time {time.perf_counter() - started:.1f} s.")
     return 0
 
