@@ -1,12 +1,5 @@
-"""What ``bench.fanout`` and ``bench.capacity`` share: a server process pinned to one core,
-the peers' processes on the other, and one measuring window per step, read from the
-server's public figures (``POST /stats/window``, ``GET /stats``) and from ``/proc``.
-
-The server is the real app (``signaling.app.create_app``) with, unless the real voice
-is asked for, :class:`ReplayEngine`: speech Piper synthesised once in the parent, replayed
-for every ``say``, so only the media path is measured. The naive aiortc baseline
-(``bench._naive_aiortc``) is served the same way and answers the same two routes.
-"""
+"""What ``bench.fanout`` and ``bench.capacity`` share: the server on core 0, peers on core 1,
+one window per step from ``POST /stats/window``, ``GET /stats`` and ``/proc``."""
 
 from __future__ import annotations
 
@@ -61,7 +54,6 @@ CLEAR_FAIL_P99_MS: Final = 20.0
 """A step this late (or with underruns or failed joins) ends the ramp at once."""
 START_WAIT_S: Final = 60.0
 JOIN_WAIT_S: Final = 180.0
-FLOWING_WAIT_S: Final = 10.0
 REPLY_WAIT_S: Final = 60.0
 STOP_WAIT_S: Final = 45.0
 
@@ -94,10 +86,7 @@ class ReplayEngine:
         self.sample_rate_hz = sample_rate_hz
         self.voices = (VoiceInfo(voice_id, "en-US", sample_rate_hz),)
         self.capabilities = EngineCapabilities(
-            modes=frozenset({Mode.SFT}),
-            sample_rate_hz=sample_rate_hz,
-            languages=("en-US",),
-            native_speed=True,
+            frozenset({Mode.SFT}), sample_rate_hz, ("en-US",), native_speed=True
         )
 
     def synthesize(
@@ -116,33 +105,25 @@ class ReplayEngine:
     def close(self) -> None:
         pass
 
-
-@dataclass(frozen=True, slots=True)
-class Speech:
-    chunks: list[np.ndarray]
-    sample_rate_hz: int
-    voice_id: str
-
     @property
     def duration_s(self) -> float:
         return sum(c.size for c in self.chunks) / self.sample_rate_hz
 
 
-def synthesise_once() -> Speech:
+def synthesise_once() -> ReplayEngine:
     """:data:`PARAGRAPH` through the real Piper voice, once, here; the servers replay it."""
     engine = create_engine("piper")
     try:
         request = SynthesisRequest(text=PARAGRAPH)
         chunks = [c.pcm.copy() for c in engine.synthesize(request, threading.Event())]
-        return Speech(chunks, engine.sample_rate_hz, engine.voices[0].voice_id)
+        return ReplayEngine(chunks, engine.sample_rate_hz, engine.voices[0].voice_id)
     finally:
         engine.close()
 
 
 async def _serve(
-    conn: Connection, settings: Settings, speech: Speech, mode: str, engine: str
+    conn: Connection, settings: Settings, replay: ReplayEngine, mode: str, engine: str
 ) -> None:
-    replay = ReplayEngine(speech.chunks, speech.sample_rate_hz, speech.voice_id)
     if mode == MODE_AIORTC:
         resampler = StreamResampler(replay.sample_rate_hz)
         pcm = [*(resampler.resample(c) for c in replay.chunks), resampler.flush()]
@@ -163,8 +144,8 @@ async def _serve(
 
 
 def server_process(
-    conn: Connection, settings: Settings, speech: Speech, mode: str, engine: str
-) -> None:  # noqa: E501
+    conn: Connection, settings: Settings, speech: ReplayEngine, mode: str, engine: str
+) -> None:
     """Entry point of the server process (multiprocessing ``spawn`` target)."""
     os.sched_setaffinity(0, {SERVER_CORE})
     logging.basicConfig(level=logging.WARNING)
@@ -178,30 +159,23 @@ class Plan:
     hold_s: float
     mode_budget_s: float
     """Wall time after which a mode starts no further step."""
-    direct_rtp: bool = True
-    """Our server writes RTP from the tick (``Settings.direct_rtp``), or aiortc's sender."""
 
 
 @dataclass(frozen=True, slots=True)
 class ServerWindow:
-    """One measuring window of the server: its ``GET /stats`` and its CPU from ``/proc``.
-
-    Lateness from the pacers' own figures (1 room; N 1:1 sessions, each with 500 frames
-    in a 10 s window, so its p99 is its 5th-worst frame): p50 is the median pacer's; p99
-    and max the worst pacer's (the pass criterion), ``p99_median_ms`` the median pacer's."""
+    """One window of the server: its ``GET /stats`` and its CPU from ``/proc``. Lateness from
+    the pacers' own figures (1 room, or N 1:1 sessions, each with 500 frames in 10 s): p50 the
+    median pacer's; p99 and max the worst pacer's (judged), ``p99_median_ms`` the median's."""
 
     wall_s: float
     cpu_s: float
-    loop_cpu_s: float
-    """The main thread: the event loop (the rest: Opus encoding, synthesis, aiortc)."""
+    loop_cpu_s: float  # the event loop's thread; the others encode, synthesise
     p50_ms: float
     p99_ms: float
     p99_median_ms: float
     max_ms: float
     send_p99_ms: float | None
     """Rooms: when the last listener's packet was written, after the deadline."""
-    frames_sent: int
-    speech_frames: int
     underruns: int
     skipped_frames: int
     opus_complexity: str
@@ -218,15 +192,11 @@ class ServerWindow:
 
         send = [float(p["send_lateness_p99_ms"]) for p in pacers if "send_lateness_p99_ms" in p]
         opus = stats.get("opus")
-        frames, speech, underruns, skipped = (
-            sum(int(p[k]) for p in pacers)
-            for k in ("frames_sent", "speech_frames_sent", "underruns", "skipped_frames")
-        )
         return ServerWindow(
             wall_s, cpu_s, loop_cpu_s,
             median("lateness_p50_ms"), worst("lateness_p99_ms"), median("lateness_p99_ms"),
             worst("lateness_max_ms"), max(send) if send else None,
-            frames, speech, underruns, skipped,
+            sum(int(p["underruns"]) for p in pacers), sum(int(p["skipped_frames"]) for p in pacers),
             "-" if opus is None else f"{opus['complexity']} ({opus['encode_load_cores']:.2f})",
         )  # fmt: skip
 
@@ -236,12 +206,10 @@ class Step:
     n: int
     joined: int
     join_s: float
-    receiving: int
     server: ServerWindow
     peers: PeerStats
     others_cores: float
     """Average cores busy with anything but this benchmark (about 0 on a clean run)."""
-    bot_errors: int
     churn: tuple[int, int, float, float] | None = None
     """Peers that joined (and left) during the window: joined, failed, join p50 s, max s."""
 
@@ -275,21 +243,18 @@ class ModeResult:
     def largest(self, gaps: bool = False) -> str:
         """The largest passing N (">= N" when no step failed), or "-"."""
         ok = [s.n for s in self.steps if not s.failures(gaps)]
-        if not ok:
-            return "-"
-        return f">= {max(ok)}" if len(ok) == len(self.steps) else str(max(ok))
+        return "-" if not ok else f"{'>= ' * (len(ok) == len(self.steps))}{max(ok)}"
 
 
 @dataclass
 class Harness:
-    mode: str
+    """``churner``: peers joining during a window, on their own loop (so as not to delay the
+    measured peers')."""
+
     base_url: str
     server_pid: int
     peers: Connection
     churner: Connection
-    """A second peers process (core 1) for peers that join during a window: its own event
-    loop, so their negotiation cannot delay the measured peers' timestamps."""
-    bot_errors: list[int]
 
 
 async def ask(conn: Connection, command: tuple[Any, ...], timeout_s: float) -> tuple[Any, ...]:
@@ -300,9 +265,7 @@ async def ask(conn: Connection, command: tuple[Any, ...], timeout_s: float) -> t
     return reply
 
 
-async def run_bot(
-    http: aiohttp.ClientSession, base_url: str, speaking: asyncio.Event, errors: list[int]
-) -> None:  # noqa: E501
+async def run_bot(http: aiohttp.ClientSession, base_url: str, speaking: asyncio.Event) -> None:
     """The room's bot: keeps two utterances queued, one more on every ``speech.started``."""
     token = TokenSigner(SECRET.encode()).issue(ROOM, Role.BOT, "bench-bot")
     say = {"type": "say", "text": PARAGRAPH}
@@ -314,24 +277,22 @@ async def run_bot(
             if event.get("type") == "speech.started":
                 speaking.set()
                 await ws.send_json(say)
-            elif event.get("type") == "error":
-                errors[0] += 1
 
 
 @contextlib.asynccontextmanager
 async def open_harness(
-    mode: str, speech: Speech, max_peers: int, engine: str = "replay", direct_rtp: bool = True
+    mode: str, speech: ReplayEngine, max_peers: int, engine: str = "replay"
 ) -> AsyncIterator[Harness]:
     """Start the server (core 0), the peers and the joiners (core 1); stop all after."""
     ctx = multiprocessing.get_context("spawn")
     port = free_port()
     base_url = f"http://{LOOPBACK}:{port}"
     settings = Settings(
-        port=port, ice_host_addresses=(LOOPBACK,), token_secret=SECRET, api_token=OPERATOR_TOKEN,
-        debug_timings=True, max_rooms=2, max_room_participants=max_peers + 2,
+        port=port, ice_host_addresses=(LOOPBACK,), token_secret=SECRET,
+        api_token=OPERATOR_TOKEN, debug_timings=True, max_rooms=2,
+        max_room_participants=max_peers + 2,
         max_sessions=max_peers + 200,  # room for peers joining during a window
         synthesis_workers=max_peers + 4,  # each speaking 1:1 session holds a slot
-        direct_rtp=direct_rtp,
         # room listeners show join tokens, not the operator's: no per-client bounds
         max_pending_sessions_per_client=0, max_sockets_per_client=0,
         max_syntheses_per_client=0, client_upload_bytes_per_s=0,
@@ -351,15 +312,14 @@ async def open_harness(
     try:
         async with aiohttp.ClientSession() as http:
             _, server_pid = await start(server_process, settings, speech, mode, engine)
-            errors = [0]
             if mode == MODE_ROOM:
                 speaking = asyncio.Event()
-                bot = asyncio.create_task(run_bot(http, base_url, speaking, errors))
+                bot = asyncio.create_task(run_bot(http, base_url, speaking))
                 await asyncio.wait_for(speaking.wait(), START_WAIT_S)
             args = (base_url, mode, ROOM, SECRET, PARAGRAPH)
             peers, _ = await start(peers_process, *args)
             churner, _ = await start(peers_process, *args)
-            yield Harness(mode, base_url, server_pid, peers, churner, errors)
+            yield Harness(base_url, server_pid, peers, churner)
     finally:
         if bot is not None:
             bot.cancel()
@@ -374,19 +334,23 @@ async def open_harness(
             conn.close()
 
 
+def cpu_clocks(server_pid: int) -> tuple[float, ...]:
+    """Wall, the machine's busy CPU, ours + the server's, the server's, its loop thread's."""
+    ours = process_cpu_s(os.getpid())
+    server = process_cpu_s(server_pid)
+    return (time.monotonic(), system_busy_s(), ours + server, server,
+            loop_thread_cpu_s(server_pid))  # fmt: skip
+
+
 async def run_step(
     n: int, plan: Plan, h: Harness, churn: tuple[float, float] | None = None
 ) -> Step:
     """Join ``n``, let them settle, measure one window; with ``churn`` (joins per second,
     seconds each stays), other peers keep joining and leaving through the window."""
     _, joined, _, join_s = await ask(h.peers, ("join", n), JOIN_WAIT_S)
-    _, receiving, _ = await ask(h.peers, ("flowing", FLOWING_WAIT_S), REPLY_WAIT_S)
     await asyncio.sleep(plan.settle_s)
     async with aiohttp.ClientSession() as http:
-        errors = h.bot_errors[0]
-        pids = (os.getpid(), h.server_pid)
-        at = (time.monotonic(), system_busy_s(), sum(map(process_cpu_s, pids)),
-              process_cpu_s(h.server_pid), loop_thread_cpu_s(h.server_pid))  # fmt: skip
+        at = cpu_clocks(h.server_pid)
         await start_window(http, h.base_url)
         await ask(h.peers, ("mark",), REPLY_WAIT_S)
         churned = None
@@ -399,25 +363,21 @@ async def run_step(
         # the peers' window ends first: /stats costs the server's loop a few ms
         (_, peer_stats) = await ask(h.peers, ("collect",), REPLY_WAIT_S)
         stats = await server_stats(http, h.base_url)
-        end = (time.monotonic(), system_busy_s(), sum(map(process_cpu_s, pids)),
-               process_cpu_s(h.server_pid), loop_thread_cpu_s(h.server_pid))  # fmt: skip
+        end = cpu_clocks(h.server_pid)
     wall, busy, ours, server, loop = (e - s for e, s in zip(end, at, strict=True))
-    peers_cpu = peer_stats.cpu_s  # the peers' process is counted by its own clock
-    others = max(0.0, busy - ours - peers_cpu) / wall
+    others = max(0.0, busy - ours - peer_stats.cpu_s) / wall  # the peers count their own
     window = ServerWindow.of(stats, wall, server, loop)
-    return Step(
-        n, joined, join_s, receiving, window, peer_stats, others, h.bot_errors[0] - errors, churned
-    )  # noqa: E501
+    return Step(n, joined, join_s, window, peer_stats, others, churned)
 
 
 async def run_mode(
-    mode: str, plan: Plan, speech: Speech, churn: tuple[float, float] | None = None,
+    mode: str, plan: Plan, speech: ReplayEngine, churn: tuple[float, float] | None = None,
     engine: str = "replay", gaps: bool = False,
 ) -> ModeResult:  # fmt: skip
     result = ModeResult(mode)
     started = time.monotonic()
     try:
-        async with open_harness(mode, speech, max(plan.steps), engine, plan.direct_rtp) as h:
+        async with open_harness(mode, speech, max(plan.steps), engine) as h:
             for n in plan.steps:
                 if time.monotonic() - started > plan.mode_budget_s:
                     result.stopped = f"time budget ({plan.mode_budget_s:.0f} s) spent before N={n}"
@@ -425,8 +385,9 @@ async def run_mode(
                 step = await run_step(n, plan, h, churn)
                 result.steps.append(step)
                 why = step.failures(gaps)
+                verdict = "FAIL: " + ", ".join(why) if why else "ok"
                 print(f"  {MODE_NAMES[mode]:<24} N={n:<4} p99 {step.server.p99_ms:6.2f} ms"
-                      f"  server CPU {step.cpu() * 100:3.0f}%  {'FAIL: ' + ', '.join(why) if why else 'ok'}",  # noqa: E501
+                      f"  server CPU {step.cpu() * 100:3.0f}%  {verdict}",
                       file=sys.stderr, flush=True)  # fmt: skip
                 if step.clearly_failed():
                     result.stopped = f"N={n} clearly failed ({', '.join(why)})"
@@ -445,11 +406,9 @@ def print_pinned_machine() -> None:
 
 
 def _first_speech(peers: PeerStats) -> str:
-    samples = peers.first_speech_ms
-    text = (
-        f"{np.percentile(samples, 50):.0f}/{max(samples):.0f} ({len(samples)})" if samples else "-"
-    )
-    return text + (f" +{peers.first_speech_timeouts} t/o" if peers.first_speech_timeouts else "")
+    ms, timeouts = peers.first_speech_ms, peers.first_speech_timeouts
+    text = f"{np.percentile(ms, 50):.0f}/{max(ms):.0f} ({len(ms)})" if ms else "-"
+    return text + (f" +{timeouts} t/o" if timeouts else "")
 
 
 def print_mode(result: ModeResult, plan: Plan, gaps: bool = False) -> None:
@@ -474,22 +433,59 @@ def print_mode(result: ModeResult, plan: Plan, gaps: bool = False) -> None:
              "CPU % (loop)", "ms/peer-s", "peers CPU %", "other %", "result"),
             rows,
         )  # fmt: skip
-    notes = [f"N={s.n}: only {s.receiving} of {s.joined} receiving before the window"
-             for s in result.steps if s.receiving < s.joined]  # fmt: skip
-    notes += [f"N={s.n}: {s.bot_errors + s.peers.say_errors} error events answered a say"
-              for s in result.steps if s.bot_errors or s.peers.say_errors]  # fmt: skip
-    print("\n".join([*notes, f"{MODE_NAMES[result.mode]}: {result.stopped}."]) + "\n")
+    print(f"{MODE_NAMES[result.mode]}: {result.stopped}.\n")
+
+
+def cpu_per_peer_ms(result: ModeResult, gaps: bool) -> float | None:
+    """Server CPU added per peer (ms per second): a line fitted over the passing steps, so
+    fixed costs (a room's one encoder and pacer) are left out."""
+    points = [(s.n, s.cpu() * 1000) for s in result.steps if not s.failures(gaps)]
+    if len({n for n, _ in points}) < 2:
+        return None
+    ns, cpu_ms = zip(*points, strict=True)
+    return float(np.polyfit(np.array(ns, float), np.array(cpu_ms), 1)[0])
+
+
+def print_summary(title: str, results: Sequence[ModeResult], gaps: bool = False) -> None:
+    """Per mode: the largest passing N, figures at it, and why the first failing N failed."""
+    rows = []
+    for r in results:
+        at = max((s for s in r.steps if not s.failures(gaps)), key=lambda s: s.n, default=None)
+        fail = next((s for s in r.steps if s.failures(gaps)), None)
+        slope = cpu_per_peer_ms(r, gaps)
+        churn = (
+            "-"
+            if at is None or at.churn is None
+            else (
+                "{} ok, {} failed, p50 {:.0f} ms, max {:.0f}".format(
+                    *at.churn[:2], *(v * 1000 for v in at.churn[2:])
+                )
+            )
+        )
+        rows.append((
+            MODE_NAMES[r.mode], r.largest(gaps),
+            "-" if at is None else f"{at.server.p99_ms:.2f} / {at.server.max_ms:.1f}",
+            "-" if at is None else f"{at.cpu() * 100:.0f}",
+            "-" if at is None else f"{1000 * at.server.cpu_s / (at.server.wall_s * at.n):.1f}",
+            "-" if slope is None else f"{slope:.1f}", churn,
+            "-" if fail is None else f"{fail.n}: {', '.join(fail.failures(gaps))}",
+        ))  # fmt: skip
+    print_table(
+        title,
+        ("server", "largest N", "p99 / max at N", "CPU % at N", "ms/peer-s at N",
+         "CPU ms/s per added peer", "joins during the window at N", "first failing: why"),
+        rows,
+        left=(0, 6, 7),
+    )  # fmt: skip
 
 
 LEGEND: Final = """\
-Columns (ms unless named), from the server's GET /stats over a window opened with
-POST /stats/window: p50 = the median pacer's lateness (how long after its 20 ms deadline
-each frame went out); p99 = the median and the worst pacer's; max = the worst pacer's
-(the pass criterion: worst p99 < 10 ms, no underruns); send p99 = rooms: when the last
-listener's packet was written; underruns, skipped = silent ticks inside speech, ticks
-skipped after a stall. From the peers: missing = RTP timestamps never received; gaps =
-arrivals over 60 ms apart; 1st speech = a 1:1 probe's say -> speech.started on an idle
-speaker (p50/max ms, samples). opus cx (load) = the server's Opus complexity and encode
-load (cores); CPU % of the server's core (its event-loop thread); ms/peer-s = server CPU
-per peer per second; other % = CPU used by anything else on the machine.
+Columns (ms unless named; the server's GET /stats over a window opened by POST /stats/window):
+p50, p99, max = how late each pacer sent its frames after their 20 ms deadlines (the median
+pacer's, the median and worst pacer's, the worst's); send p99 = rooms: when the last
+listener's packet was written; underruns, skipped = silent ticks inside speech, ticks skipped
+after a stall; missing, gaps = RTP timestamps the peers never got, arrivals > 60 ms apart;
+1st speech = a 1:1 probe's say -> speech.started on an idle speaker (p50/max, samples);
+opus cx (load) = complexity, encode load in cores; CPU % of the server's core (its loop
+thread); ms/peer-s = server CPU per peer per second; other % = the rest of the machine.
 """

@@ -1,20 +1,11 @@
 """BASELINE ONLY: the naive way Python WebRTC voice stacks send audio, for comparison.
 
-This is not the server. It is what aiortc's examples, pipecat's SmallWebRTC
-transport and fastrtc do, kept here so that ``bench.capacity`` measures it beside
-the server in the same run on the same machine:
-
-* an ``AudioStreamTrack`` subclass whose ``recv`` sleeps until
-  ``start + timestamp / rate - time.time()`` and returns a raw 20 ms ``AudioFrame``;
-* aiortc encodes every frame itself (its Opus encoder: fixed 96 kbps, no FEC),
-  through a thread-pool hop per frame;
-* one such track per peer, each with its own timer.
-
-The speech is pre-synthesised PCM at 48 kHz, looped forever, so every session
-speaks continuously and only the media path is measured. ``POST /whep`` takes an
-SDP offer and answers ``201``; ``DELETE`` on the ``Location`` closes the peer.
-``GET /stats`` and ``POST /stats/window`` answer as the server's do (``per_session``
-pacing figures, a fresh window), so the benchmarks read both servers the same way.
+What aiortc's examples, pipecat's SmallWebRTC transport and fastrtc do, so that
+``bench.capacity`` measures it beside the server: per peer, an ``AudioStreamTrack``-style
+``recv`` that sleeps until ``start + timestamp / rate - time.time()`` and returns a raw
+20 ms frame of pre-synthesised, looped 48 kHz speech, which aiortc encodes (96 kbps, no
+FEC, a thread-pool hop per frame). ``POST /whep`` (``?idle=1``: silence), ``DELETE`` on the
+``Location``; ``GET /stats`` and ``POST /stats/window`` answer as the server's do.
 """
 
 from __future__ import annotations
@@ -23,55 +14,20 @@ import asyncio
 import fractions
 import time
 import uuid
-from collections import deque
 from typing import Final
 
 import av
 import numpy as np
 import numpy.typing as npt
 from aiohttp import web
-from aiortc import (
-    MediaStreamTrack,
-    RTCConfiguration,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from media_server.playout.stats import PacingStats
 
 SAMPLE_RATE_HZ: Final = 48_000
 FRAME_SAMPLES: Final = 960
 FRAME_S: Final = FRAME_SAMPLES / SAMPLE_RATE_HZ
 TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE_HZ)
-
-
-WINDOW_FRAMES: Final = 3000
-"""Lateness samples kept per track, as the server's ``PacingStats`` keeps."""
-
-
-class Lateness:
-    """How late one naive track woke for its frames (seconds) since the window started."""
-
-    def __init__(self) -> None:
-        self.samples: deque[float] = deque(maxlen=WINDOW_FRAMES)
-        self.frames = 0
-        self.max_s = 0.0
-
-    def add(self, late_s: float) -> None:
-        self.samples.append(late_s)
-        self.frames += 1
-        self.max_s = max(self.max_s, late_s)
-
-    def figures(self) -> dict[str, float | int]:
-        late_ms = np.asarray(self.samples, dtype=np.float64) * 1000
-        p50, p99 = np.percentile(late_ms, [50, 99]) if late_ms.size else (0.0, 0.0)
-        return {
-            "frames_sent": self.frames,
-            "speech_frames_sent": self.frames,
-            "underruns": 0,
-            "skipped_frames": 0,
-            "lateness_p50_ms": float(p50),
-            "lateness_p99_ms": float(p99),
-            "lateness_max_ms": self.max_s * 1000,
-        }
 
 
 class NaiveSpeechTrack(MediaStreamTrack):
@@ -82,7 +38,8 @@ class NaiveSpeechTrack(MediaStreamTrack):
     def __init__(self, pcm: npt.NDArray[np.int16]) -> None:
         super().__init__()
         self._pcm = pcm
-        self.lateness = Lateness()
+        self.stats = PacingStats()
+        """Figures as the server keeps them (the same class: a ring of 3000, a window)."""
         self._offset = 0
         self._start = 0.0
         self._timestamp: int | None = None
@@ -92,7 +49,7 @@ class NaiveSpeechTrack(MediaStreamTrack):
             self._timestamp += FRAME_SAMPLES
             deadline = self._start + self._timestamp / SAMPLE_RATE_HZ
             await asyncio.sleep(deadline - time.time())
-            self.lateness.add(max(0.0, time.time() - deadline))
+            self.stats.record(max(0.0, time.time() - deadline), speech=True)
         else:
             self._start = time.time()
             self._timestamp = 0
@@ -142,14 +99,13 @@ async def _delete(request: web.Request) -> web.Response:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    peers = request.app[PEERS_KEY].values()
-    per_session = [track.lateness.figures() for _, track in peers]
+    per_session = [track.stats.snapshot().as_dict() for _, track in request.app[PEERS_KEY].values()]
     return web.json_response({"sessions": len(per_session), "per_session": per_session})
 
 
 async def _window(request: web.Request) -> web.Response:
     for _, track in request.app[PEERS_KEY].values():
-        track.lateness = Lateness()
+        track.stats.start_window()
     return web.json_response({"sessions": len(request.app[PEERS_KEY]), "rooms": 0})
 
 

@@ -1,23 +1,9 @@
-"""The receiving peers of ``bench.fanout`` and ``bench.capacity``: many aiortc WHEP peers in
-one process, pinned to one core, that count RTP packets and decode nothing.
-
-Commands from the parent (a pipe; answers are tuples):
-
-* ``("join", total)``: open peers until ``total`` are connected -> ``("joined", n, failed, s)``;
-* ``("flowing", timeout_s)``: wait until every peer had a packet in the last
-  :data:`FLOWING_S` -> ``("flowing", receiving, total)``;
-* ``("mark",)`` / ``("collect",)``: one measuring window -> ``("stats", PeerStats)``;
-* ``("idle", n)`` / ``("close_idle",)``: sessions that say nothing (memory);
-* ``("churn", rate, seconds, life)``: peers joining and leaving meanwhile;
-* ``("close",)``: close every peer -> ``("closed",)``.
-
-Modes: ``room`` peers join ``/rooms/{room}/whep`` as listeners; ``naive`` peers are 1:1
-sessions that keep their own speaker busy (two ``say`` queued, one more on every
-``speech.started``), and one more 1:1 session, the probe, times ``say`` ->
-``speech.started`` on an otherwise idle speaker; ``aiortc`` peers join the naive aiortc
-baseline. This process patches its own aiortc receivers (no decoder thread, a packet
-counter before aiortc's receive path), never the server.
-"""
+"""The receiving peers of ``bench.fanout`` and ``bench.capacity``: aiortc WHEP peers in one
+process pinned to one core, driven over a pipe, counting RTP packets and decoding nothing
+(this process patches its own aiortc receivers, never the server). ``room`` peers listen to
+one room; ``naive`` peers are 1:1 sessions that keep their speaker busy, beside a probe
+that times ``say`` -> ``speech.started`` on an idle speaker; ``aiortc`` peers join the
+naive aiortc baseline."""
 
 from __future__ import annotations
 
@@ -33,7 +19,7 @@ from typing import Any, Final
 import aiohttp
 
 from bench._report import OPERATOR, recv_message
-from media_server.audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from media_server.audio.frames import FRAME_SAMPLES
 from media_server.rooms.tokens import Role, TokenSigner
 from media_server.rtc.ice import restrict_host_addresses
 from tests.whep_client import WhepClient
@@ -42,13 +28,10 @@ PEERS_CORE: Final = 1
 JOIN_CONCURRENCY: Final = 8
 JOIN_TIMEOUT_S: Final = 20.0
 CLOSE_TIMEOUT_S: Final = 20.0
-FLOWING_S: Final = 0.5
 GAP_S: Final = 0.060
 """An arrival gap longer than this counts as a gap (3 frames' worth)."""
 COMMAND_WAIT_S: Final = 900.0
 RTP_WRAP: Final = 1 << 32
-DRIFT_BLOCK: Final = 250
-"""Packets (5 s) per block whose least arrival offset measures drift."""
 PROBE_TEXT: Final = "One moment, please."
 PROBE_PAUSE_S: Final = 1.0
 """The probe's pause after each cancel, so its speaker is idle at every ``say``."""
@@ -61,46 +44,15 @@ class Counters:
     def __init__(self) -> None:
         self.last_ts: int | None = None
         self.last_at = 0.0
-        self.reset()
-
-    def reset(self) -> None:
-        self.packets = self.missing = self.gaps = self.block_packets = 0
-        self.max_gap_s = self.media_s = 0.0
-        self.first_at: float | None = None
-        self.block_min = float("inf")
-        self.first_block_min: float | None = None
-        self.last_block_min: float | None = None
-
-    def drift_s(self) -> float:
-        """How far RTP time ran ahead of arrival time over the window (+ = media fast): the
-        least (arrival - RTP time) offset of the first 5 s block minus the last block's,
-        which strips most queueing and scheduling delay."""
-        if self.first_block_min is None or self.last_block_min is None:
-            return 0.0
-        return self.first_block_min - self.last_block_min
+        self.missing = self.gaps = 0
 
     def on_packet(self, timestamp: int, now: float) -> None:
         if self.last_ts is not None:
             step = (timestamp - self.last_ts) % RTP_WRAP
-            forward = step < RTP_WRAP // 2
-            if forward and self.first_at is not None:
-                self.media_s += step / SAMPLE_RATE_HZ
-            if forward and step > FRAME_SAMPLES:
+            if step < RTP_WRAP // 2 and step > FRAME_SAMPLES:  # forward, frames missing
                 self.missing += step // FRAME_SAMPLES - 1
-            gap = now - self.last_at
-            self.gaps += gap > GAP_S
-            self.max_gap_s = max(self.max_gap_s, gap)
-        if self.first_at is None:
-            self.first_at = now
+            self.gaps += now - self.last_at > GAP_S
         self.last_ts, self.last_at = timestamp, now
-        self.packets += 1
-        self.block_min = min(self.block_min, (now - self.first_at) - self.media_s)
-        self.block_packets += 1
-        if self.block_packets == DRIFT_BLOCK:
-            if self.first_block_min is None:
-                self.first_block_min = self.block_min
-            self.last_block_min = self.block_min
-            self.block_min, self.block_packets = float("inf"), 0
 
 
 def install_receive_hooks() -> None:
@@ -130,7 +82,6 @@ class Peer(WhepClient):
     ``keep_events`` its events queue as in :class:`WhepClient` (the probe)."""
 
     say_text: str | None = None
-    say_errors: int = 0
     keep_events: bool = False
 
     def _on_track(self, track: Any) -> None:
@@ -140,11 +91,8 @@ class Peer(WhepClient):
         if self.keep_events:
             super()._on_message(message)
             return
-        event = json.loads(message)
-        if event.get("type") == "speech.started" and self.say_text is not None:
+        if self.say_text is not None and json.loads(message).get("type") == "speech.started":
             self.say(self.say_text)
-        elif event.get("type") == "error":
-            self.say_errors += 1
 
     def counters(self) -> Counters | None:
         receivers = self.pc.getReceivers()
@@ -156,19 +104,10 @@ class PeerStats:
     """One measuring window, all peers together."""
 
     wall_s: float
-    peers: int
-    packets: int
-    missing_frames: int
-    """RTP timestamps that never arrived (pacer skips, dropped frames, loss)."""
-    gaps: int
-    """Arrival gaps longer than 60 ms."""
-    max_gap_ms: float
-    drift_ms: float
-    """Largest |RTP time - arrival time| drift over the window, any peer."""
+    missing_frames: int  # RTP timestamps never received (skipped, dropped, lost)
+    gaps: int  # arrivals more than GAP_S apart
     cpu_s: float
-    say_errors: int
-    first_speech_ms: tuple[float, ...]
-    """The probe: ``say`` sent -> ``speech.started`` received, each utterance."""
+    first_speech_ms: tuple[float, ...]  # the probe's say -> speech.started, each utterance
     first_speech_timeouts: int
 
 
@@ -177,7 +116,7 @@ class Peers:
         self.base_url, self.mode, self.room, self.text = base_url, mode, room, text
         self.signer = TokenSigner(secret.encode())
         self.joined: list[Peer] = []
-        self.idle: list[Peer] = []
+        self.idling: list[Peer] = []
         self.failed = self._count = 0
         self.probe: Peer | None = None
         self.probe_ms: list[float] = []
@@ -247,22 +186,10 @@ class Peers:
             self.probe.cancel()
             await asyncio.sleep(PROBE_PAUSE_S)
 
-    async def flowing(self, timeout_s: float) -> tuple[int, int]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            now = time.monotonic()
-            receiving = sum(
-                1 for p in self.joined if (c := p.counters()) and now - c.last_at < FLOWING_S
-            )
-            if receiving == len(self.joined) or now > deadline:
-                return receiving, len(self.joined)
-            await asyncio.sleep(0.1)
-
     def mark(self) -> None:
         for peer in self.joined:
             if (counters := peer.counters()) is not None:
-                counters.reset()
-            peer.say_errors = 0
+                counters.missing = counters.gaps = 0
         self.probe_ms.clear()
         self.probe_timeouts = 0
         self._at, self._cpu = time.monotonic(), time.process_time()
@@ -271,14 +198,9 @@ class Peers:
         counters = [c for c in (p.counters() for p in self.joined) if c is not None]
         return PeerStats(
             wall_s=time.monotonic() - self._at,
-            peers=len(self.joined),
-            packets=sum(c.packets for c in counters),
             missing_frames=sum(c.missing for c in counters),
             gaps=sum(c.gaps for c in counters),
-            max_gap_ms=max((c.max_gap_s for c in counters), default=0.0) * 1000,
-            drift_ms=max((abs(c.drift_s()) for c in counters), default=0.0) * 1000,
             cpu_s=time.process_time() - self._cpu,
-            say_errors=sum(p.say_errors for p in self.joined),
             first_speech_ms=tuple(self.probe_ms),
             first_speech_timeouts=self.probe_timeouts,
         )
@@ -291,22 +213,22 @@ class Peers:
             pass
         await peer.pc.close()
 
-    async def open_idle(self, http: aiohttp.ClientSession, count: int) -> tuple[int, int]:
-        before = len(self.idle)
+    async def idle(self, http: aiohttp.ClientSession, count: int) -> tuple[int, int]:
+        before = len(self.idling)
 
         async def one() -> None:
             peer = await self._connect(http)
             if peer is not None:
-                self.idle.append(peer)
+                self.idling.append(peer)
 
         await self._gather(one() for _ in range(count))
-        opened = len(self.idle) - before
+        opened = len(self.idling) - before
         return opened, count - opened
 
-    async def close_idle(self, http: aiohttp.ClientSession) -> int:
-        closing, self.idle = self.idle, []
+    async def close_idle(self, http: aiohttp.ClientSession) -> tuple[int]:
+        closing, self.idling = self.idling, []
         await self._gather((self._leave(http, p) for p in closing), limit=32)
-        return len(closing)
+        return (len(closing),)
 
     async def churn(
         self, http: aiohttp.ClientSession, rate_per_s: float, duration_s: float, life_s: float
@@ -352,23 +274,14 @@ async def _main(conn: Connection, peers: Peers) -> None:
     async with aiohttp.ClientSession() as http:
         conn.send(("ready", os.getpid()))
         while True:
-            command = await recv_message(conn, COMMAND_WAIT_S)
-            name, args = command[0], command[1:]
-            if name == "join":
-                conn.send(("joined", *await peers.join(http, *args)))
-            elif name == "flowing":
-                conn.send(("flowing", *await peers.flowing(*args)))
-            elif name == "mark":
+            name, *args = await recv_message(conn, COMMAND_WAIT_S)
+            if name == "mark":
                 peers.mark()
                 conn.send(("marked",))
             elif name == "collect":
                 conn.send(("stats", peers.collect()))
-            elif name == "idle":
-                conn.send(("idle", *await peers.open_idle(http, *args)))
-            elif name == "close_idle":
-                conn.send(("closed_idle", await peers.close_idle(http)))
-            elif name == "churn":
-                conn.send(("churned", *await peers.churn(http, *args)))
+            elif name in ("join", "idle", "close_idle", "churn"):
+                conn.send((name, *await getattr(peers, name)(http, *args)))
             else:
                 await peers.close()
                 break

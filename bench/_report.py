@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import importlib.metadata
 import os
@@ -26,6 +27,33 @@ OPERATOR_TOKEN: Final = "bench-operator-token-0123456789"
 session and room, and per-client bounds (all clients are one address here) do not apply."""
 OPERATOR: Final = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 START_TIMEOUT_S: Final = 60.0
+
+SENTENCES: Final = (  # varied lengths, as a voice agent says them
+    "Hello there.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Your order has shipped, and it should arrive on Thursday afternoon between two and four.",
+    "Yes.",
+    "Could you please repeat the last part of the address, starting with the street name?",
+    "It is twenty past seven.",
+    "After the storm passed, the whole neighbourhood came out to clear the fallen branches "
+    "from the road. By evening the street looked almost normal again.",
+    "Please hold on a moment while I look that up for you.",
+    "Temperatures will drop to minus three degrees overnight, so drive carefully.",
+    "Thank you!",
+    "The meeting has been moved from Monday morning to Wednesday at half past ten, "
+    "in the large conference room on the third floor.",
+    "I did not catch that. Could you say it again?",
+    "Our support line is open every day from eight in the morning until eight at night.",
+    "Sure, I can help with that.",
+    "Before you continue, make sure the device is plugged in and the green light is on; "
+    "otherwise the update may fail halfway through.",
+    "Good morning, and welcome back.",
+    "The total comes to forty two dollars and fifteen cents, including tax.",
+    "Is there anything else I can do for you today?",
+    "Researchers measured the response time of the system under load, and found that most "
+    "of the delay came from the speech model itself rather than from the network.",
+    "Goodbye, and have a lovely evening.",
+)
 
 
 def print_table(
@@ -70,14 +98,9 @@ def package_version(package: str) -> str:
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model")]
+    return models[-1] if models else platform.processor() or "unknown"
 
 
 def print_machine(packages: Sequence[str], extra: Sequence[tuple[str, str]] = ()) -> None:
@@ -128,10 +151,7 @@ def system_busy_s() -> float:
 
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
 
 
 def free_port() -> int:
@@ -157,7 +177,14 @@ class ServerProcess:
         )  # fmt: skip
 
     async def ready(self, http: aiohttp.ClientSession) -> None:
-        await wait_healthy(http, self.base)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"{self.base}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"the server at {self.base} did not start")
 
     def rss_mb(self) -> float:
         return rss_mb(self.process.pid)
@@ -165,19 +192,6 @@ class ServerProcess:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(30)
-
-
-async def wait_healthy(http: aiohttp.ClientSession, base: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            async with http.get(f"{base}/healthz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"the server at {base} did not start")
 
 
 async def server_stats(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:

@@ -6,22 +6,13 @@ Run from the repository root::
     python -m bench.capacity --quick         # every run, small, about 2 minutes (CI)
     python -m bench.capacity --run speaking  # one run: speaking, joining, pacing, memory, piper
 
-Server on core 0, receiving peers (aiortc, nothing decoded) on core 1 (``bench._harness``).
-Every run measures two servers, each in a fresh process, in the same session:
-
-* **ours**: the real app, ``POST /whep`` sessions kept speaking by their clients (two
-  ``say`` queued, one more on every ``speech.started``); outside run 5 its engine
-  replays speech Piper synthesised once, so resampling, Opus, pacing and sending are
-  what is measured;
-* **baseline** (``bench/_naive_aiortc.py``): what aiortc's examples, pipecat's SmallWebRTC
-  transport and fastrtc do: an ``AudioStreamTrack``-style ``recv`` that sleeps until
-  ``start + timestamp / rate - time.time()``, raw frames encoded by aiortc.
-
-Runs: 1 ``speaking`` (largest N with lateness p99 < 10 ms, no underruns, no gap > 60 ms);
-2 ``joining`` (the same while peers join at 20/s, each staying 1 s); 3 ``pacing`` (half
-load for a long window: lateness, RTP-vs-arrival drift); 4 ``memory`` (RSS per idle
-session, after closing, after 1000 more came and went); 5 ``piper`` (run 1 with the real
-voice synthesising in the server; ours only). Nothing is asserted.
+Server on core 0, peers (aiortc, nothing decoded) on core 1 (``bench._harness``); ours (1:1
+``POST /whep`` sessions kept speaking, replayed speech outside run 5) beside the naive
+aiortc baseline (``bench/_naive_aiortc.py``), each on a fresh server. Runs: 1 ``speaking``
+(largest N with lateness p99 < 10 ms, no underruns, no gap > 60 ms); 2 ``joining`` (the
+same while peers join at 20/s, each staying 1 s); 3 ``pacing`` (half load, a long window);
+4 ``memory`` (RSS per idle session, after closing, after 1000 more came and went);
+5 ``piper`` (run 1 with the real voice synthesising in the server; ours only).
 """
 
 from __future__ import annotations
@@ -38,26 +29,11 @@ from typing import Final
 
 import aiohttp
 
-from bench._harness import (
-    JOIN_WAIT_S,
-    LEGEND,
-    MODE_AIORTC,
-    MODE_NAIVE,
-    MODE_NAMES,
-    ModeResult,
-    Plan,
-    Speech,
-    ask,
-    open_harness,
-    print_mode,
-    print_pinned_machine,
-    run_mode,
-    synthesise_once,
-)
+from bench import _harness as rig
 from bench._peers import PEERS_CORE
 from bench._report import counts, positive, print_table, rss_mb, server_stats
 
-MODES: Final = (MODE_NAIVE, MODE_AIORTC)
+MODES: Final = (rig.MODE_NAIVE, rig.MODE_AIORTC)
 RUNS: Final = ("speaking", "joining", "pacing", "memory", "piper")
 JOIN_RATE_PER_S: Final = 20.0
 JOIN_LIFE_S: Final = 1.0
@@ -78,106 +54,43 @@ class Config:
     a leak."""
     memory_settle_s: float
     """Pause before each reading: past the server's idle heap trim (2 s + its 1 s check)."""
-    plan: Plan
+    plan: rig.Plan
 
 
 FULL: Final = Config(
     speaking=(10, 20, 30, 40, 50, 60, 70, 80, 100, 120, 150, 200),
     joining=(10, 20, 30, 40, 60, 80, 100, 120, 150),
     piper=(1, 2, 4, 6, 8, 10, 12, 16),
-    pacing_sessions=75,
-    pacing_s=600.0,
-    memory_sessions=100,
-    memory_cycled=1000,
-    memory_rounds=1,
-    memory_settle_s=4.0,
-    plan=Plan((), settle_s=5.0, hold_s=10.0, mode_budget_s=270.0),
-)
+    pacing_sessions=75, pacing_s=600.0,
+    memory_sessions=100, memory_cycled=1000, memory_rounds=1, memory_settle_s=4.0,
+    plan=rig.Plan((), settle_s=5.0, hold_s=10.0, mode_budget_s=270.0),
+)  # fmt: skip
 QUICK: Final = Config(
-    speaking=(20,),
-    joining=(10,),
-    piper=(2,),
-    pacing_sessions=10,
-    pacing_s=3.0,
-    memory_sessions=10,
-    memory_cycled=30,
-    memory_rounds=2,
-    memory_settle_s=0.3,
-    plan=Plan((), settle_s=1.5, hold_s=2.0, mode_budget_s=25.0),
-)
+    speaking=(20,), joining=(10,), piper=(2,), pacing_sessions=10, pacing_s=3.0,
+    memory_sessions=10, memory_cycled=30, memory_rounds=2, memory_settle_s=0.3,
+    plan=rig.Plan((), settle_s=1.5, hold_s=2.0, mode_budget_s=25.0),
+)  # fmt: skip
 
 
-def print_capacity(title: str, results: Sequence[ModeResult]) -> None:
-    rows = []
-    for r in results:
-        ok = [s for s in r.steps if not s.failures(gaps=True)]
-        at = max(ok, key=lambda s: s.n, default=None)
-        fail = next((s for s in r.steps if s.failures(gaps=True)), None)
-        churn = "-"
-        if at is not None and at.churn is not None:
-            joined, failed, p50, worst = at.churn
-            churn = f"{joined} ok, {failed} failed, p50 {p50 * 1000:.0f} ms, max {worst * 1000:.0f}"
-        rows.append((
-            MODE_NAMES[r.mode], r.largest(gaps=True),
-            "-" if at is None else f"{at.server.p99_ms:.2f} / {at.server.max_ms:.1f}",
-            "-" if at is None else f"{at.cpu() * 100:.0f}",
-            "-" if at is None else f"{1000 * at.server.cpu_s / (at.server.wall_s * at.n):.1f}",
-            churn, "-" if fail is None else f"{fail.n}: {', '.join(fail.failures(gaps=True))}",
-        ))  # fmt: skip
-    print_table(
-        title,
-        ("server", "largest N", "p99 / max at N", "CPU % at N", "ms/session-s",
-         "joins during the window at N", "first failing: why"),
-        rows,
-        left=(0, 5, 6),
-    )  # fmt: skip
+TITLES: Final = {
+    "speaking": "Run 1 (speaking): largest N with p99 < 10 ms, no underruns, no gap > 60 ms",
+    "joining": f"Run 2 (joining): as run 1 while peers join at {JOIN_RATE_PER_S:g}/s",
+    "pacing": "Run 3 (pacing): half load, one long window (percentiles: last 3000 frames)",
+    "piper": "Run 5 (piper): as run 1 with the real Piper voice synthesising in the server",
+}
 
 
-async def run_ramp(name: str, config: Config, speech: Speech) -> None:
-    """Runs 1, 2 and 5: ramp N, each mode on a fresh server."""
+async def run_steps(name: str, config: Config, speech: rig.ReplayEngine) -> None:
+    """Runs 1, 2, 3 and 5: each mode on a fresh server, ramping N (run 3: one long step)."""
     churn = (JOIN_RATE_PER_S, JOIN_LIFE_S) if name == "joining" else None
-    engine, modes = ("piper", (MODE_NAIVE,)) if name == "piper" else ("replay", MODES)
-    plan = dataclasses.replace(config.plan, steps=getattr(config, name))
-    results = [await run_mode(m, plan, speech, churn, engine, gaps=True) for m in modes]
+    engine, modes = ("piper", (rig.MODE_NAIVE,)) if name == "piper" else ("replay", MODES)
+    plan = dataclasses.replace(config.plan, steps=getattr(config, name, ()))
+    if name == "pacing":
+        plan = dataclasses.replace(plan, steps=(config.pacing_sessions,), hold_s=config.pacing_s)
+    results = [await rig.run_mode(m, plan, speech, churn, engine, gaps=True) for m in modes]
     for result in results:
-        print_mode(result, plan, gaps=True)
-    titles = {
-        "speaking": "Run 1 (speaking): largest N with lateness p99 < 10 ms, no underruns,"
-        " no gap > 60 ms",
-        "joining": f"Run 2 (joining): as run 1 while peers join at {JOIN_RATE_PER_S:g}/s"
-        f" (each stays {JOIN_LIFE_S:g} s)",
-        "piper": "Run 5 (piper): as run 1, the real Piper voice synthesising in the server"
-        " (the baseline has no synthesis path)",
-    }
-    print_capacity(titles[name], results)
-
-
-async def run_pacing(config: Config, speech: Speech) -> None:
-    n = config.pacing_sessions
-    plan = dataclasses.replace(config.plan, steps=(n,), hold_s=config.pacing_s)
-    rows = []
-    for mode in MODES:
-        r = await run_mode(mode, plan, speech)
-        if not r.steps:
-            rows.append((MODE_NAMES[mode], *["-"] * 6, r.stopped))
-            continue
-        s = r.steps[0]
-        rows.append((
-            MODE_NAMES[mode], str(s.n), f"{s.server.p50_ms:.2f}",
-            f"{s.server.p99_median_ms:.2f} / {s.server.p99_ms:.2f}", f"{s.server.max_ms:.1f}",
-            f"{s.peers.drift_ms:.2f}", str(s.peers.gaps), f"{s.cpu() * 100:.0f}",
-        ))  # fmt: skip
-    print_table(
-        f"Run 3 (pacing): {n} sessions for {config.pacing_s:g} s (percentiles: each pacer's"
-        " last 3000 frames)",
-        ("server", "N", "p50 ms", "p99 med/worst ms", "max ms", "drift ms", "gaps > 60 ms",
-         "CPU %"),
-        rows,
-    )  # fmt: skip
-    print(
-        "drift: how far RTP time ran ahead of arrival time over the window, largest of any\n"
-        "receiver (least offset of the first 5 s block of packets minus the last block's).\n"
-    )
+        rig.print_mode(result, plan, gaps=True)
+    rig.print_summary(TITLES[name], results, gaps=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,18 +105,18 @@ class Memory:
     """RSS after each round of cycling."""
 
 
-async def measure_memory(mode: str, config: Config, speech: Speech) -> Memory:
+async def measure_memory(mode: str, config: Config, speech: rig.ReplayEngine) -> Memory:
     """RSS of the server (``/proc``) at rest, with N idle sessions, after closing them and
     after each round of sessions coming and going; sessions counted by ``GET /stats``."""
     n = config.memory_sessions
     async with (
-        open_harness(mode, speech, n, direct_rtp=config.plan.direct_rtp) as h,
+        rig.open_harness(mode, speech, n) as h,
         aiohttp.ClientSession() as http,
     ):
 
         async def cycle(count: int) -> tuple[int, int]:
-            (_, opened, failed) = await ask(h.peers, ("idle", count), JOIN_WAIT_S)
-            await ask(h.peers, ("close_idle",), JOIN_WAIT_S)
+            (_, opened, failed) = await rig.ask(h.peers, ("idle", count), rig.JOIN_WAIT_S)
+            await rig.ask(h.peers, ("close_idle",), rig.JOIN_WAIT_S)
             return opened, failed
 
         async def reading() -> float:
@@ -212,10 +125,10 @@ async def measure_memory(mode: str, config: Config, speech: Speech) -> Memory:
 
         await cycle(min(5, n))  # warm-up: code paths and caches, once
         base = await reading()
-        (_, opened, failed) = await ask(h.peers, ("idle", n), JOIN_WAIT_S)
+        (_, opened, failed) = await rig.ask(h.peers, ("idle", n), rig.JOIN_WAIT_S)
         idle = await reading()
         sessions = (await server_stats(http, h.base_url))["sessions"]
-        await ask(h.peers, ("close_idle",), JOIN_WAIT_S)
+        await rig.ask(h.peers, ("close_idle",), rig.JOIN_WAIT_S)
         after_close = await reading()
         cycled, rounds = 0, []
         for round_no in range(1, config.memory_rounds + 1):
@@ -238,21 +151,22 @@ def rounds_line(m: Memory, per_round: int) -> str:
     )
 
 
-async def run_memory(config: Config, speech: Speech) -> None:
+async def run_memory(config: Config, speech: rig.ReplayEngine) -> None:
     rows = []
     for mode in MODES:
         try:
             m = await measure_memory(mode, config, speech)
         except (RuntimeError, TimeoutError, EOFError, OSError) as exc:
-            rows.append((MODE_NAMES[mode], *["-"] * 6, f"{type(exc).__name__}: {exc}"))
+            rows.append((rig.MODE_NAMES[mode], *["-"] * 6, f"{type(exc).__name__}: {exc}"))
             continue
         rows.append((
-            MODE_NAMES[mode], f"{m.start_mb:.1f}", f"{m.idle_mb:.1f}", f"{m.per_session_mb:.3f}",
+            rig.MODE_NAMES[mode], f"{m.start_mb:.1f}", f"{m.idle_mb:.1f}",
+            f"{m.per_session_mb:.3f}",
             f"{m.after_close_mb:.1f}", f"{m.rounds_mb[-1]:.1f} ({m.cycled})",
             f"{m.rounds_mb[-1] - m.start_mb:+.1f}", f"{m.failed} failed joins" if m.failed else "-",
         ))  # fmt: skip
         if config.memory_rounds > 1:
-            print(f"{MODE_NAMES[mode]}, {rounds_line(m, config.memory_cycled)}")
+            print(f"{rig.MODE_NAMES[mode]}, {rounds_line(m, config.memory_cycled)}")
     print_table(
         f"Run 4 (memory): server RSS, MB; {config.memory_sessions} idle sessions",
         ("server", "start", "with N idle", "per session", "after closing",
@@ -280,7 +194,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--pacing-minutes", type=positive(float), help="run 3's window")
     add("--pacing-sessions", type=positive(int), help="run 3's session count")
     add("--memory-rounds", type=positive(int), help="run 4: rounds of 1000 sessions")
-    add("--sender", choices=("direct", "aiortc"), default="direct", help="how ours sends RTP")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     if args.steps:
@@ -292,31 +205,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         pacing_s=args.pacing_minutes * 60 if args.pacing_minutes else config.pacing_s,
         pacing_sessions=args.pacing_sessions or config.pacing_sessions,
         memory_rounds=args.memory_rounds or config.memory_rounds,
-        plan=dataclasses.replace(
-            config.plan, hold_s=args.hold or config.plan.hold_s, direct_rtp=args.sender == "direct"
-        ),
+        plan=dataclasses.replace(config.plan, hold_s=args.hold or config.plan.hold_s),
     )
     if len(os.sched_getaffinity(0)) < 2:
         print("bench.capacity not run: it pins the server and the receivers to two cores.")
         return 0
     logging.basicConfig(level=logging.WARNING)
-    print_pinned_machine()
-    speech = synthesise_once()
+    rig.print_pinned_machine()
+    speech = rig.synthesise_once()
     os.sched_setaffinity(0, {PEERS_CORE})
     print(
         f"Speech: Piper synthesised {speech.duration_s:.1f} s once; outside run 5 both servers"
         f" replay it.\nPer step: join, settle {config.plan.settle_s:g} s, measure"
-        f" {config.plan.hold_s:g} s. Our RTP: {args.sender}.\n"
+        f" {config.plan.hold_s:g} s.\n"
     )
     for name in args.run or RUNS:
-        if name == "pacing":
-            asyncio.run(run_pacing(config, speech))
-        elif name == "memory":
+        if name == "memory":
             asyncio.run(run_memory(config, speech))
         else:
-            asyncio.run(run_ramp(name, config, speech))
+            asyncio.run(run_steps(name, config, speech))
         sys.stdout.flush()
-    print(LEGEND)
+    print(rig.LEGEND)
     print("Baseline rows: lateness is each track's wake-up after its deadline; no underruns.\n")
     return 0
 

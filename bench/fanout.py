@@ -5,19 +5,11 @@ Run from the repository root::
     python -m bench.fanout            # full ramp, about 6 minutes on 2 cores
     python -m bench.fanout --quick    # a few small steps, under a minute
 
-The server (``signaling.app.create_app`` with the replayed speech of
-``bench._harness``) runs in its own process pinned to core 0; the listeners (aiortc
-peers that count RTP packets and decode nothing), the bot and this script on core 1.
-Two modes, each on a fresh server:
-
-* ours (room fan-out): one room, one bot on ``/rooms/{room}/bot`` saying text back to
-  back, N listeners on ``POST /rooms/{room}/whep``: one Speaker, one Opus encoder, one
-  Pacer, each packet written to every listener;
-* per-listener (1:1): N ``POST /whep`` sessions speaking the same text, each with its
-  own Speaker, Opus encoder and Pacer.
-
-Per step: join N, settle, ``POST /stats/window``, hold, ``GET /stats``. A step passes when
-the pacer's lateness p99 is under 10 ms with no underruns. Nothing is asserted.
+Server on core 0, listeners (aiortc, nothing decoded), the bot and this script on core 1
+(``bench._harness``); two modes, each on a fresh server: ours, one room (one bot saying
+text back to back, N listeners: one Speaker, Opus encoder and Pacer, each packet written
+to every listener), and per-listener encoding (N 1:1 sessions speaking the same text,
+each with its own). A step passes with pacer lateness p99 < 10 ms and no underruns.
 """
 
 from __future__ import annotations
@@ -31,59 +23,17 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-import numpy as np
-
-from bench._harness import (
-    LEGEND,
-    MODE_NAIVE,
-    MODE_NAMES,
-    MODE_ROOM,
-    P99_LIMIT_MS,
-    ModeResult,
-    Plan,
-    print_mode,
-    print_pinned_machine,
-    run_mode,
-    synthesise_once,
-)
+from bench import _harness as rig
 from bench._peers import PEERS_CORE
-from bench._report import counts, positive, print_table
+from bench._report import counts, positive
 
-DEFAULT_PLAN: Final = Plan(
+DEFAULT_PLAN: Final = rig.Plan(
     (*range(5, 45, 5), 50, 60, 80, 100, 120, 160, 200, 240, 280, 320),
     settle_s=5.0,
     hold_s=10.0,
     mode_budget_s=270.0,
 )
-QUICK_PLAN: Final = Plan((10, 50, 100), settle_s=2.0, hold_s=3.0, mode_budget_s=25.0)
-
-
-def cpu_per_listener_ms(result: ModeResult) -> float | None:
-    """Server CPU added per listener (ms per second): a line fitted over passing steps,
-    so the room's fixed cost (its one encoder and pacer) is left out."""
-    points = [(s.n, s.cpu() * 1000) for s in result.steps if not s.failures()]
-    if len({n for n, _ in points}) < 2:
-        return None
-    ns, cpu_ms = zip(*points, strict=True)
-    return float(np.polyfit(np.array(ns, float), np.array(cpu_ms), 1)[0])
-
-
-def print_summary(results: Sequence[ModeResult]) -> None:
-    rows = []
-    for r in results:
-        first_fail = next((s for s in r.steps if s.failures()), None)
-        slope = cpu_per_listener_ms(r)
-        rows.append((
-            MODE_NAMES[r.mode], r.largest(),
-            "-" if first_fail is None else f"{first_fail.n}: {', '.join(first_fail.failures())}",
-            "-" if slope is None else f"{slope:.1f}",
-        ))  # fmt: skip
-    print_table(
-        f"Largest N with pacer lateness p99 < {P99_LIMIT_MS:g} ms and no underruns",
-        ("mode", "largest N", "first failing N: why", "server CPU ms/s per added listener"),
-        rows,
-        left=(0, 2),
-    )
+QUICK_PLAN: Final = rig.Plan((10, 50, 100), settle_s=2.0, hold_s=3.0, mode_budget_s=25.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,19 +55,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench.fanout not run: it pins the server and the listeners to two cores.")
         return 0
     logging.basicConfig(level=logging.WARNING)
-    print_pinned_machine()
-    speech = synthesise_once()
+    rig.print_pinned_machine()
+    speech = rig.synthesise_once()
     os.sched_setaffinity(0, {PEERS_CORE})  # the bot and this script stay off the server's core
     print(
         f"Speech: Piper synthesised {speech.duration_s:.1f} s once; the server replays it for"
         f" every say.\nPer step: join, settle {plan.settle_s:g} s, measure {plan.hold_s:g} s.\n"
     )
-    modes = {"ours": (MODE_ROOM,), "naive": (MODE_NAIVE,)}.get(args.only, (MODE_ROOM, MODE_NAIVE))
-    results = [asyncio.run(run_mode(mode, plan, speech)) for mode in modes]
+    modes = {"ours": (rig.MODE_ROOM,), "naive": (rig.MODE_NAIVE,)}.get(
+        args.only, (rig.MODE_ROOM, rig.MODE_NAIVE)
+    )
+    results = [asyncio.run(rig.run_mode(mode, plan, speech)) for mode in modes]
     for result in results:
-        print_mode(result, plan)
-    print(LEGEND)
-    print_summary(results)
+        rig.print_mode(result, plan)
+    print(rig.LEGEND)
+    rig.print_summary(
+        f"Largest N with pacer lateness p99 < {rig.P99_LIMIT_MS:g} ms and no underruns", results
+    )
     return 0
 
 

@@ -2,23 +2,14 @@
 
     python -m bench.hostile [--quick]
 
-The server runs as its own process (``voice-media-server`` on 127.0.0.1, the real
-Piper voice); the bench reaches it only over HTTP and WebRTC, and reads its resident
-memory from ``/proc``. During each case one WebRTC listener hears a long utterance; its
-pacing as the server reports it (``GET /whep/{id}/stats``) shows whether the event
-loop was held. Each hostile case is run beside its baseline, in the same run:
-
-* **candidate flood**: 1000 ICE candidates in one ``PATCH``, then 50 ``PATCH``es of 20,
-  to an unconnected session; baseline: one ``PATCH`` of 10 valid candidates.
-* **nested JSON**: ``POST /tts`` bodies of 2000 nested brackets; baseline: flat bodies
-  of the same size that are also refused (``text`` of the wrong type).
-* **slow readers**: four ``POST /tts`` clients that never read their audio; measured:
-  how soon a new WebRTC session's ``say`` gets its first event meanwhile, and when the
-  server gives their synthesis slots back (``/stats``); baseline: the same ``say``
-  with no slow clients.
-* **reference bombs** (decoder only, in a fresh process each): an 81-byte FLAC at 1 Hz
-  and a WAV claiming 4 GB at 1 Hz, against a real 30 s clip: time and peak memory.
-  On the Piper engine ``POST /tts`` refuses reference audio before decoding it.
+``voice-media-server`` runs in its own process (real Piper voice, no operator token); the
+bench reaches it only over HTTP and WebRTC and reads its RSS from ``/proc``. While each
+case runs, one WebRTC listener hears a long utterance and the server's pacing figures for
+it (``GET /whep/{id}/stats``) show whether the event loop was held. Cases, each beside its
+baseline: a candidate flood (1000 candidates in one ``PATCH``, then 50 more ``PATCH``es;
+baseline one ``PATCH`` of 10); nested JSON ``POST /tts`` bodies (baseline: flat bodies,
+also refused); four ``POST /tts`` clients that never read (a live ``say`` meanwhile, and
+when their slots come back); reference-clip bombs decoded in a fresh process each.
 """
 
 from __future__ import annotations
@@ -67,14 +58,8 @@ class Outcome:
 
 def start_server() -> ServerProcess:
     """No operator token (hostile clients have none), every per-client bound off (one address)."""
-    return ServerProcess(
-        {
-            "VMS_MAX_PENDING_SESSIONS_PER_CLIENT": "0",
-            "VMS_MAX_SYNTHESES_PER_CLIENT": "0",
-            "VMS_HTTP_WRITE_TIMEOUT_S": "5",
-        },
-        operator=False,
-    )
+    bounds_off = {f"VMS_MAX_{k}_PER_CLIENT": "0" for k in ("PENDING_SESSIONS", "SYNTHESES")}
+    return ServerProcess({**bounds_off, "VMS_HTTP_WRITE_TIMEOUT_S": "5"}, operator=False)
 
 
 async def while_listening(
