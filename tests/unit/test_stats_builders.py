@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -14,7 +16,9 @@ from media_server.playout.stats import PacingStats
 from media_server.rooms.room import ListenerSession, Room
 from media_server.rooms.tokens import Claims, Role
 from media_server.sessions.session import VoiceSession
+from media_server.speech.protocol import SayMessage
 from media_server.speech.speaker import START_FRAMES, Speaker
+from media_server.speech.talker import Talker
 from synthesis import SynthesisRequest, SynthesisService
 from synthesis.testing import FakeClock, ScriptedEngine
 
@@ -129,3 +133,33 @@ async def test_a_new_window_forgets_frames_lateness_and_underruns(room: Room) ->
     stats.record(0.002, speech=False)
     assert stats.snapshot().lateness_p99_ms == pytest.approx(2.0)
     assert stats.snapshot().frames_sent == 1
+
+
+@dataclass
+class Bot:
+    identity: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+
+async def test_a_rooms_speech_started_carries_the_timings_when_asked() -> None:
+    clock = FakeClock()
+    settings = Settings(debug_timings=True)
+    room = Room("hall", settings, SynthesisService(slow_engine(), 4), clock, SILENCE)
+    bot = Bot("bot-1")
+    room.add_bot(bot)
+    room.speaker.start()
+    try:
+        talker = Talker(bot.identity, None, settings, clock)
+        room.handle(SayMessage(SynthesisRequest(text="hello"), "u1"), talker, cancel_everyone=False)
+        async with asyncio.timeout(5):
+            while room.speaker.buffered_frames < START_FRAMES:
+                await asyncio.sleep(0.005)
+        room.pacer.emit_due()
+    finally:
+        await room.aclose()
+    started = next(e for e in bot.events if e["type"] == "speech.started")
+    assert started["owner"] == "bot-1" and started["id"] == "u1"
+    assert None not in started["timings"].values()
