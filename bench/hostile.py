@@ -2,23 +2,14 @@
 
     python -m bench.hostile [--quick]
 
-The server runs as its own process (``voice-media-server`` on 127.0.0.1, the real
-Piper voice); the bench reaches it only over HTTP and WebRTC, and reads its resident
-memory from ``/proc``. During each case one WebRTC listener hears a long utterance; its
-pacing as the server reports it (``GET /whep/{id}/stats``) shows whether the event
-loop was held. Each hostile case is run beside its baseline, in the same run:
-
-* **candidate flood**: 1000 ICE candidates in one ``PATCH``, then 50 ``PATCH``es of 20,
-  to an unconnected session; baseline: one ``PATCH`` of 10 valid candidates.
-* **nested JSON**: ``POST /tts`` bodies of 2000 nested brackets; baseline: flat bodies
-  of the same size that are also refused (``text`` of the wrong type).
-* **slow readers**: four ``POST /tts`` clients that never read their audio; measured:
-  how soon a new WebRTC session's ``say`` gets its first event meanwhile, and when the
-  server gives their synthesis slots back (``/stats``); baseline: the same ``say``
-  with no slow clients.
-* **reference bombs** (decoder only, in a fresh process each): an 81-byte FLAC at 1 Hz
-  and a WAV claiming 4 GB at 1 Hz, against a real 30 s clip: time and peak memory.
-  On the Piper engine ``POST /tts`` refuses reference audio before decoding it.
+``voice-media-server`` runs in its own process (real Piper voice, no operator token); the
+bench reaches it only over HTTP and WebRTC and reads its RSS from ``/proc``. While each
+case runs, one WebRTC listener hears a long utterance and the server's pacing figures for
+it (``GET /whep/{id}/stats``) show whether the event loop was held. Cases, each beside its
+baseline: a candidate flood (1000 candidates in one ``PATCH``, then 50 more ``PATCH``es;
+baseline one ``PATCH`` of 10); nested JSON ``POST /tts`` bodies (baseline: flat bodies,
+also refused); four ``POST /tts`` clients that never read (a live ``say`` meanwhile, and
+when their slots come back); reference-clip bombs decoded in a fresh process each.
 """
 
 from __future__ import annotations
@@ -26,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -37,10 +26,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from bench._report import machine_rows, print_table
+from bench._report import LOOPBACK, ServerProcess, print_machine, print_table
 from tests.whep_client import WhepClient, make_offer
 
-LOOPBACK = "127.0.0.1"
 SDP = {"Content-Type": "application/sdp"}
 FRAG = {"Content-Type": "application/trickle-ice-sdpfrag"}
 JSON = {"Content-Type": "application/json"}
@@ -48,21 +36,6 @@ LONG_TEXT = (
     "The quick brown fox jumps over the lazy dog, and the dog, who has seen this before, "
     "does not even look up. "
 ) * 6
-START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def candidate_lines(count: int, first_port: int) -> str:
@@ -83,46 +56,14 @@ class Outcome:
     rss_delta_mb: float
 
 
-class Server:
-    """``voice-media-server`` in its own process, every per-client bound off (one address)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.base = f"http://{LOOPBACK}:{self.port}"
-        env = {
-            **os.environ,
-            "VMS_MAX_PENDING_SESSIONS_PER_CLIENT": "0",
-            "VMS_MAX_SYNTHESES_PER_CLIENT": "0",
-            "VMS_HTTP_WRITE_TIMEOUT_S": "5",
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "signaling", "--port", str(self.port),
-             "--ice-host-address", LOOPBACK, "--log-level", "WARNING"],
-            env=env,
-        )  # fmt: skip
-
-    async def ready(self, http: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                async with http.get(f"{self.base}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-        raise RuntimeError("the server did not start")
-
-    def rss_mb(self) -> float:
-        return rss_mb(self.process.pid)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
+def start_server() -> ServerProcess:
+    """No operator token (hostile clients have none), every per-client bound off (one address)."""
+    bounds_off = {f"VMS_MAX_{k}_PER_CLIENT": "0" for k in ("PENDING_SESSIONS", "SYNTHESES")}
+    return ServerProcess({**bounds_off, "VMS_HTTP_WRITE_TIMEOUT_S": "5"}, operator=False)
 
 
 async def while_listening(
-    server: Server,
+    server: ServerProcess,
     http: aiohttp.ClientSession,
     case: str,
     work: Callable[[], Awaitable[list[int]]],
@@ -155,7 +96,7 @@ async def while_listening(
     )
 
 
-async def trickle(server: Server, http: aiohttp.ClientSession, hostile: bool) -> list[int]:
+async def trickle(server: ServerProcess, http: aiohttp.ClientSession, hostile: bool) -> list[int]:
     async with http.post(
         f"{server.base}/whep", data=await make_offer(end_of_candidates=False), headers=SDP
     ) as r:
@@ -173,7 +114,9 @@ async def trickle(server: Server, http: aiohttp.ClientSession, hostile: bool) ->
     return statuses
 
 
-async def nested(server: Server, http: aiohttp.ClientSession, hostile: bool, n: int) -> list[int]:
+async def nested(
+    server: ServerProcess, http: aiohttp.ClientSession, hostile: bool, n: int
+) -> list[int]:
     body = "[" * 2000 + "]" * 2000 if hostile else json.dumps({"text": [0] * 1330})
     statuses = []
     for _ in range(n):
@@ -182,7 +125,7 @@ async def nested(server: Server, http: aiohttp.ClientSession, hostile: bool, n: 
     return statuses
 
 
-async def slow_reader(server: Server, text: str) -> asyncio.StreamWriter:
+async def slow_reader(server: ServerProcess, text: str) -> asyncio.StreamWriter:
     """A ``POST /tts`` whose client never reads: its socket buffers fill, then nothing."""
     reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
     body = json.dumps({"text": text, "format": "pcm"}).encode()
@@ -196,7 +139,7 @@ async def slow_reader(server: Server, text: str) -> asyncio.StreamWriter:
 
 
 async def slow_readers(
-    server: Server, http: aiohttp.ClientSession, hostile: bool
+    server: ServerProcess, http: aiohttp.ClientSession, hostile: bool
 ) -> tuple[float, float]:
     """Milliseconds from a live ``say`` to its first event while four clients read
     nothing (or none), and seconds until their synthesis slots are given back."""
@@ -274,7 +217,7 @@ def decoder_rows() -> list[list[str]]:
 
 async def run(quick: bool) -> None:
     n = 10 if quick else 50
-    server = Server()
+    server = start_server()
     outcomes: list[Outcome] = []
     says: dict[str, tuple[float, float]] = {}
     try:
@@ -296,7 +239,7 @@ async def run(quick: bool) -> None:
             final_rss = server.rss_mb()
     finally:
         server.stop()
-    print_table("Machine", ["what", "value"], machine_rows(["aiortc", "aiohttp", "av"]))
+    print_machine(["aiortc", "aiohttp", "av"])
     print_table(
         "Hostile input against its baseline, while one listener hears speech "
         "(server's own pacing figures for that listener)",

@@ -5,45 +5,43 @@ Run from the repository root::
     python -m bench.synthesis [--quick] [--passes N] [--levels 1,4,16]
     python -m bench.synthesis --engine cosyvoice --model-dir DIR
 
-For each concurrency level N (default 1, 4 and 16) one ``SynthesisService`` is
-built with ``max_concurrent=N``, so nothing is refused, and N streams run at once
-on one asyncio loop. Each stream takes its sentences, one after another, from a
-fixed list of varied English sentences; every level gets the same sentences
-(``--passes`` times through the list). Beside them, in the same run, the baseline:
-the engine called directly (``engine.synthesize(request, threading.Event())``) in one
-long-lived plain thread, one sentence at a time. Baseline calls and the concurrency-1 service
-streams alternate sentence by sentence, so their difference is the service's own
-overhead (thread hop, queue, loop hop), measured on the same sentences.
-
-Measured per sentence: first chunk (request made -> first chunk in hand: on the loop
-for the service, in the thread for the baseline), synthesis time (request made ->
-last chunk) and audio produced. Per run: CPU time of this process
-(``resource.getrusage``) and of the whole machine (``/proc/stat``). Nothing here
-asserts on timings.
+Per concurrency level N, ``SynthesisService(engine, max_concurrent=N)`` runs N streams at
+once on one loop, each taking the shared sentences in turn (``--passes`` times). The
+baseline, the engine called directly in one long-lived thread, alternates sentence by
+sentence with the concurrency-1 streams: their difference is the service's own cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import importlib.metadata
 import logging
 import math
 import os
-import queue
 import resource
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 
-from bench._report import counts, machine_rows, print_table
+from bench._report import (
+    SENTENCES,
+    counts,
+    fmt,
+    p50_p90_max,
+    print_machine,
+    print_table,
+    system_busy_s,
+)
 from synthesis import (
     Engine,
     EngineBusy,
@@ -55,39 +53,13 @@ from synthesis import (
 
 DEFAULT_LEVELS: Final = (1, 4, 16)
 DEFAULT_PASSES: Final = 3
-"""Times through SENTENCES per run: 48 samples per level."""
+"""Times through SENTENCES per run: 60 samples per level."""
 QUICK_PASSES: Final = 1
-"""16 samples per level."""
+"""20 samples per level."""
 CHUNK_TIMEOUT_S: Final = 300.0
 """Generous: at high concurrency a slow engine's first chunk may legitimately take long."""
 
 WARM_UP: Final = "Warming up the voice before anything is measured."
-
-SENTENCES: Final = (
-    "Hello there.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Your order has shipped, and it should arrive on Thursday afternoon between two and four.",
-    "Yes, that works for me.",
-    "Could you please repeat the last part of the address, starting with the street name?",
-    "It is twenty past seven in the evening.",
-    "After the storm passed, the whole neighbourhood came out to clear the fallen branches "
-    "from the road. By evening the street looked almost normal again.",
-    "Please hold on a moment while I look that up for you.",
-    "Temperatures will drop to minus three degrees overnight, so drive carefully!",
-    "The meeting has been moved from Monday morning to Wednesday at half past ten, "
-    "in the large conference room on the third floor.",
-    "I did not catch that. Could you say it again?",
-    "The total comes to forty two dollars and fifteen cents, including tax.",
-    "Before you continue, make sure the device is plugged in and the green light is on; "
-    "otherwise the update may fail halfway through.",
-    "Good morning, and welcome back.",
-    "Researchers measured the response time of the system under load, and found that most "
-    "of the delay came from the speech model itself rather than from the network.",
-    "Goodbye, and have a lovely evening.",
-)
-
-
-# -- measuring -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,82 +72,38 @@ class Sample:
     synthesis_s: float
     """Request made -> last chunk in hand (or the error)."""
     audio_s: float
-    chunks: int
     error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """A snapshot of clocks and counters; subtract two to get what a run used."""
+    """Wall clock, this process's CPU (all threads), the whole machine's busy CPU
+    (``/proc/stat``); add or subtract two."""
 
-    wall_s: float
-    cpu_s: float
-    """User + system time of this process, all threads."""
-    involuntary_switches: int
-    machine_busy_s: float | None
-    """Non-idle time of all cores of the machine (``/proc/stat``), None off Linux."""
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    machine_busy_s: float = 0.0
 
     @classmethod
     def now(cls) -> Usage:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return cls(
-            time.perf_counter(),
-            usage.ru_utime + usage.ru_stime,
-            usage.ru_nivcsw,
-            _machine_busy_s(),
-        )
+        cpu = usage.ru_utime + usage.ru_stime
+        return cls(time.perf_counter(), cpu, system_busy_s())
 
-    def __sub__(self, other: Usage) -> Usage:
-        busy = (
-            None
-            if self.machine_busy_s is None or other.machine_busy_s is None
-            else self.machine_busy_s - other.machine_busy_s
-        )
-        return Usage(
-            self.wall_s - other.wall_s,
-            self.cpu_s - other.cpu_s,
-            self.involuntary_switches - other.involuntary_switches,
-            busy,
-        )
-
-    def __add__(self, other: Usage) -> Usage:
-        busy = (
-            None
-            if self.machine_busy_s is None or other.machine_busy_s is None
-            else self.machine_busy_s + other.machine_busy_s
-        )
-        return Usage(
-            self.wall_s + other.wall_s,
-            self.cpu_s + other.cpu_s,
-            self.involuntary_switches + other.involuntary_switches,
-            busy,
-        )
-
-
-ZERO_USAGE: Final = Usage(0.0, 0.0, 0, 0.0)
-
-
-def _machine_busy_s() -> float | None:
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user]
-    busy = sum(fields[:8]) - fields[3] - fields[4]
-    return busy / os.sysconf("SC_CLK_TCK")
+    def plus(self, other: Usage, sign: int = 1) -> Usage:
+        return Usage(*(a + sign * b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 @dataclass
 class Run:
-    """All samples of one row of the tables."""
+    """All samples of one row of the tables; ``refused``: EngineBusy answers (retried;
+    the service is sized so that it stays 0)."""
 
     label: str
     concurrency: int
     samples: list[Sample] = field(default_factory=list)
-    usage: Usage = ZERO_USAGE
+    usage: Usage = Usage()
     refused: int = 0
-    """EngineBusy answers (retried); the service is sized so this should stay 0."""
 
     @property
     def audio_s(self) -> float:
@@ -187,68 +115,26 @@ class Run:
 
     @property
     def rtf(self) -> float | None:
-        audio = self.audio_s
-        return self.synthesis_s / audio if audio else None
+        return self.synthesis_s / self.audio_s if self.audio_s else None
 
     @property
     def throughput(self) -> float | None:
         """Audio seconds produced per wall second, all streams together."""
         return self.audio_s / self.usage.wall_s if self.usage.wall_s else None
 
-    @property
-    def errors(self) -> int:
-        return sum(1 for s in self.samples if s.error is not None)
-
 
 def synthesize_direct(engine: Engine, request: SynthesisRequest) -> Sample:
     """The baseline: the engine's blocking generator, drained in the calling thread."""
     first: float | None = None
     audio = 0.0
-    chunks = 0
     started = time.perf_counter()
     try:
         for chunk in engine.synthesize(request, threading.Event()):
-            if first is None:
-                first = time.perf_counter() - started
+            first = time.perf_counter() - started if first is None else first
             audio += chunk.duration_s
-            chunks += 1
     except Exception as exc:  # reported in the tables, not fatal
-        return Sample(request.text, first, time.perf_counter() - started, audio, chunks, repr(exc))
-    return Sample(request.text, first, time.perf_counter() - started, audio, chunks)
-
-
-class DirectThread:
-    """One plain thread (no executor, no service) that runs the baseline calls in turn.
-
-    Long-lived like the service's worker threads, so that neither side pays for
-    starting a thread per sentence.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name="baseline-engine", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            request, loop, done = job
-            sample = synthesize_direct(self._engine, request)
-            loop.call_soon_threadsafe(done.set_result, sample)
-
-    async def run(self, request: SynthesisRequest) -> Sample:
-        """Synthesise ``request`` in the thread; the loop only waits for the result."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Sample] = loop.create_future()
-        self._jobs.put((request, loop, done))
-        return await done
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join()
-
-
-_Job = tuple[SynthesisRequest, asyncio.AbstractEventLoop, "asyncio.Future[Sample]"]
+        return Sample(request.text, first, time.perf_counter() - started, audio, repr(exc))
+    return Sample(request.text, first, time.perf_counter() - started, audio)
 
 
 async def synthesize_service(
@@ -265,31 +151,26 @@ async def synthesize_service(
             await asyncio.sleep(0.001)
     first: float | None = None
     audio = 0.0
-    chunks = 0
     error: str | None = None
     try:
         async for chunk in stream:
-            if first is None:
-                first = time.perf_counter() - started
+            first = time.perf_counter() - started if first is None else first
             audio += chunk.duration_s
-            chunks += 1
     except SynthesisError as exc:
         error = f"{exc.error}: {exc.message}"
     finally:
         ended = time.perf_counter()
         await stream.aclose()
-    return Sample(request.text, first, ended - started, audio, chunks, error)
+    return Sample(request.text, first, ended - started, audio, error)
 
 
 def requests(count: int, voice: str | None) -> list[SynthesisRequest]:
     """``count`` requests cycling through SENTENCES, in order."""
-    return [
-        SynthesisRequest(text=SENTENCES[i % len(SENTENCES)], speaker_id=voice) for i in range(count)
-    ]
+    return [SynthesisRequest(SENTENCES[i % len(SENTENCES)], speaker_id=voice) for i in range(count)]
 
 
 async def run_paired(
-    engine: Engine, direct: DirectThread, samples: int, voice: str | None, timeout_s: float
+    engine: Engine, direct: Executor, samples: int, voice: str | None, timeout_s: float
 ) -> tuple[Run, Run]:
     """Baseline and concurrency 1, alternating sentence by sentence (and which goes first)."""
     baseline = Run("engine direct (baseline)", 1)
@@ -301,10 +182,11 @@ async def run_paired(
             for run in order:
                 before = Usage.now()
                 if run is baseline:
-                    sample = await direct.run(request)
+                    loop = asyncio.get_running_loop()
+                    sample = await loop.run_in_executor(direct, synthesize_direct, engine, request)
                 else:
                     sample = await synthesize_service(service, request, run)
-                run.usage = run.usage + (Usage.now() - before)
+                run.usage = run.usage.plus(Usage.now().plus(before, -1))
                 run.samples.append(sample)
     finally:
         service.close()
@@ -329,7 +211,7 @@ async def run_level(
     try:
         before = Usage.now()
         per_stream = await asyncio.gather(*(stream_worker(k) for k in range(concurrency)))
-        run.usage = Usage.now() - before
+        run.usage = Usage.now().plus(before, -1)
     finally:
         service.close()
     # in sentence order, so that every level lists the same sentences in the same order
@@ -341,12 +223,13 @@ async def measure(
     engine: Engine, levels: Sequence[int], samples: int, voice: str | None, timeout_s: float
 ) -> list[Run]:
     """The baseline and every level, in order; the baseline is measured even without level 1."""
-    direct = DirectThread(engine)
+    # One long-lived thread, as the service's workers are (a thread per call is slower).
+    direct = ThreadPoolExecutor(1, thread_name_prefix="baseline-engine")
     try:
         # warm-up: the first runs through ONNX Runtime and espeak are slower; one service
         # stream too, so that lazy imports inside the engine are done
         warm_up = SynthesisRequest(text=WARM_UP, speaker_id=voice)
-        await direct.run(warm_up)
+        await asyncio.get_running_loop().run_in_executor(direct, synthesize_direct, engine, warm_up)
         warm = SynthesisService(engine, 1, chunk_timeout_s=timeout_s)
         try:
             await synthesize_service(warm, warm_up, Run("warm-up", 1))
@@ -365,278 +248,89 @@ async def measure(
             runs.insert(0, baseline)
         return runs
     finally:
-        direct.close()
-
-
-# -- engines ---------------------------------------------------------------------------
-
-
-def _os_threads() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()
+        direct.shutdown()
 
 
 def load_engine(name: str, model_dir: Path | None) -> Engine:
-    """Build ``name`` through the registry; ``model_dir`` goes in ``VMS_<NAME>_MODEL_DIR``.
-
-    That is how the registry's CosyVoice factory finds its model (``synthesis.cosyvoice``,
-    ``cosyvoice_config_from_env``); Piper needs nothing.
-    """
+    """Build ``name``; ``model_dir`` goes in ``VMS_<NAME>_MODEL_DIR`` (how the CosyVoice
+    factory finds its model; Piper needs nothing)."""
     if model_dir is not None:
         os.environ[f"VMS_{name.upper()}_MODEL_DIR"] = str(model_dir)
     try:
         return create_engine(name)
-    except ImportError as exc:
-        raise SystemExit(f"engine {name!r} cannot be imported here: {exc}") from None
-    except (ValueError, SynthesisError) as exc:
-        raise SystemExit(f"engine {name!r} could not be built: {exc}") from None
-
-
-def _onnx_sessions(engine: Engine) -> list[Any]:
-    """ONNX Runtime sessions held by the engine or by its attributes (one level down)."""
-    ort = sys.modules.get("onnxruntime")
-    if ort is None:
-        return []
-    found: list[Any] = []
-    holders: list[Any] = [engine]
-    holders.extend(v for v in getattr(engine, "__dict__", {}).values() if hasattr(v, "__dict__"))
-    for holder in holders:
-        for value in getattr(holder, "__dict__", {}).values():
-            if isinstance(value, ort.InferenceSession) and value not in found:
-                found.append(value)
-    return found
+    except (ImportError, ValueError, SynthesisError) as exc:
+        raise SystemExit(f"engine {name!r} could not be built here: {exc}") from None
 
 
 def engine_rows(engine: Engine, load_s: float, threads_added: int) -> list[tuple[str, str]]:
-    rows = [
-        ("engine", engine.name),
-        ("sample rate", f"{engine.sample_rate_hz} Hz"),
-        ("load time", f"{load_s:.2f} s"),
-        ("OS threads started by loading it", str(threads_added)),
-    ]
-    for index, session in enumerate(_onnx_sessions(engine)):
-        options = session.get_session_options()
-        try:
-            spinning = options.get_session_config_entry("session.intra_op.allow_spinning")
-        except Exception:  # onnxruntime raises when the key was never set
-            spinning = "not set (ORT default: on)"
-        intra = options.intra_op_num_threads
-        prefix = f"ONNX session {index + 1}: "
-        rows += [
-            (prefix + "providers", ", ".join(session.get_providers())),
-            (
-                prefix + "intra_op_num_threads",
-                f"{intra}" + (" (ORT default: one per physical core)" if intra == 0 else ""),
-            ),
-            (prefix + "inter_op_num_threads", str(options.inter_op_num_threads)),
-            (prefix + "execution mode", str(options.execution_mode).rsplit(".", 1)[-1]),
-            (prefix + "intra-op spinning", spinning),
-        ]
+    """What the engine is and how many threads its runtime started (they decide what N
+    streams get: ONNX Runtime's intra-op pool defaults to one thread per physical core)."""
     torch = sys.modules.get("torch")
-    if torch is not None:
-        rows += [
-            ("torch intra-op threads", str(torch.get_num_threads())),
-            ("torch inter-op threads", str(torch.get_num_interop_threads())),
-        ]
-    return rows
-
-
-# -- output ----------------------------------------------------------------------------
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    return [
+        ("engine", f"{engine.name}, {engine.sample_rate_hz} Hz, loaded in {load_s:.2f} s"),
+        ("OS threads started by loading it", str(threads_added)),
+        *((("torch threads", f"{torch.get_num_threads()}"),) if torch is not None else ()),
+    ]
 
 
 def _ratio(value: float | None, base: float | None) -> str:
     return "-" if value is None or not base else f"{value / base:.2f}x"
 
 
-def print_machine() -> None:
-    rows = machine_rows(("onnxruntime", "torch", "piper-tts", "numpy"))
-    print_table("Machine", ("item", "value"), rows, left=(0, 1))
-
-
-def _percentiles(values: Iterable[float | None]) -> tuple[float, float, float] | None:
-    present = np.array([v for v in values if v is not None], dtype=np.float64)
-    if not present.size:
-        return None
-    p50, p90 = np.percentile(present, [50, 90])
-    return float(p50), float(p90), float(present.max())
-
-
 def print_results(runs: Sequence[Run]) -> None:
-    baseline = runs[0]
-    base_first = _percentiles(s.first_chunk_s for s in baseline.samples)
-    base_p50 = base_first[0] if base_first else None
-
-    rows: list[tuple[str, ...]] = []
+    base = runs[0]
+    base_first = p50_p90_max(s.first_chunk_s for s in base.samples)
+    first, speed = [], []
     for run in runs:
-        first = _percentiles(s.first_chunk_s for s in run.samples)
-        p50, p90, peak = (v * 1000 for v in first) if first else (None, None, None)
-        rows.append(
-            (
-                run.label,
-                str(run.concurrency),
-                str(len(run.samples)),
-                _fmt(p50),
-                _fmt(p90),
-                _fmt(peak),
-                _ratio(first[0] if first else None, base_p50),
-            )
-        )
+        chunk = p50_p90_max(s.first_chunk_s for s in run.samples)
+        ms = [fmt(v * 1000) for v in chunk] if chunk else ["-"] * 3
+        ratio = _ratio(chunk[0] if chunk else None, base_first[0] if base_first else None)
+        first.append([run.label, str(run.concurrency), str(len(run.samples)), *ms, ratio])
+        rtfs = p50_p90_max(s.synthesis_s / s.audio_s if s.audio_s else None for s in run.samples)
+        u = run.usage
+        wall = u.wall_s or float("nan")
+        errors = sum(x.error is not None for x in run.samples)
+        speed.append([
+            run.label, str(run.concurrency), fmt(run.audio_s), fmt(run.rtf, 3),
+            fmt(rtfs[1] if rtfs else None, 3), _ratio(run.rtf, base.rtf),
+            fmt(run.throughput, 1), _ratio(run.throughput, base.throughput), fmt(wall),
+            fmt(run.synthesis_s / wall, 1), f"{errors}/{run.refused}",
+            f"{u.cpu_s / wall:.2f} / {max(0.0, u.machine_busy_s - u.cpu_s) / wall:.2f}",
+        ])  # fmt: skip
     print_table(
         "First chunk: request made -> first chunk in hand (ms)",
-        ("run", "streams", "samples", "p50", "p90", "max", "p50 vs baseline"),
-        rows,
+        "run|streams|samples|p50|p90|max|p50 vs baseline".split("|"),
+        first,
     )
-
-    base_rtf = baseline.rtf
-    base_tp = baseline.throughput
-    rows = []
-    for run in runs:
-        rtfs = _percentiles(s.synthesis_s / s.audio_s if s.audio_s else None for s in run.samples)
-        busy_streams = run.synthesis_s / run.usage.wall_s if run.usage.wall_s else None
-        rows.append(
-            (
-                run.label,
-                str(run.concurrency),
-                _fmt(run.audio_s),
-                _fmt(run.rtf, 3),
-                _fmt(rtfs[1] if rtfs else None, 3),
-                _ratio(run.rtf, base_rtf),
-                _fmt(run.throughput, 1),
-                _ratio(run.throughput, base_tp),
-                _fmt(run.usage.wall_s),
-                _fmt(busy_streams, 1),
-                f"{run.errors}/{run.refused}",
-            )
-        )
     print_table(
         "Speed: RTF = synthesis time / audio time (lower is faster)",
-        (
-            "run",
-            "streams",
-            "audio s",
-            "RTF",
-            "RTF p90",
-            "RTF vs base",
-            "throughput",
-            "vs base",
-            "wall s",
-            "busy streams",
-            "err/refused",
-        ),
-        rows,
-    )
-
-    cores = len(os.sched_getaffinity(0))
-    rows = []
-    for run in runs:
-        usage = run.usage
-        wall = usage.wall_s or float("nan")
-        cpu_per_audio = usage.cpu_s / run.audio_s if run.audio_s else None
-        machine = None if usage.machine_busy_s is None else usage.machine_busy_s / wall
-        rows.append(
-            (
-                run.label,
-                _fmt(usage.cpu_s / wall, 2),
-                _fmt(machine, 2),
-                _fmt(None if machine is None else machine - usage.cpu_s / wall, 2),
-                _fmt(cpu_per_audio, 3),
-                _fmt(usage.involuntary_switches / wall, 0),
-            )
-        )
-    print_table(
-        f"CPU (average cores busy, of {cores}; per run's own wall time)",
-        (
-            "run",
-            "this process",
-            "machine",
-            "everything else",
-            "CPU s per audio s",
-            "invol. switches/s",
-        ),
-        rows,
-    )
-
-    errors: dict[str, int] = {}
-    for run in runs:
-        for sample in run.samples:
-            if sample.error is not None:
-                errors[sample.error] = errors.get(sample.error, 0) + 1
-    if errors:
-        print_table(
-            "Errors (all runs)",
-            ("error", "count"),
-            [(message[:120], str(count)) for message, count in errors.items()],
-        )
-
+        "run|streams|audio s|RTF|RTF p90|RTF vs base|throughput|vs base|wall s|busy|err/refused"
+        "|cores: this process / the rest".split("|"),
+        speed,
+    )  # fmt: skip
     single = next((r for r in runs if r.label == "service, concurrency 1"), None)
-    if single is not None:
-        pairs = list(zip(baseline.samples, single.samples, strict=True))
-        first_diff = [
+    if single is None:
+        return
+    pairs = list(zip(base.samples, single.samples, strict=True))
+    diffs = {
+        "first chunk": [
             (s.first_chunk_s - b.first_chunk_s) * 1000
             for b, s in pairs
             if b.first_chunk_s is not None and s.first_chunk_s is not None
-        ]
-        synth_diff = [(s.synthesis_s - b.synthesis_s) * 1000 for b, s in pairs]
-        rows = []
-        for label, values in (
-            ("first chunk", first_diff),
-            ("whole sentence (synthesis time)", synth_diff),
-        ):
-            stats = _percentiles(values)
-            mean = float(np.mean(values)) if values else None
-            rows.append(
-                (label, *(_fmt(v, 2) for v in (stats or (None, None, None))), _fmt(mean, 2))
-            )
-        print_table(
-            "Service overhead at concurrency 1: service - engine direct, same sentence (ms)",
-            ("measure", "p50", "p90", "max", "mean"),
-            rows,
-        )
-
-
-def print_notes(
-    engine_name: str, onnx: bool, threads_added: int, baseline_cores: float | None
-) -> None:
-    cores = len(os.sched_getaffinity(0))
-    print(
-        "Columns: streams = concurrent streams (= the service's max_concurrent); RTF = sum of\n"
-        "per-sentence synthesis times / sum of audio durations (per stream, so above the core\n"
-        "count it grows with the queueing); RTF p90 = 90th percentile of per-sentence RTF;\n"
-        "throughput = audio seconds produced per wall second, all streams together; busy\n"
-        "streams = mean number of streams synthesising (the last rounds of a level taper off);\n"
-        "err/refused = failed sentences / EngineBusy answers (retried; should both be 0).\n"
-        "Baseline and concurrency 1 alternate sentence by sentence; their wall time is the sum\n"
-        "of their own sentences only. 'vs base' compares with the engine called directly.\n"
+        ],
+        "whole sentence (synthesis time)": [
+            (s.synthesis_s - b.synthesis_s) * 1000 for b, s in pairs
+        ],
+    }
+    rows = []
+    for label, values in diffs.items():
+        stats = [fmt(v, 2) for v in p50_p90_max(values) or (None, None, None)]
+        rows.append([label, *stats, fmt(float(np.mean(values)) if values else None, 2)])
+    print_table(
+        "Service overhead at concurrency 1: service - engine direct, same sentence (ms)",
+        "measure|p50|p90|max|mean".split("|"),
+        rows,
     )
-    alone = f"{baseline_cores:.1f} cores" if baseline_cores is not None else "all of its cores"
-    if onnx:
-        print(
-            f"On this {cores}-core machine, concurrency > cores means queueing inside ONNX\n"
-            "Runtime threads. Each session.run works on the calling worker thread plus the\n"
-            f"session's intra-op pool ({threads_added} thread(s) started when the engine loaded),\n"
-            f"so one stream alone already keeps about {alone} busy (CPU table). More streams\n"
-            "add worker threads that the OS time-slices over the same cores: throughput rises\n"
-            "little, and each stream's first chunk and RTF stretch about in proportion to the\n"
-            "busy streams. ORT's pool threads spin-wait for work by default (counted as CPU).\n"
-        )
-    else:
-        print(
-            f"On this {cores}-core machine, concurrency > cores means the streams' worker\n"
-            f"threads queue for the cores (one stream alone keeps about {alone} busy).\n"
-        )
-    if engine_name == "piper":
-        print(
-            "Piper is not deterministic: the same text gives different durations and timings\n"
-            "from one call to the next, so compare percentiles and aggregates, not sentences.\n"
-            "Piper yields one chunk per sentence (the first piece is cut at a clause boundary),\n"
-            "so the first chunk is a whole clause synthesised.\n"
-        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -645,79 +339,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--engine", default="piper", help="engine name (default piper)")
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=None,
-        help="model directory for engines that need one (set as VMS_<ENGINE>_MODEL_DIR)",
-    )
-    parser.add_argument(
-        "--voice", default=None, help="speaker_id for every request (default: the engine's)"
-    )
-    parser.add_argument(
-        "--levels",
-        type=counts,
-        default=DEFAULT_LEVELS,
-        help="concurrency levels, comma-separated (default 1,4,16)",
-    )
-    parser.add_argument(
-        "--passes",
-        type=int,
-        default=None,
-        help=f"times through the {len(SENTENCES)} sentences per level "
-        f"(default {DEFAULT_PASSES}; {QUICK_PASSES} with --quick)",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"{QUICK_PASSES} pass: {QUICK_PASSES * len(SENTENCES)} sentences per level",
-    )
-    parser.add_argument(
-        "--chunk-timeout",
-        type=float,
-        default=CHUNK_TIMEOUT_S,
-        help=f"the service's chunk_timeout_s (default {CHUNK_TIMEOUT_S:g})",
-    )
+    add = parser.add_argument
+    add("--engine", default="piper", help="engine name (default piper)")
+    add("--model-dir", type=Path, help="model directory (set as VMS_<ENGINE>_MODEL_DIR)")
+    add("--voice", help="speaker_id for every request (default: the engine's)")
+    add("--levels", type=counts, default=DEFAULT_LEVELS, help="concurrency levels (1,4,16)")
+    add("--passes", type=int, help=f"times through the sentences ({DEFAULT_PASSES}; quick 1)")
+    add("--quick", action="store_true", help=f"{QUICK_PASSES} pass through the sentences")
+    add("--chunk-timeout", type=float, default=CHUNK_TIMEOUT_S, help="service chunk_timeout_s")
     args = parser.parse_args(argv)
-    passes = (
-        args.passes if args.passes is not None else QUICK_PASSES if args.quick else DEFAULT_PASSES
-    )
-    if passes < 1:
-        parser.error("--passes must be at least 1")
+    passes = max(1, args.passes or (QUICK_PASSES if args.quick else DEFAULT_PASSES))
     samples = passes * len(SENTENCES)
-
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
-    print_machine()
+    print_machine(("onnxruntime", "torch", "piper-tts", "numpy"))
     # import the runtimes first, so that the thread count below is the engine's own
     for runtime in ("onnxruntime", "torch"):
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module(runtime)
-        except ImportError:
-            pass
-    threads_before = _os_threads()
-    loaded = time.perf_counter()
+    threads_before, loaded = len(os.listdir("/proc/self/task")), time.perf_counter()
     engine = load_engine(args.engine, args.model_dir)
     load_s = time.perf_counter() - loaded
-    threads_added = _os_threads() - threads_before
+    threads_added = len(os.listdir("/proc/self/task")) - threads_before
     print_table("Engine", ("item", "value"), engine_rows(engine, load_s, threads_added), (0, 1))
-    print(
-        f"Setup: {samples} sentences per run (from {len(SENTENCES)} built-in sentences, "
-        f"{passes} pass(es)),\nconcurrency levels {', '.join(map(str, args.levels))}; "
-        "one asyncio loop; streams read as fast as chunks come.\n",
-        flush=True,
-    )
-    onnx = bool(_onnx_sessions(engine))
+    print(f"{samples} sentences per level ({passes} pass(es)).\n", flush=True)
     try:
         runs = asyncio.run(measure(engine, args.levels, samples, args.voice, args.chunk_timeout))
     finally:
         engine.close()
-    print()
     print_results(runs)
-    base_usage = runs[0].usage
-    base_cores = base_usage.cpu_s / base_usage.wall_s if base_usage.wall_s else None
-    print_notes(engine.name, onnx, threads_added, base_cores)
+    print(
+        "RTF = per-sentence synthesis times / audio durations (per stream: above the core\n"
+        "count it grows with the queueing); throughput = audio s per wall s, all streams;\n"
+        "busy = mean streams synthesising; err/refused = failed sentences / EngineBusy\n"
+        "answers (both should be 0).\n"
+    )
     print(f"Total run time {time.perf_counter() - started:.1f} s.")
     return 0
 

@@ -95,6 +95,10 @@ class Settings:
     http_write_timeout_s: float = 10.0
     """A ``/tts`` or ``/tts/ws`` client that takes no audio for this long (64 KiB, or
     one message) is cut off and its synthesis stopped."""
+    debug_timings: bool = False
+    """``speech.started`` carries ``timings``: when the utterance's text arrived and
+    each stage reached its first output, in ms of this machine's ``time.monotonic()``
+    (for benchmarks on the same machine; off by default, it exposes server internals)."""
     opus: OpusSettings = field(default_factory=OpusSettings)
 
     def __post_init__(self) -> None:

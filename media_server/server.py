@@ -286,6 +286,13 @@ class MediaServer:
 
     # -- figures ------------------------------------------------------------------
 
+    def start_stats_window(self) -> dict[str, int]:
+        """Start a fresh measuring window in every pacer; returns how many it reset."""
+        return {
+            "sessions": self.sessions.start_stats_window(),
+            "rooms": self.rooms.start_stats_window(),
+        }
+
     def health(self) -> dict[str, object]:
         return {"status": "ok", "engine": self.engine.name, "sessions": len(self.sessions)}
 

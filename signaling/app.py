@@ -87,6 +87,12 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def stats_window(request: web.Request) -> web.Response:
+    """Start a fresh measuring window in every pacer (1:1 sessions and rooms): a later
+    ``GET /stats`` shows lateness, frames and underruns since now (benchmarks, tests)."""
+    return web.json_response(request.app[MEDIA_KEY].start_stats_window())
+
+
 def create_app(
     settings: Settings, engine: Engine | None = None, clock: Clock | None = None
 ) -> web.Application:
@@ -114,6 +120,7 @@ def create_app(
     app.router.add_get("/", index)
     app.router.add_get("/healthz", health)
     app.router.add_get("/stats", stats)
+    app.router.add_post("/stats/window", stats_window)
     app.router.add_routes(whep.routes)
     app.router.add_routes(tts.routes)
     app.router.add_routes(tts_socket.routes)

@@ -18,6 +18,7 @@ OPERATOR_ROUTES: Final = frozenset(
         ("POST", "/tts"),
         ("GET", "/tts/ws"),
         ("POST", "/voices"),
+        ("POST", "/stats/window"),
     }
 )
 """What costs the server work for a client it cannot tell apart from any other: the

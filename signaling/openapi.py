@@ -237,8 +237,21 @@ SPEC: dict[str, Any] = {
         "/stats": {
             "get": {
                 "summary": "Server stats: counts for anyone; with the operator token also "
-                "per_session (session ids) and rooms (names, identities)",
+                "per_session (session ids) and rooms (names, identities), each with its "
+                "pacing: frames, underruns, lateness p50/p99/max (rooms: send lateness too)",
                 "responses": {"200": {"description": "OK"}},
+            }
+        },
+        "/stats/window": {
+            "post": {
+                "summary": "Start a fresh measuring window in every session's and room's "
+                "pacing stats: GET /stats then covers only the time since",
+                "responses": {
+                    "200": {"description": "How many sessions and rooms"}
+                    | _json({"type": "object"}),
+                    **_errors(401),
+                },
+                "security": OPERATOR,
             }
         },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}},

@@ -106,6 +106,8 @@ class Pacer:
             OutgoingFrame(payload if payload is not None else self._silence, self._pts, speech)
         )
         self.stats.record(max(0.0, now - deadline), speech)
+        if self.stats.tracks_send:
+            self.stats.record_send(max(0.0, self._clock.now() - deadline))
         self._tick += 1
         self._pts += FRAME_SAMPLES
 

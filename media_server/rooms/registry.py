@@ -84,6 +84,13 @@ class RoomRegistry:
         logger.info("room %s created (%d rooms)", name, len(self.rooms))
         return room
 
+    def start_stats_window(self) -> int:
+        """Start a fresh measuring window in every room's pacing stats
+        (:meth:`PacingStats.start_window`); returns how many."""
+        for room in self.rooms.values():
+            room.pacer.stats.start_window()
+        return len(self.rooms)
+
     def unconnected(self, client: str) -> int:
         """Listeners of ``client``, in any room, being created or not connected."""
         return sum(

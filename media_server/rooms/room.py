@@ -14,6 +14,7 @@ from media_server.audio.encoder import StreamEncoder
 from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.playout.pacer import Pacer
+from media_server.playout.stats import LATENESS_WINDOW_FRAMES, PacingStats
 from media_server.rooms.fanout import FanOut
 from media_server.rooms.tokens import Claims, Role
 from media_server.rtc.client import PeerClient
@@ -99,8 +100,16 @@ class Room:
             encode_executor=encode_executor,
             encode_budget=encode_budget,
             max_queued=settings.max_queued_utterances,
+            debug_timings=settings.debug_timings,
         )
-        self.pacer = Pacer(self.speaker, self.fanout, clock, silence_payload)
+        # the fan-out writes each listener's packet in turn: the last one's wait is kept too
+        self.pacer = Pacer(
+            self.speaker,
+            self.fanout,
+            clock,
+            silence_payload,
+            stats=PacingStats(send_window=LATENESS_WINDOW_FRAMES),
+        )
         self.listeners: dict[str, ListenerSession] = {}
         self.bots: dict[str, Member] = {}
         self._pacer_task: asyncio.Task[None] | None = None

@@ -110,6 +110,14 @@ class SessionRegistry:
     def sessions(self) -> list[VoiceSession]:
         return list(self._sessions.values())
 
+    def start_stats_window(self) -> int:
+        """Start a fresh measuring window in every session's pacing stats
+        (:meth:`PacingStats.start_window`); returns how many."""
+        sessions = self.sessions()
+        for session in sessions:
+            session.pacer.stats.start_window()
+        return len(sessions)
+
     def unconnected(self, client: str) -> int:
         """Sessions of ``client`` being created or not connected (yet, or any more)."""
         return self._creating.get(client, 0) + sum(

@@ -18,6 +18,7 @@ from media_server.speech.protocol import (
     loads_json,
     parse_client_message,
 )
+from media_server.speech.queue import monotonic_ms
 from media_server.speech.speaker import Speaker
 from media_server.speech.talker import Talker
 from synthesis import SynthesisService
@@ -56,6 +57,7 @@ class VoiceSession(PeerClient):
             encode_executor=encode_executor,
             encode_budget=encode_budget,
             max_queued=settings.max_queued_utterances,
+            debug_timings=settings.debug_timings,
         )
         self.pacer = Pacer(self.speaker, self.track, clock, silence_payload)
         self._ticker = ticker
@@ -89,11 +91,16 @@ class VoiceSession(PeerClient):
     # -- data channel -------------------------------------------------------------
 
     def _on_message(self, raw: str | bytes) -> None:
+        received_ms = monotonic_ms()
         self.last_activity = self._clock.now()
         try:
             message = parse_client_message(raw, limits=self._talker.limits)
             self._talker.apply(
-                message, self.speaker.queue, self.speaker.engine, cancel_everyone=True
+                message,
+                self.speaker.queue,
+                self.speaker.engine,
+                cancel_everyone=True,
+                received_ms=received_ms,
             )
         except ClientError as exc:
             self.send_event(ErrorEvent.of(exc, _id_of(raw)))

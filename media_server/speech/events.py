@@ -49,7 +49,8 @@ class SpeechStarted(Event):
     stream_ts: int | None = None
     """RTP position of its first frame; null where nothing is paced (``/tts/ws``)."""
     owner: str | None = None
-    timings: dict[str, float] | None = None
+    timings: dict[str, float | None] | None = None
+    """Server stage times (``VMS_DEBUG_TIMINGS``): see ``UtteranceTimings``."""
 
 
 @dataclass(frozen=True, slots=True)

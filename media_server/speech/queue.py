@@ -9,6 +9,8 @@ streamed utterance, cancels, and reports what was played as typed events.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +33,38 @@ or its producer is waiting for streamed text). The next slice then has 60 ms to 
 instead of 20, so a busy machine does not open speech with a gap."""
 
 EventSink = Callable[[Event], None]
+
+
+def monotonic_ms() -> float:
+    """This machine's ``time.monotonic()`` in ms: the clock of :class:`UtteranceTimings`
+    (not the media clock, so a client process on the same machine can compare)."""
+    return time.monotonic() * 1000
+
+
+@dataclass(slots=True)
+class UtteranceTimings:
+    """When an utterance reached each stage first, in :func:`monotonic_ms`; None: not yet.
+
+    Stamped always (a clock read per stage); sent in ``speech.started`` only with
+    ``Settings.debug_timings``, so a benchmark can split the server's time to first
+    speech without patching it."""
+
+    received_ms: float | None = None
+    """The data channel (or WebSocket) handed over the message that opened it."""
+    synthesis_started_ms: float | None = None
+    """Its first piece of text was handed to the synthesis service."""
+    first_chunk_ms: float | None = None
+    """The engine's first audio chunk reached the event loop."""
+    first_packets_ms: float | None = None
+    """Its first Opus packets were queued for playout."""
+    first_sent_ms: float | None = None
+    """The pacer took its first packet (``speech.started`` is sent right then)."""
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            f.name: None if (value := getattr(self, f.name)) is None else round(value, 3)
+            for f in dataclasses.fields(self)
+        }
 
 
 @dataclass(eq=False)
@@ -70,6 +104,7 @@ class Utterance:
     trimmed_samples: int = 0
     """Near-silence cut from the start, so speech starts sooner."""
     source_rate_hz: int = 0
+    timings: UtteranceTimings = field(default_factory=UtteranceTimings)
 
     @property
     def played_ms(self) -> int:
@@ -131,11 +166,14 @@ class UtteranceQueue:
         on_event: EventSink,
         *,
         max_queued: int = 16,
+        debug_timings: bool = False,
         on_cancelled: Callable[[list[Utterance]], None] | None = None,
         on_speaking: Callable[[bool], None] | None = None,
     ) -> None:
         self._on_event = on_event
         self.max_queued = max_queued
+        self._debug_timings = debug_timings
+        """``speech.started`` carries the utterance's :class:`UtteranceTimings`."""
         self._on_cancelled = on_cancelled
         self._on_speaking = on_speaking
         self._queue: deque[Utterance] = deque()
@@ -300,7 +338,9 @@ class UtteranceQueue:
         """Its first audio left: ``speech.started``."""
         utterance.started = True
         utterance.first_pts = stream_ts
-        self._on_event(SpeechStarted(utterance.utterance_id, stream_ts, utterance.owner))
+        utterance.timings.first_sent_ms = monotonic_ms()
+        timings = utterance.timings.as_dict() if self._debug_timings else None
+        self._on_event(SpeechStarted(utterance.utterance_id, stream_ts, utterance.owner, timings))
 
     def finished(self, utterance: Utterance) -> None:
         """Its last audio left (or it failed): it leaves the queue, with ``speech.done``

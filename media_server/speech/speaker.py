@@ -18,7 +18,7 @@ from media_server.audio.budget import EncodeBudget
 from media_server.audio.encoder import StreamEncoder, UtteranceEncoder, leading_silence
 from media_server.audio.executor import DeadlineExecutor
 from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
-from media_server.speech.queue import EventSink, Utterance, UtteranceQueue
+from media_server.speech.queue import EventSink, Utterance, UtteranceQueue, monotonic_ms
 from media_server.tasks import cancel_and_wait
 from synthesis import Engine, SynthesisRequest, SynthesisService
 from synthesis.errors import ClientError
@@ -68,6 +68,7 @@ class Speaker:
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
         max_queued: int = 16,
+        debug_timings: bool = False,
     ) -> None:
         self._synthesis = synthesis
         self._engine = synthesis.engine
@@ -77,6 +78,7 @@ class Speaker:
         self.queue = UtteranceQueue(
             on_event,
             max_queued=max_queued,
+            debug_timings=debug_timings,
             on_cancelled=self._dropped,
             on_speaking=self._count_speaking,
         )
@@ -196,6 +198,8 @@ class Speaker:
 
     def _add_packets(self, utterance: Utterance, packets: list[bytes]) -> None:
         if not utterance.cancelled:  # a cancelled utterance has left the queue
+            if packets and utterance.timings.first_packets_ms is None:
+                utterance.timings.first_packets_ms = monotonic_ms()
             utterance.packets.extend(packets)
             self._buffered += len(packets)
 
@@ -263,9 +267,13 @@ class Speaker:
 
         while (piece := await utterance.next_piece()) is not None:
             request = dataclasses.replace(utterance.request, text=piece)
+            if utterance.timings.synthesis_started_ms is None:
+                utterance.timings.synthesis_started_ms = monotonic_ms()
             stream = self._synthesis.stream(request)
             try:
                 async for chunk in stream:
+                    if utterance.timings.first_chunk_ms is None:
+                        utterance.timings.first_chunk_ms = monotonic_ms()
                     utterance.source_samples += int(chunk.pcm.size)
                     pcm = chunk.pcm if stretcher is None else stretcher.process(chunk.pcm)
                     if utterance.cancelled or not await encode(pcm):

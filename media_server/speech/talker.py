@@ -16,7 +16,7 @@ from media_server.speech.protocol import (
     rate_limited,
     streamed_text_too_long,
 )
-from media_server.speech.queue import UtteranceQueue
+from media_server.speech.queue import UtteranceQueue, monotonic_ms
 from media_server.speech.rate import TokenBucket
 from synthesis import Engine, RequestLimits, SynthesisRequest
 
@@ -51,13 +51,18 @@ class Talker:
         engine: Engine,
         *,
         cancel_everyone: bool,
+        received_ms: float | None = None,
     ) -> None:
         """Act on ``message`` (checked against ``engine``); a
         :class:`~synthesis.errors.ClientError` is for the client's ``error`` event.
 
         ``cancel_everyone``: whether this client's ``cancel`` stops everyone's speech
         (a person barging in) or only its own (a bot in a shared room).
+        ``received_ms``: when the message arrived (:func:`monotonic_ms`; default now),
+        stamped on the utterance it opens.
         """
+        if received_ms is None:
+            received_ms = monotonic_ms()
         owner = self.identity
         try:
             if isinstance(message, CancelMessage):
@@ -65,7 +70,8 @@ class Talker:
             elif isinstance(message, SayMessage):
                 request = checked_request(engine, message.request, self.voice)
                 self._take_token()
-                speaker.say(request, message.utterance_id, owner)
+                said = speaker.say(request, message.utterance_id, owner)
+                said.timings.received_ms = received_ms
             elif isinstance(message, TextDeltaMessage):
                 if speaker.text_delta_opens(message.utterance_id, owner):
                     self._take_token()
@@ -73,6 +79,8 @@ class Talker:
                 # An empty delta finds (or opens) the utterance without adding text, so
                 # the cap is checked before this delta's text is taken.
                 utterance = speaker.text_delta("", base, message.utterance_id, owner)
+                if utterance.timings.received_ms is None:
+                    utterance.timings.received_ms = received_ms
                 total = utterance.streamed_chars + len(message.text)
                 if total > self.limits.max_streamed_text_chars:
                     raise streamed_text_too_long(self.limits.max_streamed_text_chars)

@@ -219,3 +219,26 @@ async def test_heap_is_trimmed_once_the_last_session_has_gone(
             break
         await asyncio.sleep(0.1)
     assert stats["heap"]["idle_trims"] == 1 and stats["heap"]["freed_mb"] >= 0
+
+
+STATS_TOKEN = "operator-token-0123456789"
+
+
+@pytest.mark.parametrize("settings", [loopback_settings(api_token=STATS_TOKEN)])
+async def test_a_stats_window_is_the_operators_and_reaches_every_session(
+    client: TestClient, offer: str
+) -> None:
+    operator = {"Authorization": f"Bearer {STATS_TOKEN}"}
+    resp = await client.post("/whep", data=offer, headers={**SDP, **operator})
+    assert resp.status == 201
+    session = client.app[MEDIA_KEY].sessions.sessions()[0]
+    session.pacer.stats.record(0.25, speech=True)
+    await assert_json_error(await client.post("/stats/window"), 401, "token_required")
+    assert session.pacer.stats.frames_sent == 1  # refused: nothing was reset
+
+    resp = await client.post("/stats/window", headers=operator)
+    assert resp.status == 200 and await resp.json() == {"sessions": 1, "rooms": 0}
+    stats = await (await client.get("/stats", headers=operator)).json()
+    (figures,) = stats["per_session"]
+    assert figures["frames_sent"] == 0 and figures["lateness_max_ms"] == 0
+    assert {"lateness_p50_ms", "lateness_p99_ms", "underruns", "speech_frames_sent"} <= set(figures)

@@ -4,17 +4,23 @@ in a room's, a listener's and a 1:1 session's stats (not only on the Speaker).""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from media_server.config import Settings
 from media_server.playout.pacer import Pacer
+from media_server.playout.stats import PacingStats
 from media_server.rooms.room import ListenerSession, Room
 from media_server.rooms.tokens import Claims, Role
 from media_server.sessions.session import VoiceSession
+from media_server.speech.protocol import SayMessage
 from media_server.speech.queue import START_FRAMES
 from media_server.speech.speaker import Speaker
+from media_server.speech.talker import Talker
 from synthesis import SynthesisRequest, SynthesisService
 from synthesis.testing import FakeClock, ScriptedEngine
 
@@ -105,3 +111,57 @@ async def test_a_starving_session_reports_its_underruns() -> None:
         assert PACING_KEYS <= stats.keys()
     finally:
         await session.aclose()
+
+
+async def test_a_room_keeps_when_the_last_listener_got_each_frame(room: Room) -> None:
+    assert isinstance(room.clock, FakeClock)
+    await starve(room.speaker, room.pacer, room.clock)
+    stats = room.stats()
+    assert stats["send_lateness_p99_ms"] >= 0 and stats["send_lateness_max_ms"] >= 0
+    assert "send_lateness_p99_ms" not in PacingStats().snapshot().as_dict()
+
+
+async def test_a_new_window_forgets_frames_lateness_and_underruns(room: Room) -> None:
+    assert isinstance(room.clock, FakeClock)
+    await starve(room.speaker, room.pacer, room.clock)
+    stats = room.pacer.stats
+    stats.record(0.5, speech=True)
+    assert stats.snapshot().lateness_max_ms == 500 and stats.underruns > 0
+    stats.start_window()
+    fresh = stats.snapshot()
+    assert (fresh.frames_sent, fresh.speech_frames_sent, fresh.skipped_frames) == (0, 0, 0)
+    assert fresh.underruns == 0 and fresh.lateness_max_ms == 0 and fresh.lateness_p99_ms == 0
+    assert fresh.send_lateness_max_ms == 0 and stats.lateness_s().size == 0
+    stats.record(0.002, speech=False)
+    assert stats.snapshot().lateness_p99_ms == pytest.approx(2.0)
+    assert stats.snapshot().frames_sent == 1
+
+
+@dataclass
+class Bot:
+    identity: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def send_text(self, text: str) -> None:
+        self.events.append(json.loads(text))
+
+
+async def test_a_rooms_speech_started_carries_the_timings_when_asked() -> None:
+    clock = FakeClock()
+    settings = Settings(debug_timings=True)
+    room = Room("hall", settings, SynthesisService(slow_engine(), 4), clock, SILENCE)
+    bot = Bot("bot-1")
+    room.add_bot(bot)
+    room.speaker.start()
+    try:
+        talker = Talker(bot.identity, None, settings, clock)
+        room.handle(SayMessage(SynthesisRequest(text="hello"), "u1"), talker, cancel_everyone=False)
+        async with asyncio.timeout(5):
+            while room.speaker.buffered_frames < START_FRAMES:
+                await asyncio.sleep(0.005)
+        room.pacer.emit_due()
+    finally:
+        await room.aclose()
+    started = next(e for e in bot.events if e["type"] == "speech.started")
+    assert started["owner"] == "bot-1" and started["id"] == "u1"
+    assert None not in started["timings"].values()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
@@ -258,3 +259,25 @@ async def test_peer_that_goes_away_is_cleaned_up(client: TestClient, voice: Whep
     async with asyncio.timeout(10):
         while len(registry):
             await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("settings", [loopback_settings(debug_timings=True)])
+async def test_debug_timings_and_a_stats_window_over_real_http(
+    client: TestClient, voice: WhepClient, http: aiohttp.ClientSession, settings: Settings
+) -> None:
+    """What the benchmarks read: the server's stamps, on this process's monotonic clock,
+    and pacing figures that start again from ``POST /stats/window``."""
+    said_ms = time.monotonic() * 1000
+    voice.say("Hello there.", "t1")
+    started = await voice.next_event()
+    assert started["type"] == "speech.started"
+    stamps = list(started["timings"].values())
+    assert len(stamps) == 5 and stamps == sorted(stamps)
+    assert said_ms <= stamps[0] and stamps[-1] <= time.monotonic() * 1000
+    async with http.post(f"{voice.base_url}/stats/window") as resp:
+        assert resp.status == 200 and (await resp.json())["sessions"] == 1
+    async with http.get(f"{voice.base_url}/stats") as resp:
+        stats = await resp.json()
+    assert "per_session" not in stats  # no operator token: no session ids
+    window = await server_stats(voice, http)
+    assert window["frames_sent"] < 10

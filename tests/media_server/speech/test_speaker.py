@@ -20,6 +20,7 @@ from media_server.speech.speaker import (
     MAX_FRAMES_AHEAD,
     REFILL_FRAMES,
     Speaker,
+    monotonic_ms,
 )
 from synthesis import SynthesisRequest, SynthesisService
 from synthesis.testing import ScriptedEngine
@@ -351,3 +352,31 @@ async def test_the_encode_budget_counts_speaking_streams() -> None:
     assert budget.active_streams == 0
     await first.aclose()
     assert budget.active_streams == 0
+
+
+async def test_speech_started_carries_the_timings_only_when_asked() -> None:
+    for debug in (False, True):
+        speaker, events = make(ScriptedEngine(chunk_s=0.2, chunks=2), debug_timings=debug)
+        utterance = speaker.say(req("one"), "a")
+        utterance.timings.received_ms = received = monotonic_ms()
+        await wait_buffered(speaker, START_FRAMES)
+        await play(speaker, 2)
+        started = events[0]
+        assert started["type"] == "speech.started"
+        if not debug:
+            assert "timings" not in started
+        else:
+            timings = started["timings"]
+            stamps = [
+                timings[key]
+                for key in (
+                    "received_ms",
+                    "synthesis_started_ms",
+                    "first_chunk_ms",
+                    "first_packets_ms",
+                    "first_sent_ms",
+                )
+            ]
+            assert stamps == sorted(stamps) and stamps[0] == round(received, 3)
+            assert stamps[-1] <= monotonic_ms()
+        await speaker.aclose()
