@@ -15,7 +15,8 @@
 #     - torchaudio: no CPU build on PyPI; the pure-Python parts CosyVoice uses (kaldi fbank,
 #       Resample) work on torch 2.13 once the compiled extensions, linked against CUDA
 #       torch, are deleted.
-#  3. an import check of the runtime (synthesis/cosyvoice_runtime.py).
+#  3. an import check of the runtime (synthesis/cosyvoice_runtime.py, through the shims of
+#     synthesis/cosyvoice_import.py).
 set -euo pipefail
 
 PYTHON="${1:-python3}"

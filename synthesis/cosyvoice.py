@@ -3,7 +3,7 @@
 The model runs through :mod:`synthesis.cosyvoice_runtime` (torch and the vendored
 upstream code, imported only when an engine is built). Install it with
 ``bash scripts/install-cosyvoice.sh PYTHON``; configure it with ``VMS_COSYVOICE_*``
-(:func:`cosyvoice_config_from_env`).
+(:func:`synthesis.cosyvoice_config.cosyvoice_config_from_env`, re-exported here).
 
 Every request is bounded: ``request_timeout_s`` of engine time (time spent waiting for
 the reader to take a chunk does not count) and ``chunk_timeout_s`` between chunks, the
@@ -15,19 +15,23 @@ piece is synthesised in order, with the voice prompt computed once per request.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
 from synthesis.base import EngineCapabilities, VoiceInfo
-from synthesis.errors import Conflict, InvalidRequest, SynthesisError, SynthesisTimeout, Unsupported
+from synthesis.cosyvoice_config import ENV_PREFIX, CosyVoiceConfig, cosyvoice_config_from_env
+from synthesis.cosyvoice_instruction import (
+    DIALECT_INSTRUCTIONS,
+    EMOTION_INSTRUCTIONS,
+    instruction_text,
+)
+from synthesis.cosyvoice_watchdog import Watchdog
+from synthesis.errors import Conflict, InvalidRequest, SynthesisError, Unsupported
 from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
 from synthesis.text import split_text
 from synthesis.types import AudioChunk, PcmArray
@@ -42,208 +46,14 @@ SAMPLE_RATE_HZ: Final = 24_000
 REFERENCE_RATE_HZ: Final = 16_000
 MAX_REFERENCE_S: Final = 30.0
 """Upstream's speech tokenizer refuses longer prompts."""
-VOICES_FILE: Final = "vms_cosyvoice_voices.pt"
 VOICE_LANGUAGE: Final = "mul"
 """ISO 639-2 "multiple languages": a CosyVoice 2 voice speaks every supported language."""
-END_OF_PROMPT: Final = "<|endofprompt|>"
 PEAK_INT16: Final = 32767
-ENV_PREFIX: Final = "VMS_COSYVOICE_"
 
 LANGUAGES: Final = ("zh", "en", "ja", "ko", "yue")
 
-EMOTION_INSTRUCTIONS: Final[Mapping[str, str]] = MappingProxyType(
-    {
-        "neutral": "用平静的语气",
-        "happy": "用开心的语气",
-        "sad": "用伤心的语气",
-        "angry": "用生气的语气",
-        "surprised": "用惊讶的语气",
-        "fearful": "用恐惧的语气",
-        "disgusted": "用厌恶的语气",
-        "gentle": "用温柔的语气",
-        "serious": "用严肃的语气",
-    }
-)
-"""``emotion`` -> instruction phrase; the instruction ends in :data:`INSTRUCTION_SUFFIX`."""
-
-DIALECT_INSTRUCTIONS: Final[Mapping[str, str]] = MappingProxyType(
-    {
-        "cantonese": "用粤语",
-        "sichuanese": "用四川话",
-        "shanghainese": "用上海话",
-        "tianjinese": "用天津话",
-        "northeastern": "用东北话",
-        "henanese": "用河南话",
-        "shandongese": "用山东话",
-        "changsha": "用长沙话",
-        "minnan": "用闽南话",
-    }
-)
-"""``dialect`` -> instruction phrase, as in upstream's ``用四川话说这句话`` example."""
-
-INSTRUCTION_SUFFIX: Final = "说这句话"
-
-
-def instruction_text(request: SynthesisRequest) -> str:
-    """The instruct2 prompt: dialect and emotion in the model's style, then ``instruct_text``.
-
-    ``dialect="sichuanese", emotion="happy"`` gives
-    ``用四川话，用开心的语气说这句话<|endofprompt|>``. ``instruct_text`` is used as given
-    (after that, if both are present), always ending in exactly one ``<|endofprompt|>``.
-    """
-    phrases = []
-    if request.dialect:
-        phrases.append(DIALECT_INSTRUCTIONS[request.dialect])
-    if request.emotion:
-        phrases.append(EMOTION_INSTRUCTIONS[request.emotion])
-    parts = ["，".join(phrases) + INSTRUCTION_SUFFIX] if phrases else []
-    custom = (request.instruct_text or "").strip()
-    while custom.endswith(END_OF_PROMPT):
-        custom = custom.removesuffix(END_OF_PROMPT).rstrip()
-    if custom:
-        parts.append(custom)
-    return "。".join(parts) + END_OF_PROMPT
-
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True, slots=True)
-class CosyVoiceConfig:
-    model_dir: Path
-    """A CosyVoice2 model directory (``cosyvoice2.yaml``, ``llm.pt``, ...); never downloaded."""
-    load_jit: bool = False
-    load_trt: bool = False
-    load_vllm: bool = False
-    fp16: bool = False
-    """GPU switches passed to upstream ``CosyVoice2``; forced off without CUDA."""
-    request_timeout_s: float = 120.0
-    """Engine time one request may take (time waiting for the reader not counted)."""
-    chunk_timeout_s: float = 20.0
-    """Longest wait for the next chunk (the first one included)."""
-    first_hop_tokens: int = 25
-    """Speech tokens (40 ms each) in the first chunk, before prompt alignment padding.
-    25 is upstream's (the flow was trained on 25-token chunks); less is faster, rougher."""
-    max_token_text_ratio: float = 20.0
-    """Cap on speech tokens per text token (upstream's default); a runaway LM stops there."""
-    voices_dir: Path | None = None
-    """Where registered voices are kept (:data:`VOICES_FILE`); default: ``model_dir``."""
-    default_voice: str | None = None
-    """Voice for requests without one; default: the first ``spk2info`` speaker."""
-
-    def __post_init__(self) -> None:
-        if self.request_timeout_s <= 0 or self.chunk_timeout_s <= 0:
-            raise ValueError("CosyVoice timeouts must be positive")
-        if self.first_hop_tokens < 1:
-            raise ValueError("first_hop_tokens must be at least 1")
-        if self.max_token_text_ratio <= 0:
-            raise ValueError("max_token_text_ratio must be positive")
-
-    @property
-    def voices_path(self) -> Path:
-        return (self.voices_dir or self.model_dir) / VOICES_FILE
-
-
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
-
-
-def _env_bool(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(ENV_PREFIX + name, "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ValueError(f"{ENV_PREFIX}{name}={raw!r}: use 1/0, true/false, yes/no or on/off")
-
-
-def _env_number(
-    env: Mapping[str, str], name: str, parse: Callable[[str], Any], default: Any
-) -> Any:
-    raw = env.get(ENV_PREFIX + name, "").strip()
-    if not raw:
-        return default
-    try:
-        return parse(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name}={raw!r} is not a valid number") from None
-
-
-def cosyvoice_config_from_env(environ: Mapping[str, str] | None = None) -> CosyVoiceConfig:
-    """Read :class:`CosyVoiceConfig` from ``VMS_COSYVOICE_*`` variables.
-
-    ``MODEL_DIR`` (required), ``LOAD_JIT``, ``LOAD_TRT``, ``LOAD_VLLM``, ``FP16``,
-    ``REQUEST_TIMEOUT_S``, ``CHUNK_TIMEOUT_S``, ``FIRST_HOP_TOKENS``,
-    ``MAX_TOKEN_TEXT_RATIO``, ``VOICES_DIR``, ``DEFAULT_VOICE``.
-    """
-    env = os.environ if environ is None else environ
-    model_dir = env.get(ENV_PREFIX + "MODEL_DIR", "").strip()
-    if not model_dir:
-        raise ValueError(f"{ENV_PREFIX}MODEL_DIR is not set: point it at a CosyVoice2 model dir")
-    defaults = CosyVoiceConfig(Path(model_dir))
-    voices_dir = env.get(ENV_PREFIX + "VOICES_DIR", "").strip()
-    return CosyVoiceConfig(
-        model_dir=Path(model_dir),
-        load_jit=_env_bool(env, "LOAD_JIT"),
-        load_trt=_env_bool(env, "LOAD_TRT"),
-        load_vllm=_env_bool(env, "LOAD_VLLM"),
-        fp16=_env_bool(env, "FP16"),
-        request_timeout_s=_env_number(env, "REQUEST_TIMEOUT_S", float, defaults.request_timeout_s),
-        chunk_timeout_s=_env_number(env, "CHUNK_TIMEOUT_S", float, defaults.chunk_timeout_s),
-        first_hop_tokens=_env_number(env, "FIRST_HOP_TOKENS", int, defaults.first_hop_tokens),
-        max_token_text_ratio=_env_number(
-            env, "MAX_TOKEN_TEXT_RATIO", float, defaults.max_token_text_ratio
-        ),
-        voices_dir=Path(voices_dir) if voices_dir else None,
-        default_voice=env.get(ENV_PREFIX + "DEFAULT_VOICE", "").strip() or None,
-    )
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-class _Watchdog:
-    """Engine time of one request: total and since the last chunk.
-
-    Time while the generator is suspended at ``yield`` (the reader is slow or pacing
-    playback) is not counted: call :meth:`resume` when control comes back.
-    """
-
-    def __init__(
-        self, request_timeout_s: float, chunk_timeout_s: float, clock: Callable[[], float]
-    ) -> None:
-        self._request_timeout_s = request_timeout_s
-        self._chunk_timeout_s = chunk_timeout_s
-        self._clock = clock
-        self._mark = clock()
-        self._busy_s = 0.0
-        self._since_chunk_s = 0.0
-
-    def resume(self) -> None:
-        self._mark = self._clock()
-
-    def check(self) -> None:
-        now = self._clock()
-        elapsed, self._mark = now - self._mark, now
-        self._busy_s += elapsed
-        self._since_chunk_s += elapsed
-        if self._busy_s > self._request_timeout_s:
-            raise SynthesisTimeout(
-                "timeout",
-                f"the cosyvoice engine did not finish within {self._request_timeout_s:g} s",
-                "shorten the text or retry; raise VMS_COSYVOICE_REQUEST_TIMEOUT_S if the "
-                "hardware is slow",
-            )
-        if self._since_chunk_s > self._chunk_timeout_s:
-            raise SynthesisTimeout(
-                "timeout",
-                f"the cosyvoice engine produced no audio for {self._chunk_timeout_s:g} s",
-                "retry; if it keeps happening the engine is overloaded or stuck "
-                "(VMS_COSYVOICE_CHUNK_TIMEOUT_S sets the limit)",
-            )
-
-    def chunk_delivered(self) -> None:
-        self._since_chunk_s = 0.0
 
 
 def to_pcm16(audio: Any) -> PcmArray:
@@ -389,7 +199,7 @@ class CosyVoiceEngine:
     def synthesize(
         self, request: SynthesisRequest, cancel: threading.Event
     ) -> Iterator[AudioChunk]:
-        watchdog = _Watchdog(
+        watchdog = Watchdog(
             self._config.request_timeout_s, self._config.chunk_timeout_s, self._clock
         )
         plan = self._plan(request)
@@ -412,7 +222,7 @@ class CosyVoiceEngine:
     # ----------------------------------------------------------------- internals
 
     def _stream_piece(
-        self, model_input: dict[str, Any], cancel: threading.Event, watchdog: _Watchdog
+        self, model_input: dict[str, Any], cancel: threading.Event, watchdog: Watchdog
     ) -> Iterator[AudioChunk]:
         stream = self._runtime.stream(
             model_input,
@@ -552,7 +362,8 @@ def _has_text(entry: Mapping[str, Any]) -> bool:
 
 def _load_runtime(config: CosyVoiceConfig) -> CosyVoiceRuntime:
     try:
-        from synthesis.cosyvoice_runtime import CosyVoiceRuntime, RuntimeUnavailable
+        from synthesis.cosyvoice_import import RuntimeUnavailable
+        from synthesis.cosyvoice_runtime import CosyVoiceRuntime
     except ImportError as exc:
         raise SynthesisError(
             "engine_unavailable",

@@ -14,7 +14,8 @@ def _piper() -> Engine:
 
 
 def _cosyvoice() -> Engine:
-    from synthesis.cosyvoice import CosyVoiceEngine, cosyvoice_config_from_env
+    from synthesis.cosyvoice import CosyVoiceEngine
+    from synthesis.cosyvoice_config import cosyvoice_config_from_env
 
     return CosyVoiceEngine(cosyvoice_config_from_env())
 

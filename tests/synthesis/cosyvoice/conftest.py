@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from synthesis.cosyvoice import CosyVoiceConfig, CosyVoiceEngine
+from synthesis.cosyvoice import CosyVoiceEngine
+from synthesis.cosyvoice_config import CosyVoiceConfig
 from synthesis.request import ReferenceAudio
 
 MAX_TOKEN_TEXT_RATIO = 5.0
@@ -23,7 +24,7 @@ MAX_TOKEN_TEXT_RATIO = 5.0
 
 def _require_runtime() -> None:
     pytest.importorskip("torch")
-    from synthesis.cosyvoice_runtime import runtime_available
+    from synthesis.cosyvoice_import import runtime_available
 
     if not runtime_available():
         pytest.skip("CosyVoice runtime not installed (scripts/install-cosyvoice.sh)")

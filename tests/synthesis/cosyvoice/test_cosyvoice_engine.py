@@ -20,13 +20,12 @@ import pytest
 from synthesis import ClientError
 from synthesis.base import Engine
 from synthesis.capabilities import check_supported
-from synthesis.cosyvoice import (
+from synthesis.cosyvoice import CosyVoiceEngine
+from synthesis.cosyvoice_config import CosyVoiceConfig, cosyvoice_config_from_env
+from synthesis.cosyvoice_instruction import (
     DIALECT_INSTRUCTIONS,
     EMOTION_INSTRUCTIONS,
     END_OF_PROMPT,
-    CosyVoiceConfig,
-    CosyVoiceEngine,
-    cosyvoice_config_from_env,
     instruction_text,
 )
 from synthesis.factory import available_engines

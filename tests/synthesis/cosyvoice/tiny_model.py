@@ -269,7 +269,7 @@ def build_model_dir(model_dir: Path, size: ModelSize = TINY, seed: int = 0) -> P
     import torch
     from hyperpyyaml import load_hyperpyyaml
 
-    from synthesis.cosyvoice_runtime import import_cosyvoice2
+    from synthesis.cosyvoice_import import import_cosyvoice2
 
     import_cosyvoice2()  # shims + sys.path, so the yaml's !new: tags resolve
     model_dir.mkdir(parents=True, exist_ok=True)
