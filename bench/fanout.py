@@ -7,7 +7,7 @@ Run from the repository root::
 
 Server on core 0, listeners (aiortc, nothing decoded), the bot and this script on core 1
 (``bench._harness``); two modes, each on a fresh server: ours, one room (one bot saying
-text back to back, N listeners: one Speaker, Opus encoder and Pacer, each packet written
+text back to back, N listeners: one PacedSpeech, Opus encoder and Pacer, each packet written
 to every listener), and per-listener encoding (N 1:1 sessions speaking the same text,
 each with its own). A step passes with pacer lateness p99 < 10 ms and no underruns.
 """

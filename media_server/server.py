@@ -26,7 +26,7 @@ from media_server.runtime.priority import lower_thread_priority
 from media_server.sessions.registry import SessionNotFound, SessionRegistry
 from media_server.sessions.session import VoiceSession
 from media_server.speech.talker import Talker
-from media_server.speech.unpaced import Transport, UnpacedSpeaker
+from media_server.speech.unpaced import Transport, UnpacedSpeech
 from media_server.tasks import cancel_and_wait
 from synthesis import Engine, InvalidRequest, ServerBusy, SynthesisService, create_engine
 
@@ -228,17 +228,17 @@ class MediaServer:
 
     # -- unpaced streams ---------------------------------------------------------------
 
-    def unpaced_speaker(
+    def unpaced_speech(
         self,
         fmt: str,
         transport: Transport,
         *,
         hold: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
-    ) -> UnpacedSpeaker:
+    ) -> UnpacedSpeech:
         """A ``/tts/ws`` stream: its own utterance queue, spoken as fast as synthesis
         goes (not started: the caller starts and closes it)."""
         settings = self.settings
-        return UnpacedSpeaker(
+        return UnpacedSpeech(
             self.synthesis,
             fmt,
             http_opus(settings.opus),

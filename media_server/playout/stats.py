@@ -47,7 +47,7 @@ class PacingSnapshot:
 
 @runtime_checkable
 class UnderrunCounter(Protocol):
-    """A frame source that counts its own underruns (a speaker): silent ticks inside an
+    """A frame source that counts its own underruns (paced speech): silent ticks inside an
     utterance, which only the source can tell from idle ticks."""
 
     @property

@@ -25,11 +25,11 @@ from media_server.speech.events import (
     ParticipantLeft,
     RoomJoined,
 )
+from media_server.speech.paced import PacedSpeech
 from media_server.speech.protocol import (
     ClientMessage,
     parse_client_message,
 )
-from media_server.speech.speaker import Speaker
 from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
 from synthesis import SynthesisService
@@ -69,7 +69,7 @@ class Room:
     """One speaker pipeline shared by everyone in the room.
 
     Bots' utterances are **queued**, not mixed: they play one after another on
-    one Speaker → one Opus encoder → one Pacer, and each tick the same packet is
+    one PacedSpeech → one Opus encoder → one Pacer, and each tick the same packet is
     fanned out to every listener's track. Turn-taking voice agents do not talk
     over each other, overlapping synthetic voices are hard to follow, and a
     queue keeps the cost per room at one encode per frame however many bots
@@ -93,7 +93,7 @@ class Room:
         self.synthesis = synthesis
         self.clock = clock
         self.fanout = FanOut()
-        self.speaker = Speaker(
+        self.speech = PacedSpeech(
             synthesis,
             StreamEncoder(settings.opus),
             self.broadcast,
@@ -104,7 +104,7 @@ class Room:
         )
         # the fan-out writes each listener's packet in turn: the last one's wait is kept too
         self.pacer = Pacer(
-            self.speaker,
+            self.speech,
             self.fanout,
             clock,
             silence_payload,
@@ -124,7 +124,7 @@ class Room:
         return not self.listeners and not self.bots
 
     def start(self) -> None:
-        self.speaker.start()
+        self.speech.start()
         self._pacer_task = asyncio.get_running_loop().create_task(
             self.pacer.run(), name=f"room-pacer-{self.name}"
         )
@@ -144,8 +144,8 @@ class Room:
         return {
             "room": self.name,
             "participants": self.roster(),
-            "speaking": self.speaker.speaking,
-            "queued_utterances": self.speaker.pending,
+            "speaking": self.speech.speaking,
+            "queued_utterances": self.speech.pending,
             **self.pacer.stats.snapshot().as_dict(),
         }
 
@@ -195,7 +195,7 @@ class Room:
     def remove_bot(self, member_id: str) -> None:
         bot = self.bots.pop(member_id, None)
         if bot is not None:
-            self.speaker.cancel(bot.identity, everyone=False)
+            self.speech.cancel(bot.identity, everyone=False)
             self._announce(ParticipantLeft, bot.identity, Role.BOT)
 
     # -- events -------------------------------------------------------------------
@@ -219,7 +219,7 @@ class Room:
     def handle(self, message: ClientMessage, talker: Talker, *, cancel_everyone: bool) -> None:
         """Act on a member's message; a :class:`~synthesis.errors.ClientError` is for the member."""
         talker.apply(
-            message, self.speaker.queue, self.speaker.engine, cancel_everyone=cancel_everyone
+            message, self.speech.queue, self.speech.engine, cancel_everyone=cancel_everyone
         )
 
     async def aclose(self) -> None:
@@ -229,7 +229,7 @@ class Room:
         await cancel_and_wait(self._pacer_task)
         for listener_id in list(self.listeners):
             await self.remove_listener(listener_id)
-        await self.speaker.aclose()
+        await self.speech.aclose()
 
 
 class ListenerSession(PeerClient):

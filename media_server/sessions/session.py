@@ -14,12 +14,12 @@ from media_server.playout.pacer import Pacer
 from media_server.playout.ticker import Ticker
 from media_server.rtc.client import CloseRequest, PeerClient
 from media_server.speech.events import ErrorEvent
+from media_server.speech.paced import PacedSpeech
 from media_server.speech.protocol import (
     loads_json,
     parse_client_message,
 )
 from media_server.speech.queue import monotonic_ms
-from media_server.speech.speaker import Speaker
 from media_server.speech.talker import Talker
 from synthesis import SynthesisService
 from synthesis.errors import ClientError
@@ -50,7 +50,7 @@ class VoiceSession(PeerClient):
     ) -> None:
         super().__init__(session_id, settings, clock, request_close)
         self._talker = Talker(None, voice_id, settings, clock)
-        self.speaker = Speaker(
+        self.speech = PacedSpeech(
             synthesis,
             StreamEncoder(settings.opus),
             self.send_event,
@@ -59,7 +59,7 @@ class VoiceSession(PeerClient):
             max_queued=settings.max_queued_utterances,
             debug_timings=settings.debug_timings,
         )
-        self.pacer = Pacer(self.speaker, self.track, clock, silence_payload)
+        self.pacer = Pacer(self.speech, self.track, clock, silence_payload)
         self._ticker = ticker
 
     @property
@@ -67,7 +67,7 @@ class VoiceSession(PeerClient):
         return self.client_id
 
     async def _run_media(self) -> None:
-        self.speaker.start()
+        self.speech.start()
         # RTP starts when aiortc's sender first asks for a frame (DTLS is up):
         # the first packet on the wire is stream position 0.
         await self._transport_ready()
@@ -81,10 +81,10 @@ class VoiceSession(PeerClient):
             self._ticker.remove(self.pacer)
 
     async def _on_close(self) -> None:
-        await self.speaker.aclose()
+        await self.speech.aclose()
 
     def idle_for(self) -> float:
-        if self.speaker.speaking:
+        if self.speech.speaking:
             self.last_activity = self._clock.now()
         return self._clock.now() - self.last_activity
 
@@ -97,8 +97,8 @@ class VoiceSession(PeerClient):
             message = parse_client_message(raw, limits=self._talker.limits)
             self._talker.apply(
                 message,
-                self.speaker.queue,
-                self.speaker.engine,
+                self.speech.queue,
+                self.speech.engine,
                 cancel_everyone=True,
                 received_ms=received_ms,
             )
@@ -109,7 +109,7 @@ class VoiceSession(PeerClient):
         return {
             "session_id": self.session_id,
             "connection_state": self.peer.connection_state,
-            "queued_utterances": self.speaker.pending,
+            "queued_utterances": self.speech.pending,
             "dropped_frames": self.track.dropped_frames,
             **self.pacer.stats.snapshot().as_dict(),
         }

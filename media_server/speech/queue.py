@@ -1,7 +1,7 @@
 """The utterance queue: what one stream is asked to say, in order, and what was heard.
 
 Both sinks use it: the paced RTP stream of a session or room
-(:class:`~media_server.speech.speaker.Speaker`) and the unpaced ``/tts/ws`` socket. It
+(:class:`~media_server.speech.paced.PacedSpeech`) and the unpaced ``/tts/ws`` socket. It
 is the one place that queues ``say`` and streamed text, gives ids, finds the open
 streamed utterance, cancels, and reports what was played as typed events.
 """

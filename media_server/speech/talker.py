@@ -47,7 +47,7 @@ class Talker:
     def apply(
         self,
         message: ClientMessage,
-        speaker: UtteranceQueue,
+        queue: UtteranceQueue,
         engine: Engine,
         *,
         cancel_everyone: bool,
@@ -66,32 +66,32 @@ class Talker:
         owner = self.identity
         try:
             if isinstance(message, CancelMessage):
-                speaker.cancel(owner, everyone=cancel_everyone)
+                queue.cancel(owner, everyone=cancel_everyone)
             elif isinstance(message, SayMessage):
                 request = checked_request(engine, message.request, self.voice)
                 self._take_token()
-                said = speaker.say(request, message.utterance_id, owner)
+                said = queue.say(request, message.utterance_id, owner)
                 said.timings.received_ms = received_ms
             elif isinstance(message, TextDeltaMessage):
-                if speaker.text_delta_opens(message.utterance_id, owner):
+                if queue.text_delta_opens(message.utterance_id, owner):
                     self._take_token()
                 base = checked_request(engine, SynthesisRequest(text=" "), self.voice)
                 # An empty delta finds (or opens) the utterance without adding text, so
                 # the cap is checked before this delta's text is taken.
-                utterance = speaker.text_delta("", base, message.utterance_id, owner)
+                utterance = queue.text_delta("", base, message.utterance_id, owner)
                 if utterance.timings.received_ms is None:
                     utterance.timings.received_ms = received_ms
                 total = utterance.streamed_chars + len(message.text)
                 if total > self.limits.max_streamed_text_chars:
                     raise streamed_text_too_long(self.limits.max_streamed_text_chars)
                 utterance.streamed_chars = total
-                speaker.text_delta(message.text, base, message.utterance_id, owner)
+                queue.text_delta(message.text, base, message.utterance_id, owner)
             elif isinstance(message, TextDoneMessage):
-                if speaker.text_done(message.utterance_id, owner) is None:
+                if queue.text_done(message.utterance_id, owner) is None:
                     raise ProtocolError(
                         "no_open_text",
                         "there is no streamed text to finish",
                         "send 'text.done' after 'text.delta' messages, with the same 'id'",
                     )
         except OverflowError:
-            raise queue_full(speaker.pending, speaker.max_queued) from None
+            raise queue_full(queue.pending, queue.max_queued) from None

@@ -1,8 +1,8 @@
 """Unpaced speech for the HTTP and WebSocket APIs: audio as fast as it is synthesised.
 
 :func:`speech_pcm` is synthesis plus time-stretch, for ``POST /tts``; an
-:class:`UnpacedSpeaker` is the ``/tts/ws`` sink of an utterance queue, the unpaced twin
-of the paced :class:`~media_server.speech.speaker.Speaker`.
+:class:`UnpacedSpeech` is the ``/tts/ws`` sink of an utterance queue, the unpaced twin
+of the paced :class:`~media_server.speech.paced.PacedSpeech`.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class Transport(Protocol):
         """Raises ``ConnectionError`` once the client is gone or stopped reading."""
 
 
-class UnpacedSpeaker:
+class UnpacedSpeech:
     """An utterance queue spoken as fast as synthesis goes, one utterance after another.
 
     Each utterance's audio (in ``fmt``: raw PCM, or one Ogg/Opus stream per utterance)

@@ -83,7 +83,7 @@ async def tts_ws(request: web.Request) -> web.WebSocketResponse:
     )
     # each utterance holds one of this client's synthesis units while it is spoken
     hold = functools.partial(request.app[QUOTAS_KEY].hold, Quota.SYNTHESIS, client_address(request))
-    speaker = request.app[MEDIA_KEY].unpaced_speaker(fmt, transport, hold=hold)
+    speaker = request.app[MEDIA_KEY].unpaced_speech(fmt, transport, hold=hold)
     rate = 48_000 if fmt == "ogg" else service.engine.sample_rate_hz
     await ws.send_str(SocketReady(service.engine.name, fmt, rate).to_json())
     speaker.start()

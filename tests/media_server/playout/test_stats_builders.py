@@ -1,5 +1,5 @@
 """Each object builds its own stats: a starving producer shows up as ``underruns``
-in a room's, a listener's and a 1:1 session's stats (not only on the Speaker)."""
+in a room's, a listener's and a 1:1 session's stats (not only on the PacedSpeech)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from media_server.playout.stats import PacingStats
 from media_server.rooms.room import ListenerSession, Room
 from media_server.rooms.tokens import Claims, Role
 from media_server.sessions.session import VoiceSession
+from media_server.speech.paced import PacedSpeech
 from media_server.speech.protocol import SayMessage
 from media_server.speech.queue import START_FRAMES
-from media_server.speech.speaker import Speaker
 from media_server.speech.talker import Talker
 from synthesis import SynthesisRequest, SynthesisService
 from synthesis.testing import FakeClock, ScriptedEngine
@@ -42,7 +42,7 @@ def slow_engine() -> ScriptedEngine:
     return ScriptedEngine(chunk_s=0.02, chunks=20, delay_s=0.05)
 
 
-async def starve(speaker: Speaker, pacer: Pacer, clock: FakeClock) -> None:
+async def starve(speaker: PacedSpeech, pacer: Pacer, clock: FakeClock) -> None:
     """Start an utterance, then tick the pacer faster than the engine produces."""
     speaker.say(SynthesisRequest(text="slow"))
     async with asyncio.timeout(5):
@@ -59,17 +59,17 @@ async def starve(speaker: Speaker, pacer: Pacer, clock: FakeClock) -> None:
 async def room() -> AsyncIterator[Room]:
     clock = FakeClock()
     room = Room("hall", Settings(), SynthesisService(slow_engine(), 4), clock, SILENCE)
-    room.speaker.start()
+    room.speech.start()
     yield room
     await room.aclose()
 
 
 async def test_a_starving_room_reports_its_underruns(room: Room) -> None:
     assert isinstance(room.clock, FakeClock)
-    await starve(room.speaker, room.pacer, room.clock)
-    assert room.pacer.stats.snapshot().underruns == room.speaker.underruns
+    await starve(room.speech, room.pacer, room.clock)
+    assert room.pacer.stats.snapshot().underruns == room.speech.underruns
     stats = room.stats()
-    assert stats["underruns"] == room.speaker.underruns > 0
+    assert stats["underruns"] == room.speech.underruns > 0
     assert stats["room"] == "hall" and stats["participants"] == []
     assert stats["speaking"] is True and stats["queued_utterances"] == 1
     assert PACING_KEYS <= stats.keys()
@@ -83,9 +83,9 @@ async def test_a_listener_reports_its_rooms_underruns(room: Room) -> None:
     )
     room.listeners[listener_id] = listener
     try:
-        await starve(room.speaker, room.pacer, room.clock)
+        await starve(room.speech, room.pacer, room.clock)
         stats = listener.stats()
-        assert stats["underruns"] == room.speaker.underruns > 0
+        assert stats["underruns"] == room.speech.underruns > 0
         assert stats["room"] == "hall"
         assert stats["participants"] == [{"identity": "guest-1", "role": "listener"}]
         assert stats["connection_state"] == "new" and stats["dropped_frames"] == 0
@@ -100,12 +100,12 @@ async def test_a_starving_session_reports_its_underruns() -> None:
     session = VoiceSession(
         "s1", Settings(), SynthesisService(slow_engine(), 4), clock, SILENCE, lambda *_: None
     )
-    session.speaker.start()
+    session.speech.start()
     try:
-        await starve(session.speaker, session.pacer, clock)
+        await starve(session.speech, session.pacer, clock)
         stats = session.stats()
-        assert stats["underruns"] == session.speaker.underruns > 0
-        assert session.pacer.stats.snapshot().underruns == session.speaker.underruns
+        assert stats["underruns"] == session.speech.underruns > 0
+        assert session.pacer.stats.snapshot().underruns == session.speech.underruns
         assert stats["session_id"] == "s1" and stats["connection_state"] == "new"
         assert {"queued_utterances", "dropped_frames"} <= stats.keys()
         assert PACING_KEYS <= stats.keys()
@@ -115,7 +115,7 @@ async def test_a_starving_session_reports_its_underruns() -> None:
 
 async def test_a_room_keeps_when_the_last_listener_got_each_frame(room: Room) -> None:
     assert isinstance(room.clock, FakeClock)
-    await starve(room.speaker, room.pacer, room.clock)
+    await starve(room.speech, room.pacer, room.clock)
     stats = room.stats()
     assert stats["send_lateness_p99_ms"] >= 0 and stats["send_lateness_max_ms"] >= 0
     assert "send_lateness_p99_ms" not in PacingStats().snapshot().as_dict()
@@ -123,7 +123,7 @@ async def test_a_room_keeps_when_the_last_listener_got_each_frame(room: Room) ->
 
 async def test_a_new_window_forgets_frames_lateness_and_underruns(room: Room) -> None:
     assert isinstance(room.clock, FakeClock)
-    await starve(room.speaker, room.pacer, room.clock)
+    await starve(room.speech, room.pacer, room.clock)
     stats = room.pacer.stats
     stats.record(0.5, speech=True)
     assert stats.snapshot().lateness_max_ms == 500 and stats.underruns > 0
@@ -152,12 +152,12 @@ async def test_a_rooms_speech_started_carries_the_timings_when_asked() -> None:
     room = Room("hall", settings, SynthesisService(slow_engine(), 4), clock, SILENCE)
     bot = Bot("bot-1")
     room.add_bot(bot)
-    room.speaker.start()
+    room.speech.start()
     try:
         talker = Talker(bot.identity, None, settings, clock)
         room.handle(SayMessage(SynthesisRequest(text="hello"), "u1"), talker, cancel_everyone=False)
         async with asyncio.timeout(5):
-            while room.speaker.buffered_frames < START_FRAMES:
+            while room.speech.buffered_frames < START_FRAMES:
                 await asyncio.sleep(0.005)
         room.pacer.emit_due()
     finally:

@@ -94,7 +94,7 @@ def skipped_ticks(client: TestClient, room: str) -> int:
 
 def underruns(client: TestClient, room: str) -> int:
     """Silent ticks inside an utterance because encoding fell behind playout."""
-    return client.app[MEDIA_KEY].rooms.rooms[room].speaker.underruns
+    return client.app[MEDIA_KEY].rooms.rooms[room].speech.underruns
 
 
 def gaps(positions: list[int]) -> int:

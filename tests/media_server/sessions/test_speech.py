@@ -113,9 +113,9 @@ async def test_say_is_heard_with_the_duration_the_engine_produced(
     assert max(f.rms for f in after) < SILENT_RMS
     assert voice.location is not None
     session = client.app[MEDIA_KEY].sessions.get(voice.location.rsplit("/", 1)[-1])
-    assert session is not None and session.speaker.encoder.current is not None
+    assert session is not None and session.speech.encoder.current is not None
     wideband = settings.opus.complexity <= WIDEBAND_MAX_COMPLEXITY
-    assert session.speaker.encoder.current.input_rate_hz == (16_000 if wideband else 48_000)
+    assert session.speech.encoder.current.input_rate_hz == (16_000 if wideband else 48_000)
 
 
 async def test_cancel_silences_within_a_frame_and_reports_played_time(

@@ -8,6 +8,7 @@ import pytest
 
 from media_server.audio.encoder import StreamEncoder
 from media_server.audio.opus import OpusSettings
+from media_server.speech.paced import PacedSpeech
 from media_server.speech.protocol import (
     MAX_JSON_DEPTH,
     JsonTooDeep,
@@ -19,7 +20,6 @@ from media_server.speech.protocol import (
     loads_json,
     parse_client_message,
 )
-from media_server.speech.speaker import Speaker
 from media_server.speech.talker import Talker
 from synthesis import ClientError, RequestLimits, SynthesisService, parse_request
 from synthesis.testing import FakeClock, ScriptedEngine
@@ -120,7 +120,7 @@ async def test_one_streamed_utterance_is_capped_and_keeps_what_it_has() -> None:
     talker = Talker(None, None, settings, FakeClock())
     cap = talker.limits.max_streamed_text_chars
     assert cap == 10 * 50
-    speaker = Speaker(
+    speaker = PacedSpeech(
         SynthesisService(ScriptedEngine(), 4), StreamEncoder(OpusSettings()), [].append
     )
     delta = "word " * 10

@@ -2,7 +2,7 @@
 
 The :class:`~media_server.speech.queue.UtteranceQueue` says what to speak; the producer
 task here synthesises, time-stretches, trims the lead-in and Opus-encodes it ahead of
-playout, and :meth:`Speaker.next_payload` is the playout cursor the pacer pulls from.
+playout, and :meth:`PacedSpeech.next_payload` is the playout cursor the pacer pulls from.
 """
 
 from __future__ import annotations
@@ -46,17 +46,17 @@ is taken off: one short worker hop starts the utterance."""
 T = TypeVar("T")
 
 
-class Speaker:
-    """A queue of utterances for one stream and the task that produces their frames.
+class PacedSpeech:
+    """One paced stream's speech: its utterance queue, the task that produces frames,
+    and the playout cursor the pacer pulls from.
 
     The producer task synthesises (through the engine's :class:`SynthesisService`,
-    off-loop),
-    time-stretches when the engine cannot apply ``speed`` itself, resamples and
-    Opus-encodes (in ``encode_executor``) one utterance after another, staying
-    at most :data:`MAX_FRAMES_AHEAD` frames ahead of playout. The pacer pulls
-    one packet per tick through :meth:`next_payload`; that is where
-    ``speech.started``/``speech.done`` are emitted, so they describe what was
-    actually sent. :meth:`cancel` takes effect on the next tick.
+    off-loop), time-stretches when the engine cannot apply ``speed`` itself, resamples
+    and Opus-encodes (in ``encode_executor``) one utterance after another, staying at
+    most :data:`MAX_FRAMES_AHEAD` frames ahead of playout. The pacer pulls one packet
+    per tick through :meth:`next_payload`; that is where ``speech.started`` and
+    ``speech.done`` are emitted, so they describe what was actually sent.
+    :meth:`cancel` takes effect on the next tick.
     """
 
     def __init__(
@@ -94,7 +94,7 @@ class Speaker:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
-                self._produce_forever(), name="speaker-producer"
+                self._produce_forever(), name="speech-producer"
             )
 
     @property

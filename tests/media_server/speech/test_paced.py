@@ -1,4 +1,4 @@
-"""Speaker: queued utterances, events at playout, cancel within one tick, limits."""
+"""PacedSpeech: queued utterances, events at playout, cancel within one tick, limits."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from media_server.audio.encoder import StreamEncoder
 from media_server.audio.executor import DeadlineExecutor
 from media_server.audio.frames import FRAME_MS
 from media_server.audio.opus import OpusSettings
-from media_server.speech.queue import START_FRAMES
-from media_server.speech.speaker import (
+from media_server.speech.paced import (
     BULK_SLICE_MS,
     ENCODE_SLICE_MS,
     MAX_FRAMES_AHEAD,
     REFILL_FRAMES,
-    Speaker,
+    PacedSpeech,
     monotonic_ms,
 )
+from media_server.speech.queue import START_FRAMES
 from synthesis import SynthesisRequest, SynthesisService
 from synthesis.testing import ScriptedEngine
 
@@ -30,9 +30,9 @@ def req(text: str, **fields: Any) -> SynthesisRequest:
     return SynthesisRequest(text=text, **fields)
 
 
-def make(engine: ScriptedEngine, **kwargs: Any) -> tuple[Speaker, list[dict[str, Any]]]:
+def make(engine: ScriptedEngine, **kwargs: Any) -> tuple[PacedSpeech, list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
-    speaker = Speaker(
+    speaker = PacedSpeech(
         SynthesisService(engine, 4),
         StreamEncoder(OpusSettings()),
         lambda event: events.append(event.as_dict()),
@@ -42,7 +42,7 @@ def make(engine: ScriptedEngine, **kwargs: Any) -> tuple[Speaker, list[dict[str,
     return speaker, events
 
 
-async def play(speaker: Speaker, ticks: int) -> list[bytes | None]:
+async def play(speaker: PacedSpeech, ticks: int) -> list[bytes | None]:
     out = []
     for i in range(ticks):
         out.append(speaker.next_payload(i * 960))
@@ -50,7 +50,7 @@ async def play(speaker: Speaker, ticks: int) -> list[bytes | None]:
     return out
 
 
-async def wait_buffered(speaker: Speaker, frames: int) -> None:
+async def wait_buffered(speaker: PacedSpeech, frames: int) -> None:
     for _ in range(500):
         if speaker.buffered_frames >= frames:
             return
