@@ -107,8 +107,7 @@ def main() -> None:
     parser.add_argument("--first-hop-tokens", type=int, default=25)
     args = parser.parse_args()
 
-    from synthesis.cosyvoice import CosyVoiceEngine
-    from synthesis.cosyvoice_config import CosyVoiceConfig
+    from synthesis.cosyvoice import CosyVoiceConfig, CosyVoiceEngine
 
     with tempfile.TemporaryDirectory(prefix="cosyvoice-bench-") as scratch:
         model_dir = args.model_dir
