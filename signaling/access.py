@@ -19,8 +19,8 @@ from typing import Final
 from aiohttp import hdrs, web
 
 from media_server.config import Settings
-from signaling.errors import json_error
 from signaling.keys import SETTINGS_KEY
+from synthesis import Forbidden, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -102,15 +102,13 @@ def require_operator(request: web.Request) -> None:
     if request.app[SETTINGS_KEY].api_token is None or is_operator(request):
         return
     presented = bearer_token(request) is not None
-    raise json_error(
-        401,
+    raise Unauthorized(
         "invalid_token" if presented else "token_required",
         "the operator token does not match"
         if presented
         else "this endpoint needs the operator token",
         "send 'Authorization: Bearer <VMS_API_TOKEN>' (WebSockets from a browser: the "
         "subprotocol 'vms.token.<token>'; see docs/security.md)",
-        headers={"WWW-Authenticate": 'Bearer realm="voice-media-server"'},
     )
 
 
@@ -149,8 +147,7 @@ def check_ws_origin(request: web.Request) -> None:
         return
     if allowed_origin(origin, request.app[SETTINGS_KEY].cors_origins):
         return
-    raise json_error(
-        403,
+    raise Forbidden(
         "origin_not_allowed",
         f"WebSocket connections from {origin} are not allowed",
         "add the page's origin to VMS_CORS_ORIGINS, or serve the page from this server",

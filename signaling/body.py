@@ -7,7 +7,7 @@ import math
 from aiohttp import web
 
 from signaling.access import client_address
-from signaling.errors import json_error
+from signaling.errors import BodyTooLarge
 from signaling.keys import QUOTAS_KEY
 from signaling.quotas import upload_refused
 from synthesis import ClientLimit
@@ -39,7 +39,7 @@ def message_refused(request: web.Request, size: int) -> ClientLimit | None:
 
 async def read_body(request: web.Request, limit: int, solution: str) -> bytes:
     """The whole body; ``413`` as soon as it is known to exceed ``limit`` bytes."""
-    too_large = json_error(413, "body_too_large", f"the body is over {limit} bytes", solution)
+    too_large = BodyTooLarge(None, f"the body is over {limit} bytes", solution)
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     declared = request.content_length

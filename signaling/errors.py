@@ -30,6 +30,19 @@ from synthesis.errors import (
 
 logger = logging.getLogger(__name__)
 
+
+class BodyTooLarge(ClientError):
+    """The request body is over the route's limit (HTTP 413)."""
+
+    default_code = "body_too_large"
+
+
+class UnsupportedMediaType(ClientError):
+    """The body's ``Content-Type`` is not the one the route takes (HTTP 415)."""
+
+    default_code = "unsupported_media_type"
+
+
 STATUS: Final[Mapping[type[ClientError], int]] = {
     InvalidRequest: 400,
     Unauthorized: 401,
@@ -37,6 +50,8 @@ STATUS: Final[Mapping[type[ClientError], int]] = {
     NotFound: 404,
     IceRestartUnsupported: 405,
     Conflict: 409,
+    BodyTooLarge: 413,
+    UnsupportedMediaType: 415,
     Unsupported: 422,
     ClientLimit: 429,
     SynthesisError: 500,

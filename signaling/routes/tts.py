@@ -17,7 +17,7 @@ from media_server.speech.protocol import JsonTooDeep, loads_json
 from media_server.speech.unpaced import one_piece, speech_pcm
 from signaling.access import client_address
 from signaling.body import read_body
-from signaling.errors import json_error
+from signaling.errors import UnsupportedMediaType
 from signaling.keys import MEDIA_KEY, QUOTAS_KEY, SETTINGS_KEY
 from signaling.quotas import Quota
 from synthesis import (
@@ -48,9 +48,8 @@ def request_limits(request: web.Request) -> RequestLimits:
 
 async def read_json(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
-        raise json_error(
-            415,
-            "unsupported_media_type",
+        raise UnsupportedMediaType(
+            None,
             f"expected Content-Type application/json, got {request.content_type or 'none'}",
             "send the request as JSON with 'Content-Type: application/json'",
         )

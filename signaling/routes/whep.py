@@ -11,9 +11,9 @@ from media_server import VoiceSession
 from media_server.rtc.client import PeerClient
 from signaling.access import bearer_token, client_address, same_token, token_digest
 from signaling.body import read_body
-from signaling.errors import json_error
+from signaling.errors import UnsupportedMediaType
 from signaling.keys import MEDIA_KEY
-from synthesis import Forbidden, Unauthorized
+from synthesis import Forbidden, InvalidRequest, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +27,8 @@ routes = web.RouteTableDef()
 async def read_sdp(request: web.Request, content_type: str = SDP_TYPE) -> str:
     """The body as text, after checking its type and size (offers and trickle fragments)."""
     if request.content_type != content_type:
-        raise json_error(
-            415,
-            "unsupported_media_type",
+        raise UnsupportedMediaType(
+            None,
             f"expected Content-Type {content_type}, got {request.content_type or 'none'}",
             f"send the body with 'Content-Type: {content_type}'",
         )
@@ -37,9 +36,7 @@ async def read_sdp(request: web.Request, content_type: str = SDP_TYPE) -> str:
     try:
         return raw.decode()
     except UnicodeDecodeError:
-        raise json_error(
-            400, "invalid_sdp", "the body is not UTF-8 text", "send SDP text"
-        ) from None
+        raise InvalidRequest("invalid_sdp", "the body is not UTF-8 text", "send SDP text") from None
 
 
 @routes.post("/whep")
