@@ -100,12 +100,6 @@ class ErrorEvent(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Participant:
-    identity: str
-    role: str
-
-
-@dataclass(frozen=True, slots=True)
 class ParticipantJoined(Event):
     kind: ClassVar[str] = "participant.joined"
     identity: str
