@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Final, Protocol
 
-from media_server.audio.frames import FRAME_S, FRAME_SAMPLES
+from media_server.audio.frames import FRAME_S, FRAME_SAMPLES, OutgoingFrame
 from media_server.clock import Clock
 from media_server.playout.stats import PacingStats, UnderrunCounter
 
@@ -14,15 +13,6 @@ logger = logging.getLogger(__name__)
 
 MAX_CATCH_UP_FRAMES: Final = 3
 """After a stall, at most this many overdue frames go out back to back; older ticks are skipped."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutgoingFrame:
-    """One encoded 20 ms frame with its RTP position (in 48 kHz samples)."""
-
-    payload: bytes
-    pts: int
-    speech: bool
 
 
 class FrameSource(Protocol):

@@ -8,7 +8,7 @@ from typing import Any
 
 import av
 
-from media_server.playout.pacer import OutgoingFrame
+from media_server.audio.frames import OutgoingFrame
 from media_server.rtc.track import EncodedAudioTrack, make_packet
 
 logger = logging.getLogger(__name__)

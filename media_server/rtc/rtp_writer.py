@@ -32,7 +32,7 @@ from aiortc.rtcdtlstransport import State
 from aiortc.rtcrtpparameters import RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
-from media_server.playout.pacer import OutgoingFrame
+from media_server.audio.frames import OutgoingFrame
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ from typing import Any, Final
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from media_server.audio.frames import SAMPLE_RATE_HZ
-from media_server.playout.pacer import OutgoingFrame
+from media_server.audio.frames import SAMPLE_RATE_HZ, OutgoingFrame
 from media_server.rtc.rtp_writer import RtpWriter
 
 TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE_HZ)

@@ -7,8 +7,8 @@ from collections import deque
 
 import pytest
 
-from media_server.audio.frames import FRAME_S, FRAME_SAMPLES
-from media_server.playout.pacer import MAX_CATCH_UP_FRAMES, OutgoingFrame, Pacer
+from media_server.audio.frames import FRAME_S, FRAME_SAMPLES, OutgoingFrame
+from media_server.playout.pacer import MAX_CATCH_UP_FRAMES, Pacer
 from synthesis.testing import FakeClock
 
 SILENCE = b"\xf8\xff\xfe"

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from media_server.audio.frames import FRAME_S, FRAME_SAMPLES
-from media_server.playout.pacer import MAX_CATCH_UP_FRAMES, OutgoingFrame, Pacer
+from media_server.audio.frames import FRAME_S, FRAME_SAMPLES, OutgoingFrame
+from media_server.playout.pacer import MAX_CATCH_UP_FRAMES, Pacer
 from media_server.playout.ticker import PHASES, Ticker
 from synthesis.testing import FakeClock
 

@@ -20,9 +20,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiortc.rtp import RtpPacket
 
-from media_server.audio.frames import FRAME_SAMPLES
+from media_server.audio.frames import FRAME_SAMPLES, OutgoingFrame
 from media_server.config import Settings
-from media_server.playout.pacer import OutgoingFrame
 from media_server.sessions.session import VoiceSession
 from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
