@@ -176,7 +176,7 @@ DECODE_CHILD = textwrap.dedent(
         decode_reference_audio(blob, RequestLimits())
         result = "decoded"
     except RequestError as exc:
-        result = exc.error
+        result = exc.code
     elapsed = time.perf_counter() - start
     print(json.dumps({"ms": elapsed * 1000, "result": result,
                       "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

@@ -43,6 +43,7 @@ from bench._report import (
     system_busy_s,
 )
 from synthesis import (
+    ClientError,
     Engine,
     EngineBusy,
     SynthesisError,
@@ -156,8 +157,8 @@ async def synthesize_service(
         async for chunk in stream:
             first = time.perf_counter() - started if first is None else first
             audio += chunk.duration_s
-    except SynthesisError as exc:
-        error = f"{exc.error}: {exc.message}"
+    except ClientError as exc:
+        error = f"{exc.code}: {exc.message}"
     finally:
         ended = time.perf_counter()
         await stream.aclose()
@@ -226,8 +227,7 @@ async def measure(
     # One long-lived thread, as the service's workers are (a thread per call is slower).
     direct = ThreadPoolExecutor(1, thread_name_prefix="baseline-engine")
     try:
-        # warm-up: the first runs through ONNX Runtime and espeak are slower; one service
-        # stream too, so that lazy imports inside the engine are done
+        # warm-up (first ONNX Runtime/espeak runs are slower; a stream loads lazy imports)
         warm_up = SynthesisRequest(text=WARM_UP, speaker_id=voice)
         await asyncio.get_running_loop().run_in_executor(direct, synthesize_direct, engine, warm_up)
         warm = SynthesisService(engine, 1, chunk_timeout_s=timeout_s)
