@@ -195,7 +195,7 @@ class Room:
     def remove_bot(self, member_id: str) -> None:
         bot = self.bots.pop(member_id, None)
         if bot is not None:
-            self.speech.cancel(bot.identity, everyone=False)
+            self.speech.queue.cancel(bot.identity, everyone=False)
             self._announce(ParticipantLeft, bot.identity, Role.BOT)
 
     # -- events -------------------------------------------------------------------

@@ -20,7 +20,7 @@ from media_server.audio.executor import DeadlineExecutor
 from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
 from media_server.speech.queue import EventSink, Utterance, UtteranceQueue, monotonic_ms
 from media_server.tasks import cancel_and_wait
-from synthesis import Engine, SynthesisRequest, SynthesisService
+from synthesis import Engine, SynthesisService
 from synthesis.errors import ClientError
 
 logger = logging.getLogger(__name__)
@@ -116,29 +116,6 @@ class PacedSpeech:
     @property
     def max_queued(self) -> int:
         return self.queue.max_queued
-
-    def say(
-        self, request: SynthesisRequest, utterance_id: str | None = None, owner: str | None = None
-    ) -> Utterance:
-        return self.queue.say(request, utterance_id, owner)
-
-    def text_delta(
-        self,
-        text: str,
-        request: SynthesisRequest,
-        utterance_id: str | None = None,
-        owner: str | None = None,
-    ) -> Utterance:
-        return self.queue.text_delta(text, request, utterance_id, owner)
-
-    def text_done(
-        self, utterance_id: str | None = None, owner: str | None = None
-    ) -> Utterance | None:
-        return self.queue.text_done(utterance_id, owner)
-
-    def cancel(self, owner: str | None = None, *, everyone: bool = True) -> list[Utterance]:
-        """Stop speaking now (on the next tick) and drop what is queued."""
-        return self.queue.cancel(owner, everyone=everyone)
 
     def _count_speaking(self, speaking: bool) -> None:
         """Tell the encode budget when this stream starts or stops speaking: it sizes

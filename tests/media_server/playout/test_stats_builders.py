@@ -44,7 +44,7 @@ def slow_engine() -> ScriptedEngine:
 
 async def starve(speaker: PacedSpeech, pacer: Pacer, clock: FakeClock) -> None:
     """Start an utterance, then tick the pacer faster than the engine produces."""
-    speaker.say(SynthesisRequest(text="slow"))
+    speaker.queue.say(SynthesisRequest(text="slow"))
     async with asyncio.timeout(5):
         while speaker.buffered_frames < START_FRAMES:
             await asyncio.sleep(0.005)

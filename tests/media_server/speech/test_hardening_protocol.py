@@ -136,7 +136,7 @@ async def test_one_streamed_utterance_is_capped_and_keeps_what_it_has() -> None:
         assert caught.value.code == "text_too_long"
         assert str(cap) in caught.value.message
         # The utterance is still open with everything taken so far, and can be finished.
-        utterance = speaker.text_done("s")
+        utterance = speaker.queue.text_done("s")
         assert utterance is not None and not utterance.cancelled
         assert " ".join(utterance.pieces) == " ".join(["word"] * (cap // 5))
         assert speaker.pending == 1

@@ -61,8 +61,8 @@ async def wait_buffered(speaker: PacedSpeech, frames: int) -> None:
 async def test_utterances_play_in_order_with_events() -> None:
     engine = ScriptedEngine(chunk_s=0.2, chunks=2)  # 400 ms each
     speaker, events = make(engine)
-    speaker.say(req("one"), "a")
-    speaker.say(req("two"), "b")
+    speaker.queue.say(req("one"), "a")
+    speaker.queue.say(req("two"), "b")
     await wait_buffered(speaker, 40)
     payloads = await play(speaker, 60)
     await play(speaker, 30)
@@ -86,12 +86,12 @@ async def test_utterances_play_in_order_with_events() -> None:
 async def test_cancel_silences_the_next_tick_and_reports_played_time() -> None:
     engine = ScriptedEngine(chunk_s=0.5, chunks=20)
     speaker, events = make(engine)
-    speaker.say(req("long"), "a")
-    speaker.say(req("queued"), "b")
+    speaker.queue.say(req("long"), "a")
+    speaker.queue.say(req("queued"), "b")
     await wait_buffered(speaker, 30)
     played = await play(speaker, 12)
     assert all(p is not None for p in played)
-    cancelled = speaker.cancel()
+    cancelled = speaker.queue.cancel()
     assert [u.utterance_id for u in cancelled] == ["a", "b"]
     assert speaker.next_payload(12 * 960) is None  # silent on the very next tick
     cancel_events = [e for e in events if e["type"] == "speech.cancelled"]
@@ -113,17 +113,17 @@ async def test_cancel_silences_the_next_tick_and_reports_played_time() -> None:
 
 async def test_queue_limit() -> None:
     speaker, _ = make(ScriptedEngine(), max_queued=2)
-    speaker.say(req("1"))
-    speaker.say(req("2"))
+    speaker.queue.say(req("1"))
+    speaker.queue.say(req("2"))
     with pytest.raises(OverflowError):
-        speaker.say(req("3"))
+        speaker.queue.say(req("3"))
     await speaker.aclose()
 
 
 async def test_engine_failure_is_an_error_event_and_the_speaker_goes_on() -> None:
     engine = ScriptedEngine(chunk_s=0.1, chunks=3, fail_after=0)
     speaker, events = make(engine)
-    speaker.say(req("fails"), "x")
+    speaker.queue.say(req("fails"), "x")
     for _ in range(100):
         if events:
             break
@@ -131,7 +131,7 @@ async def test_engine_failure_is_an_error_event_and_the_speaker_goes_on() -> Non
     assert events[0]["type"] == "error" and events[0]["id"] == "x"
     assert events[0]["error"] == "synthesis_failed" and events[0]["solution"]
     engine.fail_after = None
-    speaker.say(req("works"), "y")
+    speaker.queue.say(req("works"), "y")
     await wait_buffered(speaker, 15)
     await play(speaker, 20)
     assert [e["type"] for e in events[1:]] == ["speech.started", "speech.done"]
@@ -141,7 +141,7 @@ async def test_engine_failure_is_an_error_event_and_the_speaker_goes_on() -> Non
 async def test_underruns_are_counted_when_synthesis_is_slower_than_playout() -> None:
     engine = ScriptedEngine(chunk_s=0.02, chunks=20, delay_s=0.05)
     speaker, _ = make(engine)
-    speaker.say(req("slow"))
+    speaker.queue.say(req("slow"))
     await wait_buffered(speaker, START_FRAMES)
     await play(speaker, 20)
     assert speaker.underruns > 0
@@ -153,7 +153,7 @@ async def test_speech_starts_once_three_frames_are_encoded() -> None:
     # would open with a gap on the very next tick
     engine = ScriptedEngine(chunk_s=0.02, chunks=12, delay_s=0.05)
     speaker, events = make(engine)
-    speaker.say(req("slow start"), "s")
+    speaker.queue.say(req("slow start"), "s")
     await wait_buffered(speaker, 1)
     assert speaker.buffered_frames < START_FRAMES
     assert speaker.next_payload(0) is None
@@ -167,7 +167,7 @@ async def test_speech_starts_once_three_frames_are_encoded() -> None:
 
 async def test_an_utterance_shorter_than_the_start_buffer_still_plays() -> None:
     speaker, events = make(ScriptedEngine(chunk_s=0.03, chunks=1))
-    speaker.say(req("Hi"), "hi")
+    speaker.queue.say(req("Hi"), "hi")
     for _ in range(200):
         if speaker.queue.head and speaker.queue.head.produced:
             break
@@ -182,7 +182,7 @@ async def test_an_utterance_shorter_than_the_start_buffer_still_plays() -> None:
 async def test_leading_silence_is_trimmed_and_reported() -> None:
     engine = ScriptedEngine(chunk_s=0.2, chunks=2, lead_in_s=0.5)
     speaker, events = make(engine)
-    speaker.say(req("late start"), "t")
+    speaker.queue.say(req("late start"), "t")
     await wait_buffered(speaker, 20)
     payloads = await play(speaker, 25)
     assert payloads[0] is not None  # speech from the very first tick, not 500 ms later
@@ -197,8 +197,8 @@ async def test_streamed_text_is_spoken_clause_by_clause_as_one_utterance() -> No
     engine = ScriptedEngine(chunk_s=0.1, chunks=2)
     speaker, events = make(engine)
     base = req(" ")
-    speaker.text_delta("Hello there, my fri", base, "s")
-    speaker.text_delta("end. How are", base, "s")
+    speaker.queue.text_delta("Hello there, my fri", base, "s")
+    speaker.queue.text_delta("end. How are", base, "s")
     # 200 ms of speech; the last partial frame waits in the framer for more text
     await wait_buffered(speaker, 9)
     # the first complete sentence is synthesised before the text is finished
@@ -206,8 +206,8 @@ async def test_streamed_text_is_spoken_clause_by_clause_as_one_utterance() -> No
     await play(speaker, 15)  # plays it, then waits for text without counting underruns
     assert speaker.underruns == 0
     assert [e["type"] for e in events] == ["speech.started"]
-    speaker.text_delta(" you today? Fine", base, "s")
-    speaker.text_done("s")
+    speaker.queue.text_delta(" you today? Fine", base, "s")
+    speaker.queue.text_done("s")
     await wait_buffered(speaker, 15)
     await play(speaker, 40)
     assert [r.text for r in engine.requests] == [
@@ -225,9 +225,9 @@ async def test_streamed_text_is_spoken_clause_by_clause_as_one_utterance() -> No
 
 async def test_text_done_without_open_text_and_cancel_of_open_text() -> None:
     speaker, events = make(ScriptedEngine(chunk_s=0.1, chunks=2))
-    assert speaker.text_done("nothing") is None
-    speaker.text_delta("Never finished", req(" "), "open")
-    speaker.cancel()
+    assert speaker.queue.text_done("nothing") is None
+    speaker.queue.text_delta("Never finished", req(" "), "open")
+    speaker.queue.cancel()
     never_started = {"played_ms": 0, "stream_ts": None, "end_ts": None}
     assert events == [{"type": "speech.cancelled", "id": "open", **never_started}]
     await asyncio.sleep(0.05)
@@ -250,7 +250,7 @@ async def test_a_full_buffer_is_refilled_a_second_at_a_time() -> None:
     engine = ScriptedEngine(chunk_s=2.0, chunks=6)  # 12 s, more than the buffer holds
     pool = CountingExecutor()
     speaker, _ = make(engine, encode_executor=pool)
-    speaker.say(req("long"))
+    speaker.queue.say(req("long"))
     await wait_buffered(speaker, MAX_FRAMES_AHEAD)
     await asyncio.sleep(0.05)
     # the buffer stops growing within one bulk slice of its limit
@@ -291,7 +291,7 @@ async def test_encode_slices_are_due_when_the_streams_audio_runs_out() -> None:
     engine = ScriptedEngine(chunk_s=1.0, chunks=2)  # 2 s, less than the buffer holds
     pool = SlackRecordingExecutor()
     speaker, _ = make(engine, encode_executor=pool)
-    speaker.say(req("two seconds"))
+    speaker.queue.say(req("two seconds"))
     await wait_buffered(speaker, 2000 // FRAME_MS)
     await asyncio.sleep(0.05)
     # nothing encoded yet: the first slice is due now, ahead of any stream with audio left
@@ -304,7 +304,7 @@ async def test_encode_slices_are_due_when_the_streams_audio_runs_out() -> None:
     await play(speaker, 60)
     left = speaker.buffered_frames
     submitted = len(pool.slacks)
-    speaker.say(req("more"))
+    speaker.queue.say(req("more"))
     await wait_buffered(speaker, left + START_FRAMES)
     assert pool.slacks[submitted] == pytest.approx(left * FRAME_MS / 1000)
     assert pool.slacks[submitted] < pool.slacks[submitted - 1]
@@ -315,12 +315,12 @@ async def test_encode_slices_are_due_when_the_streams_audio_runs_out() -> None:
 async def test_cancel_takes_its_frames_out_of_the_buffer() -> None:
     engine = ScriptedEngine(chunk_s=0.5, chunks=2)
     speaker, _ = make(engine)
-    speaker.say(req("one"), "a", owner="bot1")
-    speaker.say(req("two"), "b", owner="bot2")
+    speaker.queue.say(req("one"), "a", owner="bot1")
+    speaker.queue.say(req("two"), "b", owner="bot2")
     await wait_buffered(speaker, 100)
     await asyncio.sleep(0.05)
     assert speaker.buffered_frames == 100
-    speaker.cancel("bot1", everyone=False)
+    speaker.queue.cancel("bot1", everyone=False)
     assert speaker.buffered_frames == 50
     assert sum(p is not None for p in await play(speaker, 60)) == 50
     assert speaker.buffered_frames == 0
@@ -335,18 +335,18 @@ async def test_the_encode_budget_counts_speaking_streams() -> None:
     first, _ = make(engine, encode_budget=budget)
     second, _ = make(engine, encode_budget=budget)
     assert budget.active_streams == 0
-    first.say(req("one"))
-    first.say(req("two"))
-    second.say(req("three"))
+    first.queue.say(req("one"))
+    first.queue.say(req("two"))
+    second.queue.say(req("three"))
     assert budget.active_streams == 2
     await wait_buffered(first, 10)
     await play(first, 5)
     assert budget.active_streams == 2  # still speaking its first utterance
     await play(first, 30)
     assert not first.speaking and budget.active_streams == 1  # both played out
-    first.say(req("four"))
+    first.queue.say(req("four"))
     assert budget.active_streams == 2
-    first.cancel()
+    first.queue.cancel()
     assert budget.active_streams == 1
     await second.aclose()
     assert budget.active_streams == 0
@@ -357,7 +357,7 @@ async def test_the_encode_budget_counts_speaking_streams() -> None:
 async def test_speech_started_carries_the_timings_only_when_asked() -> None:
     for debug in (False, True):
         speaker, events = make(ScriptedEngine(chunk_s=0.2, chunks=2), debug_timings=debug)
-        utterance = speaker.say(req("one"), "a")
+        utterance = speaker.queue.say(req("one"), "a")
         utterance.timings.received_ms = received = monotonic_ms()
         await wait_buffered(speaker, START_FRAMES)
         await play(speaker, 2)
