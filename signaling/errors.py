@@ -44,6 +44,7 @@ class UnsupportedMediaType(ClientError):
 
 
 STATUS: Final[Mapping[type[ClientError], int]] = {
+    ClientError: 400,
     InvalidRequest: 400,
     Unauthorized: 401,
     Forbidden: 403,
@@ -64,11 +65,7 @@ REALM: Final = 'Bearer realm="voice-media-server"'
 
 
 def status_of(exc: ClientError) -> int:
-    for cls in type(exc).__mro__:
-        status = STATUS.get(cls)
-        if status is not None:
-            return status
-    return 400
+    return next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
 
 
 def json_error(

@@ -67,6 +67,8 @@ class PacingStats:
         self._ring = np.zeros(window, dtype=np.float64)
         self._count = 0
         self._send_ring = np.zeros(send_window, dtype=np.float64)
+        self.tracks_send = send_window > 0
+        """Whether the pacer records send lateness (read on every frame: a plain flag)."""
         self._send_count = 0
         self._send_max_s = 0.0
         self._underruns_at_start = 0
@@ -86,10 +88,6 @@ class PacingStats:
 
     def _source_underruns(self) -> int:
         return self._underruns_of.underruns if self._underruns_of is not None else 0
-
-    @property
-    def tracks_send(self) -> bool:
-        return self._send_ring.size > 0
 
     def start_window(self) -> None:
         """Forget what was recorded, so later figures cover only the time from now
