@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
 from synthesis.base import EngineCapabilities, VoiceInfo
 from synthesis.errors import InvalidRequest, Unsupported
+from synthesis.pauses import trim_pauses
 from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
-from synthesis.text import split_text
+from synthesis.text import piece_ending, split_text
 from synthesis.types import AudioChunk
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_VOICE_ID = "joe-us"
 PEAK_INT16 = 32767
+VOICE_GAIN: Final = 1.35
+"""One gain for every piece (the voice's raw peaks are 0.45-0.72 of full scale): each
+piece normalised to its own peak made the loudness jump by up to 2 dB at a seam."""
 
 
 class PiperEngine:
@@ -87,11 +92,15 @@ class PiperEngine:
             )
         # Piper's length_scale stretches phoneme durations: speed is native.
         config = SynthesisConfig(length_scale=1.0 / request.speed, normalize_audio=False)
-        for piece in split_text(request.text):
+        pieces = split_text(request.text)
+        for number, piece in enumerate(pieces, 1):
             if cancel.is_set():
                 return
+            # a piece cut inside a clause is read as one (a comma keeps the voice up)
+            cut_in_clause = number < len(pieces) and piece_ending(piece) == "word"
+            spoken = piece + "," if cut_in_clause else piece
             with self._phonemize_lock:
-                sentences = self._voice.phonemize(piece)
+                sentences = self._voice.phonemize(spoken)
             for phonemes in sentences:
                 if cancel.is_set():
                     return
@@ -99,10 +108,10 @@ class PiperEngine:
                     continue
                 ids = self._voice.phonemes_to_ids(phonemes)
                 audio = np.asarray(self._voice.phoneme_ids_to_audio(ids, config), dtype=np.float32)
-                peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-                if peak < 1e-8:
+                audio = trim_pauses(audio, self._sample_rate_hz, piece)
+                if audio.size == 0:
                     continue
-                pcm = np.clip(audio / peak * PEAK_INT16, -PEAK_INT16, PEAK_INT16)
+                pcm = np.clip(audio * (VOICE_GAIN * PEAK_INT16), -PEAK_INT16, PEAK_INT16)
                 yield AudioChunk(pcm.astype(np.int16), self._sample_rate_hz)
 
     def close(self) -> None:
@@ -126,6 +135,9 @@ def _load_voice(model_path: Path, config_path: Path) -> Any:
     options = onnxruntime.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # ORT sizes its pool by the machine's cores; a process pinned to fewer would run
+    # more threads than it has cores, and they would queue behind one another.
+    options.intra_op_num_threads = max(1, len(os.sched_getaffinity(0)))
     config = json.loads(config_path.read_text(encoding="utf-8"))
     return PiperVoice(
         session=onnxruntime.InferenceSession(

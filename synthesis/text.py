@@ -1,17 +1,38 @@
-"""Split text so the first audio never waits for the whole paragraph."""
+"""Split text so the first audio never waits for more than its first few words."""
 
 from __future__ import annotations
 
 import re
+from typing import Final
 
-FIRST_CLAUSE_MAX_CHARS = 60
-"""The first piece is cut at a clause boundary (comma, semicolon...) near this size."""
+FIRST_PIECE_MIN_CHARS: Final = 12
+"""The first piece has at least this much text (about 0.7 s of speech)..."""
+FIRST_PIECE_MAX_CHARS: Final = 40
+"""...and is cut at a natural boundary within this much (about 2 s), when it has one."""
+WHOLE_FIRST_SENTENCE_CHARS: Final = 28
+"""A first sentence this short (about 1.5 s) is spoken whole: a cut would save little."""
+FIRST_CLAUSE_MAX_CHARS: Final = 60
+"""Without a boundary in the first few words, a clause boundary up to here will do."""
+REST_MIN_CHARS: Final = 8
+"""No cut leaves less than this behind: a lone word after a seam sounds odd."""
 
-PIECE_MAX_CHARS = 300
+PIECE_MAX_CHARS: Final = 300
 """Later pieces are whole sentences, split further only when longer than this."""
+
+PHRASE_WORDS: Final = frozenset(
+    """a an the this that these those my your his her its our their
+    of to in on at for with from by about into onto over under after before through
+    between without across against during until toward towards
+    and but or nor so yet because while when where which who whom whose if than""".split()
+)
+"""Words that open a phrase: a cut just before one falls where a speaker may breathe."""
+
+SENTENCE_END: Final = ".!?…"
+CLAUSE_END: Final = ",;:—–"
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
 _CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
+_WORD = re.compile(r"\S+")
 
 
 def _split_long(piece: str, limit: int) -> list[str]:
@@ -38,12 +59,53 @@ def _split_long(piece: str, limit: int) -> list[str]:
     return [p for p in out if p]
 
 
+def _bare(word: str) -> str:
+    return word.strip("\"'()[]").lower()
+
+
+def first_cut(text: str, *, rest_min_chars: int = REST_MIN_CHARS) -> int | None:
+    """Where to end the first piece of ``text`` (a sentence, or the start of one), or None.
+
+    The earliest natural boundary between :data:`FIRST_PIECE_MIN_CHARS` and
+    :data:`FIRST_PIECE_MAX_CHARS`: after clause punctuation, or before a word that opens
+    a phrase ("It is easy to tell | the depth of a well."); failing that, the first clause
+    boundary up to :data:`FIRST_CLAUSE_MAX_CHARS`. Never a cut that leaves under
+    ``rest_min_chars`` behind, nor one right after a phrase word ("of | the").
+    """
+    previous = ""
+    clause_fallback: int | None = None
+    for match in _WORD.finditer(text):
+        start = match.start()
+        word = match.group()
+        head_chars = len(text[:start].rstrip())
+        rest_chars = len(text) - start
+        if (
+            FIRST_PIECE_MIN_CHARS <= head_chars <= FIRST_PIECE_MAX_CHARS
+            and rest_chars >= rest_min_chars
+            and (previous[-1:] in CLAUSE_END or _bare(word) in PHRASE_WORDS)
+            and _bare(previous) not in PHRASE_WORDS
+        ):
+            return start
+        if (
+            clause_fallback is None
+            and previous[-1:] in CLAUSE_END
+            and 8 <= head_chars <= FIRST_CLAUSE_MAX_CHARS
+            and rest_chars >= rest_min_chars
+        ):
+            clause_fallback = start
+        if head_chars > FIRST_CLAUSE_MAX_CHARS:
+            break
+        previous = word
+    return clause_fallback
+
+
 def split_text(text: str) -> list[str]:
     """Split ``text`` into pieces to synthesise in order.
 
-    Sentences become pieces. The first piece is additionally cut at its first
-    clause boundary when the first sentence is long, so the engine's first chunk
-    (and therefore the first audio a listener hears) arrives quickly.
+    Sentences become pieces. A first sentence longer than
+    :data:`WHOLE_FIRST_SENTENCE_CHARS` is cut at its first natural boundary
+    (:func:`first_cut`), so the engine's first chunk, and the first audio a listener
+    hears, covers only the first few words.
     """
     text = " ".join(text.split())
     if not text:
@@ -53,27 +115,36 @@ def split_text(text: str) -> list[str]:
     for sentence in sentences:
         pieces.extend(_split_long(sentence, PIECE_MAX_CHARS))
     first = pieces[0]
-    if len(first) > FIRST_CLAUSE_MAX_CHARS:
-        clauses = _CLAUSE_END.split(first, maxsplit=1)
-        if len(clauses) == 2 and len(clauses[0]) >= 8:
-            pieces[0:1] = clauses
+    if len(first) > WHOLE_FIRST_SENTENCE_CHARS:
+        cut = first_cut(first)
+        if cut is not None:
+            pieces[0:1] = [first[:cut].rstrip(), first[cut:]]
     return pieces
+
+
+def piece_ending(piece: str) -> str:
+    """How ``piece`` ends: ``"sentence"``, ``"clause"`` (punctuation) or ``"word"`` (a cut
+    inside a clause), which decides how long a pause may follow it."""
+    last = piece.rstrip("\"')]")[-1:]
+    if last in SENTENCE_END:
+        return "sentence"
+    if last in CLAUSE_END:
+        return "clause"
+    return "word"
 
 
 _BOUNDARY_SENTENCE = re.compile(r"[.!?…][\"')\]]*\s")
 _BOUNDARY_CLAUSE = re.compile(r"[,;:—–]\s")
-
-FIRST_DELTA_MIN_CHARS = 12
-"""The first streamed piece may end at a clause boundary once it has this many characters."""
 
 
 class TextAccumulator:
     """Collects streamed text (LLM deltas) and releases complete pieces, in order.
 
     A piece is released at a sentence end followed by whitespace; the first piece
-    also at a clause boundary (so speech starts early); any piece at a clause
-    boundary or a space once it grows past :data:`PIECE_MAX_CHARS`.
-    :meth:`flush` releases the rest when the text is done.
+    also at its first natural boundary (:func:`first_cut`) once the word after it is
+    complete, so speech starts after a few words; any piece at a clause boundary or a
+    space once it grows past :data:`PIECE_MAX_CHARS`. :meth:`flush` releases the rest
+    when the text is done.
     """
 
     def __init__(self) -> None:
@@ -96,12 +167,17 @@ class TextAccumulator:
 
     def _find_cut(self) -> int | None:
         sentence = _BOUNDARY_SENTENCE.search(self._buffer)
+        if self._released == 0:
+            # the first piece may end before a phrase word only once that word is complete
+            scope = self._buffer[: sentence.end()] if sentence else _complete_words(self._buffer)
+            words = scope.split()
+            if sentence is None or len(" ".join(words)) > WHOLE_FIRST_SENTENCE_CHARS:
+                rest_min = REST_MIN_CHARS if sentence else 1
+                cut = first_cut(" ".join(words), rest_min_chars=rest_min)
+                if cut is not None:
+                    return _word_start(self._buffer, len(" ".join(words)[:cut].split()))
         if sentence is not None:
             return sentence.end()
-        if self._released == 0:
-            clause = _BOUNDARY_CLAUSE.search(self._buffer, FIRST_DELTA_MIN_CHARS)
-            if clause is not None:
-                return clause.end()
         if len(self._buffer) > PIECE_MAX_CHARS:
             clause = _BOUNDARY_CLAUSE.search(self._buffer)
             if clause is not None and clause.end() <= PIECE_MAX_CHARS:
@@ -114,3 +190,17 @@ class TextAccumulator:
         piece = " ".join(self._buffer.split())
         self._buffer = ""
         return [piece] if piece else []
+
+
+def _complete_words(text: str) -> str:
+    """``text`` up to its last whitespace: the words no later delta can extend."""
+    match = re.match(r".*\s", text, re.DOTALL)
+    return match.group() if match else ""
+
+
+def _word_start(text: str, index: int) -> int:
+    """Where word number ``index`` of ``text`` starts (its length if there are fewer)."""
+    for number, match in enumerate(_WORD.finditer(text)):
+        if number == index:
+            return match.start()
+    return len(text)

@@ -201,8 +201,8 @@ async def test_streamed_text_is_spoken_clause_by_clause_as_one_utterance() -> No
     speaker.queue.text_delta("end. How are", base, "s")
     # 200 ms of speech; the last partial frame waits in the framer for more text
     await wait_buffered(speaker, 9)
-    # the first complete sentence is synthesised before the text is finished
-    assert [r.text for r in engine.requests] == ["Hello there, my friend."]
+    # the first clause, then the rest of the sentence, before the text is finished
+    assert [r.text for r in engine.requests] == ["Hello there,", "my friend."]
     await play(speaker, 15)  # plays it, then waits for text without counting underruns
     assert speaker.underruns == 0
     assert [e["type"] for e in events] == ["speech.started"]
@@ -211,7 +211,8 @@ async def test_streamed_text_is_spoken_clause_by_clause_as_one_utterance() -> No
     await wait_buffered(speaker, 15)
     await play(speaker, 40)
     assert [r.text for r in engine.requests] == [
-        "Hello there, my friend.",
+        "Hello there,",
+        "my friend.",
         "How are you today?",
         "Fine",
     ]
@@ -219,7 +220,7 @@ async def test_streamed_text_is_spoken_clause_by_clause_as_one_utterance() -> No
         ("speech.started", "s"),
         ("speech.done", "s"),
     ]
-    assert events[1]["duration_ms"] == 600
+    assert events[1]["duration_ms"] == 800
     await speaker.aclose()
 
 
