@@ -47,7 +47,16 @@ class Settings:
     connect_timeout_s: float = 30.0
     disconnect_grace_s: float = 10.0
     synthesis_workers: int = 4
-    """Requests the engine runs at once; more are refused (503 / ``engine_busy``)."""
+    """Requests the engine runs at once. A session's or room's next one waits for a slot
+    (``speech.queued``); ``POST /tts`` and ``/tts/ws`` get 503 / ``engine_busy``."""
+    synthesis_queue_timeout_s: float = 10.0
+    """A live request waiting this long for a synthesis slot gets ``engine_busy``."""
+    loop_nice: int = -10
+    """Niceness the event loop thread asks for at start, so neighbours on the machine
+    cannot delay a frame or a first chunk (synthesis of first chunks runs 5 above it,
+    later chunks and encoding 10 above that). Raising priority needs root or
+    ``CAP_SYS_NICE``; without it a line is logged and priorities stay as they are.
+    0 leaves them alone."""
     encode_workers: int | None = None
     """Threads that resample and Opus-encode speech; None: one per CPU this process
     may run on (its affinity), at most :data:`MAX_DEFAULT_ENCODE_WORKERS`."""
@@ -141,8 +150,11 @@ class Settings:
             raise ConfigError("http_synthesis_slots must be 1..synthesis_workers (or unset)")
         if self.token_secret is not None and len(self.token_secret.encode()) < 16:
             raise ConfigError("token_secret must be at least 16 bytes")
+        if not -20 <= self.loop_nice <= 19:
+            raise ConfigError("loop_nice must be -20..19")
         for name in (
             "say_rate_per_s",
+            "synthesis_queue_timeout_s",
             "idle_timeout_s",
             "connect_timeout_s",
             "synthesis_chunk_timeout_s",

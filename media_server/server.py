@@ -22,7 +22,11 @@ from media_server.rooms.tokens import Claims, Role, TokenSigner
 from media_server.rtc.ice import restrict_host_addresses
 from media_server.runtime.collector import CollectionScheduler
 from media_server.runtime.heap import HeapTrimmer, glibc_malloc_trim
-from media_server.runtime.priority import lower_thread_priority
+from media_server.runtime.priority import (
+    lower_thread_priority,
+    raise_loop_priority,
+    urgent_thread_priority,
+)
 from media_server.sessions.registry import SessionNotFound, SessionRegistry
 from media_server.sessions.session import VoiceSession
 from media_server.speech.talker import Talker
@@ -80,12 +84,15 @@ class MediaServer:
         settings = self.settings
         if settings.ice_host_addresses:
             restrict_host_addresses(settings.ice_host_addresses)
+        loop_nice = raise_loop_priority(settings.loop_nice) if settings.loop_nice else 0
+        urgent = urgent_thread_priority(loop_nice)
         engine = self._given_engine
         if engine is None:
-            # Loaded in a thread below the loop's priority: threads the engine starts
-            # (ONNX Runtime's pool) inherit it, so synthesis never delays a frame.
+            # Loaded at first-chunk priority: threads the engine starts (ONNX Runtime's
+            # pool) inherit it, and a first chunk must not wait for a thread that
+            # every busy neighbour outranks.
             with concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="engine-load", initializer=lower_thread_priority
+                1, thread_name_prefix="engine-load", initializer=urgent
             ) as loader:
                 engine = await asyncio.get_running_loop().run_in_executor(
                     loader, create_engine, settings.engine
@@ -97,6 +104,8 @@ class MediaServer:
             http_slots=settings.http_synthesis_slots,
             chunk_timeout_s=settings.synthesis_chunk_timeout_s,
             thread_initializer=lower_thread_priority,
+            urgent_initializer=urgent,
+            queue_timeout_s=settings.synthesis_queue_timeout_s,
         )
         # Earliest deadline first: the stream whose encoded audio runs out soonest.
         self._encode_pool = DeadlineExecutor(

@@ -36,6 +36,10 @@ class EngineCapabilities:
     """Voices can be registered from a reference clip (``register_voice``)."""
     native_speed: bool = False
     """The engine applies ``speed`` itself while streaming; otherwise the server time-stretches."""
+    any_thread: bool = False
+    """Its ``synthesize`` generator may be resumed on another thread (it keeps no
+    thread-local state across chunks), so the service can move the rest of an utterance
+    off the urgent thread that made the first chunk."""
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -51,6 +51,7 @@ class PiperEngine:
             sample_rate_hz=self._sample_rate_hz,
             languages=("en-US",),
             native_speed=True,
+            any_thread=True,
         )
         logger.info("Piper voice %s loaded (%d Hz)", model_path.name, self._sample_rate_hz)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -14,10 +16,13 @@ from synthesis.base import Engine
 from synthesis.errors import ServerBusy
 from synthesis.request import SynthesisRequest
 from synthesis.stream import CHUNK_TIMEOUT_S, SynthesisStream
+from synthesis.waiters import WaitQueue
 
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S: Final = 2
+QUEUE_TIMEOUT_S: Final = 10.0
+"""How long a live request waits for a synthesis slot before it is refused."""
 
 
 class EngineBusy(ServerBusy):
@@ -25,10 +30,18 @@ class EngineBusy(ServerBusy):
 
     default_code = "engine_busy"
 
-    def __init__(self, engine_name: str, limit: int, retry_after_s: int = RETRY_AFTER_S) -> None:
+    def __init__(
+        self,
+        engine_name: str,
+        limit: int,
+        retry_after_s: int = RETRY_AFTER_S,
+        *,
+        waited_s: float | None = None,
+    ) -> None:
+        waited = "" if waited_s is None else f" and the queue did not move for {waited_s:g} s"
         super().__init__(
             None,
-            f"the {engine_name} engine is busy ({limit} requests running)",
+            f"the {engine_name} engine is busy ({limit} requests running{waited})",
             f"retry in {retry_after_s} s",
             retry_after_s=retry_after_s,
         )
@@ -61,18 +74,30 @@ class ServiceStats:
     http_running: int
     http_refused_total: int
     """HTTP requests refused because HTTP held all its slots (also in ``refused_total``)."""
+    waiting: int = 0
+    """Live requests waiting for a slot now."""
+    queued_total: int = 0
+    """Live requests that had to wait for a slot (served or not)."""
+    wait_max_ms: float = 0.0
+    """The longest wait for a slot so far."""
 
 
 class SynthesisService:
-    """Admits or refuses synthesis work for one engine; owns its worker threads.
+    """Admits synthesis work for one engine, in order; owns its worker threads.
 
-    At most ``max_concurrent`` streams run at once; :meth:`stream` refuses the
-    next with :class:`EngineBusy` (HTTP answers 503 + Retry-After, a session
-    gets an ``error`` event). :attr:`Caller.HTTP` streams may hold at most
-    ``http_slots`` of them, so anonymous HTTP clients cannot starve live
-    sessions. A slot is given back only when the worker thread has really let
-    go, so an engine that hangs costs capacity, never threads beyond the limit,
-    and the server stays up.
+    At most ``max_concurrent`` streams run at once. A live request (a session's or
+    room's ``say``) that finds every slot busy waits for one in a fair queue
+    (:class:`~synthesis.waiters.WaitQueue`) through :meth:`open`, and is refused with
+    :class:`EngineBusy` only past its deadline. HTTP requests (:meth:`stream`) are
+    refused at once and may hold at most ``http_slots`` slots, so anonymous HTTP
+    clients cannot starve live sessions. A slot is given back only when the worker
+    thread has really let go, so an engine that hangs costs capacity, never threads
+    beyond the limit, and the server stays up.
+
+    Two thread pools: an engine's first chunk is synthesised on an ``urgent`` thread;
+    engines whose generators may be resumed on any thread
+    (``EngineCapabilities.any_thread``) continue on a background thread, which
+    ``thread_initializer`` may lower below everything else.
     """
 
     def __init__(
@@ -82,10 +107,13 @@ class SynthesisService:
         *,
         chunk_timeout_s: float = CHUNK_TIMEOUT_S,
         thread_initializer: Callable[[], object] | None = None,
+        urgent_initializer: Callable[[], object] | None = None,
         http_slots: int | None = None,
+        queue_timeout_s: float = QUEUE_TIMEOUT_S,
     ) -> None:
-        """``thread_initializer`` runs first in every worker thread (e.g. to lower its
-        priority below the event loop's). ``http_slots`` None: :func:`default_http_slots`."""
+        """``thread_initializer`` runs first in every background thread (e.g. to lower
+        its priority below the event loop's), ``urgent_initializer`` in every thread
+        that synthesises first chunks. ``http_slots`` None: :func:`default_http_slots`."""
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         if http_slots is None:
@@ -96,11 +124,20 @@ class SynthesisService:
         self.max_concurrent = max_concurrent
         self.http_slots = http_slots
         self._chunk_timeout_s = chunk_timeout_s
-        self._executor = concurrent.futures.ThreadPoolExecutor(
+        self.queue_timeout_s = queue_timeout_s
+        self._urgent = concurrent.futures.ThreadPoolExecutor(
+            max_concurrent,
+            thread_name_prefix=f"synthesis-{engine.name}-first",
+            initializer=urgent_initializer,
+        )
+        self._background = concurrent.futures.ThreadPoolExecutor(
             max_concurrent,
             thread_name_prefix=f"synthesis-{engine.name}",
             initializer=thread_initializer,
         )
+        self._waiters = WaitQueue()
+        self._queued_total = 0
+        self._wait_max_ms = 0.0
         self._running = 0
         self._started_total = 0
         self._refused_total = 0
@@ -116,9 +153,9 @@ class SynthesisService:
         return self._http_running
 
     def stream(self, request: SynthesisRequest, caller: Caller = Caller.LIVE) -> SynthesisStream:
-        """A stream for ``request`` holding one slot; raises :class:`EngineBusy` when
-        every slot ``caller`` may take is held."""
-        if self._running >= self.max_concurrent:
+        """A stream for ``request`` holding one slot; raises :class:`EngineBusy` at once
+        when every slot ``caller`` may take is held (or live requests wait for one)."""
+        if self._running >= self.max_concurrent or (caller is Caller.LIVE and self._waiters):
             self._refused_total += 1
             raise EngineBusy(self.engine.name, self.max_concurrent)
         if caller is Caller.HTTP:
@@ -128,19 +165,68 @@ class SynthesisService:
                 raise EngineBusy(self.engine.name, self.http_slots)
             self._http_running += 1
         self._running += 1
+        return self._new_stream(request, caller)
+
+    async def open(
+        self,
+        request: SynthesisRequest,
+        owner: object,
+        *,
+        continuation: bool = False,
+        on_queued: Callable[[int], None] | None = None,
+    ) -> SynthesisStream:
+        """A stream for a live ``request``, waiting for a slot in fair order when all
+        are busy (``on_queued`` is told the position once); :class:`EngineBusy` only
+        after :attr:`queue_timeout_s`. ``continuation``: a later piece of an utterance
+        that is already speaking, served after waiting first pieces."""
+        if self._running < self.max_concurrent and not self._waiters:
+            self._waiters.served(owner)
+            self._running += 1
+            return self._new_stream(request, Caller.LIVE)
+        waiter, position = self._waiters.add(owner, continuation)
+        self._queued_total += 1
+        if on_queued is not None:
+            on_queued(position)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.queue_timeout_s):
+                await waiter.granted
+        except BaseException as exc:
+            self._waiters.remove(waiter)
+            if waiter.granted.done() and not waiter.granted.cancelled():
+                self._release(Caller.LIVE)  # granted just as the wait ended: pass it on
+            if isinstance(exc, TimeoutError):
+                self._refused_total += 1
+                raise EngineBusy(
+                    self.engine.name, self.max_concurrent, waited_s=self.queue_timeout_s
+                ) from None
+            raise
+        finally:
+            self._wait_max_ms = max(self._wait_max_ms, (time.monotonic() - started) * 1000)
+        return self._new_stream(request, Caller.LIVE)
+
+    def _new_stream(self, request: SynthesisRequest, caller: Caller) -> SynthesisStream:
         self._started_total += 1
+        any_thread = self.engine.capabilities.any_thread
         return SynthesisStream(
             self.engine,
             request,
-            executor=self._executor,
+            executor=self._urgent if any_thread else self._background,
+            rest_executor=self._background if any_thread else None,
             chunk_timeout_s=self._chunk_timeout_s,
             on_finished=functools.partial(self._release, caller),
         )
 
     def _release(self, caller: Caller) -> None:
-        self._running -= 1
+        """A slot is free: the next live waiter takes it over, or it goes back."""
         if caller is Caller.HTTP:
             self._http_running -= 1
+        if not self._waiters.grant_next():
+            self._running -= 1
+
+    def forget(self, owner: object) -> None:
+        """``owner`` closed: drop its place in the fair order."""
+        self._waiters.forget(owner)
 
     def stats(self) -> ServiceStats:
         """Counters for ``/stats``."""
@@ -153,7 +239,11 @@ class SynthesisService:
             http_max_concurrent=self.http_slots,
             http_running=self._http_running,
             http_refused_total=self._http_refused_total,
+            waiting=len(self._waiters),
+            queued_total=self._queued_total,
+            wait_max_ms=round(self._wait_max_ms, 1),
         )
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._urgent.shutdown(wait=False, cancel_futures=True)
+        self._background.shutdown(wait=False, cancel_futures=True)

@@ -6,8 +6,8 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
-from typing import Final
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Final
 
 from synthesis.base import Engine
 from synthesis.errors import SynthesisError, SynthesisTimeout
@@ -33,6 +33,11 @@ class _End:
 _END: Final = _End()
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class SynthesisStream:
     """One utterance being synthesised off the event loop.
 
@@ -51,6 +56,7 @@ class SynthesisStream:
         request: SynthesisRequest,
         *,
         executor: concurrent.futures.Executor | None = None,
+        rest_executor: concurrent.futures.Executor | None = None,
         max_chunks_ahead: int = MAX_CHUNKS_AHEAD,
         chunk_timeout_s: float = CHUNK_TIMEOUT_S,
         on_finished: Callable[[], None] | None = None,
@@ -58,6 +64,7 @@ class SynthesisStream:
         self._engine = engine
         self._request = request
         self._executor = executor
+        self._rest_executor = rest_executor
         self._queue: asyncio.Queue[AudioChunk | BaseException | _End] = asyncio.Queue(
             max_chunks_ahead
         )
@@ -76,9 +83,30 @@ class SynthesisStream:
     def start(self) -> None:
         if self._worker is not None:
             return
-        self._loop = asyncio.get_running_loop()
-        self._worker = self._loop.run_in_executor(self._executor, self._run)
+        self._loop = loop = asyncio.get_running_loop()
+        self._worker = loop.create_future()
         self._worker.add_done_callback(self._finished)
+        self._submit(self._executor, self._run)
+
+    def _submit(self, executor: concurrent.futures.Executor | None, *args: Any) -> None:
+        """Run ``args`` in ``executor`` (None: the loop's default); a refusal (the
+        executor shut down) ends the work at once."""
+        assert self._loop is not None
+        try:
+            if executor is None:
+                self._loop.run_in_executor(None, *args)
+            else:
+                executor.submit(*args)
+        except RuntimeError:
+            self._worker_done()
+
+    def _worker_done(self) -> None:
+        """No thread works for this stream any more (called from that thread)."""
+        assert self._loop is not None and self._worker is not None
+        try:
+            self._loop.call_soon_threadsafe(_resolve, self._worker)
+        except RuntimeError:  # loop closed
+            pass
 
     def _put(self, item: AudioChunk | BaseException | _End) -> bool:
         """Hand ``item`` to the loop, waiting for room; False once cancelled."""
@@ -99,14 +127,40 @@ class SynthesisStream:
                 return False
 
     def _run(self) -> None:
+        handed_off = False
         try:
-            for chunk in self._engine.synthesize(self._request, self._cancel):
-                if self._cancel.is_set() or not self._put(chunk):
+            chunks = iter(self._engine.synthesize(self._request, self._cancel))
+            if self._rest_executor is not None:
+                first = next(chunks, _END)
+                if isinstance(first, _End):
+                    self._put(_END)
                     return
+                if self._cancel.is_set() or not self._put(first):
+                    return
+                self._submit(self._rest_executor, self._run_rest, chunks)
+                handed_off = True
+                return
+            self._drain(chunks)
         except BaseException as exc:  # delivered to the reader, not lost in the thread
             if not self._cancel.is_set():
                 self._put(exc)
-            return
+        finally:
+            if not handed_off:
+                self._worker_done()
+
+    def _run_rest(self, chunks: Iterator[AudioChunk]) -> None:
+        try:
+            self._drain(chunks)
+        except BaseException as exc:
+            if not self._cancel.is_set():
+                self._put(exc)
+        finally:
+            self._worker_done()
+
+    def _drain(self, chunks: Iterator[AudioChunk]) -> None:
+        for chunk in chunks:
+            if self._cancel.is_set() or not self._put(chunk):
+                return
         self._put(_END)
 
     def __aiter__(self) -> AsyncIterator[AudioChunk]:

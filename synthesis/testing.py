@@ -69,6 +69,7 @@ class ScriptedEngine:
         delay_s: float = 0.0,
         fail_after: int | None = None,
         lead_in_s: float = 0.0,
+        any_thread: bool = False,
     ) -> None:
         self.chunk_s = chunk_s
         self.chunks = chunks
@@ -76,6 +77,9 @@ class ScriptedEngine:
         self.delay_s = delay_s
         self.fail_after = fail_after
         self.lead_in_s = lead_in_s
+        self.any_thread = any_thread
+        self.chunk_threads: list[str] = []
+        """The name of the thread that made each chunk."""
         self.produced_chunks = 0
         self.requests: list[SynthesisRequest] = []
         self.cancel_seen = threading.Event()
@@ -94,7 +98,9 @@ class ScriptedEngine:
 
     @property
     def capabilities(self) -> EngineCapabilities:
-        return EngineCapabilities(frozenset({Mode.SFT}), self._rate, ("xx",))
+        return EngineCapabilities(
+            frozenset({Mode.SFT}), self._rate, ("xx",), any_thread=self.any_thread
+        )
 
     def register_voice(
         self, voice_id: str, reference: ReferenceAudio, reference_text: str | None
@@ -119,6 +125,7 @@ class ScriptedEngine:
             if self.delay_s:
                 time.sleep(self.delay_s)
             self.produced_chunks += 1
+            self.chunk_threads.append(threading.current_thread().name)
             yield AudioChunk(tone, self._rate)
 
     def close(self) -> None:

@@ -12,12 +12,51 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Final
 
 logger = logging.getLogger(__name__)
 
 WORKER_NICE: Final = 10
 """Added niceness of encode workers (CFS weight about 1/10 of the loop's)."""
+URGENT_NICE: Final = 5
+"""Added niceness of first-chunk synthesis threads when the loop runs below 0: behind
+the pacer, ahead of every process at the default 0."""
+
+
+def thread_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def raise_loop_priority(nice: int) -> int:
+    """Ask for niceness ``nice`` on the calling (event loop) thread, if that is a raise;
+    returns the niceness it has. Threads it starts later inherit it."""
+    if sys.platform != "linux" or nice >= thread_nice():
+        return thread_nice() if sys.platform == "linux" else 0
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as exc:
+        logger.info(
+            "event loop priority stays at nice %d (%s): run as root or with CAP_SYS_NICE"
+            " (docker/podman: --cap-add SYS_NICE) so busy neighbours cannot delay speech",
+            thread_nice(),
+            exc,
+        )
+    return thread_nice()
+
+
+def urgent_thread_priority(loop_nice: int) -> Callable[[], object]:
+    """A thread initializer for first-chunk synthesis: :data:`URGENT_NICE` above a
+    raised loop, level with a loop at 0 or above (never below everyone else)."""
+    target = loop_nice + URGENT_NICE if loop_nice < 0 else loop_nice
+
+    def initialize() -> bool:
+        if sys.platform != "linux":
+            return False
+        current = thread_nice()
+        return current == target or lower_thread_priority(target - current)
+
+    return initialize
 
 
 def lower_thread_priority(increment: int = WORKER_NICE) -> bool:

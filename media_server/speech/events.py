@@ -49,8 +49,26 @@ class SpeechStarted(Event):
     stream_ts: int | None = None
     """RTP position of its first frame; null where nothing is paced (``/tts/ws``)."""
     owner: str | None = None
+    server_ms: dict[str, float] | None = None
+    """When each server stage first had output, in ms after the server received the
+    message (``synthesis``: a synthesis slot was held; ``first_chunk``: the engine's
+    first audio; ``first_packet``: its first Opus packets; ``sent``: this frame left).
+    A client subtracts ``sent`` from its own say → speech.started time to see the
+    network and its own side."""
     timings: dict[str, float | None] | None = None
     """Server stage times (``VMS_DEBUG_TIMINGS``): see ``UtteranceTimings``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechQueued(Event):
+    """Every synthesis slot was busy: the utterance waits for one, ``position`` in line
+    (1: next). ``speech.started`` follows, or an ``error`` (``engine_busy``) once it has
+    waited ``VMS_SYNTHESIS_QUEUE_TIMEOUT_S``."""
+
+    kind: ClassVar[str] = "speech.queued"
+    id: str
+    position: int
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

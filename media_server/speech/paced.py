@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
@@ -140,6 +141,7 @@ class PacedSpeech:
         self._buffered = 0
         task, self._task = self._task, None
         await cancel_and_wait(task)
+        self._synthesis.forget(self)
 
     # -- playout (called by the pacer once per tick) --------------------------
 
@@ -242,11 +244,18 @@ class PacedSpeech:
                     await self._space.wait()
             return not utterance.cancelled
 
+        continuation = False
         while (piece := await utterance.next_piece()) is not None:
             request = dataclasses.replace(utterance.request, text=piece)
+            stream = await self._synthesis.open(
+                request,
+                self,
+                continuation=continuation,
+                on_queued=functools.partial(self.queue.queued, utterance),
+            )
+            continuation = True
             if utterance.timings.synthesis_started_ms is None:
                 utterance.timings.synthesis_started_ms = monotonic_ms()
-            stream = self._synthesis.stream(request)
             try:
                 async for chunk in stream:
                     if utterance.timings.first_chunk_ms is None:

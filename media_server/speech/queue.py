@@ -22,6 +22,7 @@ from media_server.speech.events import (
     Event,
     SpeechCancelled,
     SpeechDone,
+    SpeechQueued,
     SpeechStarted,
 )
 from synthesis import ClientError, SynthesisRequest
@@ -52,13 +53,27 @@ class UtteranceTimings:
     received_ms: float | None = None
     """The data channel (or WebSocket) handed over the message that opened it."""
     synthesis_started_ms: float | None = None
-    """Its first piece of text was handed to the synthesis service."""
+    """Its first piece of text held a synthesis slot (after any wait for one)."""
     first_chunk_ms: float | None = None
     """The engine's first audio chunk reached the event loop."""
     first_packets_ms: float | None = None
     """Its first Opus packets were queued for playout."""
     first_sent_ms: float | None = None
     """The pacer took its first packet (``speech.started`` is sent right then)."""
+
+    def since_received(self) -> dict[str, float] | None:
+        """The stages in ms after :attr:`received_ms` (``speech.started``'s ``server_ms``)."""
+        if self.received_ms is None:
+            return None
+        stages = {
+            "synthesis": self.synthesis_started_ms,
+            "first_chunk": self.first_chunk_ms,
+            "first_packet": self.first_packets_ms,
+            "sent": self.first_sent_ms,
+        }
+        return {
+            name: round(at - self.received_ms, 1) for name, at in stages.items() if at is not None
+        }
 
     def as_dict(self) -> dict[str, float | None]:
         return {
@@ -326,6 +341,11 @@ class UtteranceQueue:
             await self._wakeup.wait()
         return self._to_produce.popleft()
 
+    def queued(self, utterance: Utterance, position: int) -> None:
+        """Its synthesis waits for a slot, ``position`` in line: ``speech.queued``."""
+        if not utterance.cancelled:
+            self._on_event(SpeechQueued(utterance.utterance_id, position, utterance.owner))
+
     def failed(self, utterance: Utterance, exc: ClientError) -> None:
         """Synthesis of ``utterance`` failed: an ``error`` event unless it was cancelled."""
         utterance.failed = True
@@ -339,8 +359,16 @@ class UtteranceQueue:
         utterance.started = True
         utterance.first_pts = stream_ts
         utterance.timings.first_sent_ms = monotonic_ms()
-        timings = utterance.timings.as_dict() if self._debug_timings else None
-        self._on_event(SpeechStarted(utterance.utterance_id, stream_ts, utterance.owner, timings))
+        timings = utterance.timings
+        self._on_event(
+            SpeechStarted(
+                utterance.utterance_id,
+                stream_ts,
+                utterance.owner,
+                timings.since_received(),
+                timings.as_dict() if self._debug_timings else None,
+            )
+        )
 
     def finished(self, utterance: Utterance) -> None:
         """Its last audio left (or it failed): it leaves the queue, with ``speech.done``

@@ -381,3 +381,43 @@ async def test_speech_started_carries_the_timings_only_when_asked() -> None:
             assert stamps == sorted(stamps) and stamps[0] == round(received, 3)
             assert stamps[-1] <= monotonic_ms()
         await speaker.aclose()
+
+
+async def test_a_say_that_finds_the_engine_busy_is_queued_then_spoken() -> None:
+    engine = ScriptedEngine(chunk_s=0.1, chunks=2, delay_s=0.05)
+    service = SynthesisService(engine, 1)
+    streams = []
+    for _ in range(2):
+        events: list[dict[str, Any]] = []
+        speaker = PacedSpeech(
+            service, StreamEncoder(OpusSettings()), lambda e, out=events: out.append(e.as_dict())
+        )
+        speaker.start()
+        streams.append((speaker, events))
+    for number, (speaker, _) in enumerate(streams):
+        speaker.queue.say(req("hello"), f"s{number}")
+    for speaker, _ in streams:
+        await wait_buffered(speaker, 9)
+        await play(speaker, 15)
+    first, second = (events for _, events in streams)
+    assert [e["type"] for e in first] == ["speech.started", "speech.done"]
+    assert [e["type"] for e in second] == ["speech.queued", "speech.started", "speech.done"]
+    assert second[0] == {"type": "speech.queued", "id": "s1", "position": 1}
+    for speaker, _ in streams:
+        await speaker.aclose()
+    assert service.stats().refused_total == 0
+    service.close()
+
+
+async def test_speech_started_carries_server_times_since_the_message_arrived() -> None:
+    speaker, events = make(ScriptedEngine(chunk_s=0.1, chunks=2))
+    utterance = speaker.queue.say(req("hello"), "a")
+    utterance.timings.received_ms = monotonic_ms()
+    await wait_buffered(speaker, 9)
+    await play(speaker, 2)
+    server_ms = events[0]["server_ms"]
+    assert list(server_ms) == ["synthesis", "first_chunk", "first_packet", "sent"]
+    assert 0 <= server_ms["synthesis"] <= server_ms["first_chunk"] <= server_ms["first_packet"]
+    assert server_ms["first_packet"] <= server_ms["sent"]
+    assert "timings" not in events[0]  # the absolute stamps stay behind VMS_DEBUG_TIMINGS
+    await speaker.aclose()
