@@ -19,7 +19,7 @@ QUIET: Final = 10 ** (-50 / 20)
 """A sample below this (-50 dBFS of full scale 1.0) is silence for trimming."""
 LEAD_KEEP_MS: Final = 10
 """Silence kept before a piece's first sound (the onset's soft start)."""
-TRAIL_KEEP_MS: Final = {"word": 40, "clause": 150}
+TRAIL_KEEP_MS: Final = {"word": 20, "clause": 150}
 """Silence kept after a piece's last sound, by how it ends: a cut inside a clause gets a
 word gap, a comma a short breath; a sentence end keeps what the engine made."""
 
