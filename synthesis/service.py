@@ -179,10 +179,20 @@ class SynthesisService:
         are busy (``on_queued`` is told the position once); :class:`EngineBusy` only
         after :attr:`queue_timeout_s`. ``continuation``: a later piece of an utterance
         that is already speaking, served after waiting first pieces."""
+        await self._acquire(owner, continuation, on_queued)
+        return self._new_stream(request, Caller.LIVE, owner)
+
+    async def _acquire(
+        self,
+        owner: object,
+        continuation: bool,
+        on_queued: Callable[[int], None] | None = None,
+    ) -> None:
+        """Take a live slot, waiting in fair order for one."""
         if self._running < self.max_concurrent and not self._waiters:
             self._waiters.served(owner)
             self._running += 1
-            return self._new_stream(request, Caller.LIVE)
+            return
         waiter, position = self._waiters.add(owner, continuation)
         self._queued_total += 1
         if on_queued is not None:
@@ -203,11 +213,14 @@ class SynthesisService:
             raise
         finally:
             self._wait_max_ms = max(self._wait_max_ms, (time.monotonic() - started) * 1000)
-        return self._new_stream(request, Caller.LIVE)
 
-    def _new_stream(self, request: SynthesisRequest, caller: Caller) -> SynthesisStream:
+    def _new_stream(
+        self, request: SynthesisRequest, caller: Caller, owner: object = None
+    ) -> SynthesisStream:
         self._started_total += 1
         any_thread = self.engine.capabilities.any_thread
+        # a live stream far ahead of its listener gives its slot back until it needs it
+        parks = any_thread and caller is Caller.LIVE
         return SynthesisStream(
             self.engine,
             request,
@@ -215,6 +228,7 @@ class SynthesisService:
             rest_executor=self._background if any_thread else None,
             chunk_timeout_s=self._chunk_timeout_s,
             on_finished=functools.partial(self._release, caller),
+            reacquire=functools.partial(self._acquire, owner, True) if parks else None,
         )
 
     def _release(self, caller: Caller) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Final
 
 from synthesis.base import Engine
@@ -33,6 +34,14 @@ class _End:
 _END: Final = _End()
 
 
+class _Parked:
+    pass
+
+
+_PARKED: Final = _Parked()
+"""Queued when the worker let go of its slot because the reader is far behind."""
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -47,7 +56,14 @@ class SynthesisStream:
     the request with ``error="timeout"``. :meth:`aclose` sets the cancel flag,
     unblocks the worker and awaits it (at most :data:`CLOSE_WAIT_S`; a hung
     engine keeps its thread until it returns). ``on_finished`` runs on the loop
-    exactly once, when no thread works for this stream any more.
+    each time the stream lets go of its slot: when no thread works for it any more.
+
+    With ``reacquire`` (and a ``rest_executor``) a worker that finds the reader
+    :data:`MAX_CHUNKS_AHEAD` chunks behind *parks* instead of waiting: it keeps the
+    engine's generator and the chunk in hand, gives its slot back, and the reader,
+    once it has taken what was queued, awaits ``reacquire`` (a slot, in fair order)
+    and resumes it. A long utterance so holds a slot while it synthesises, not while
+    its audio plays.
     """
 
     def __init__(
@@ -60,14 +76,20 @@ class SynthesisStream:
         max_chunks_ahead: int = MAX_CHUNKS_AHEAD,
         chunk_timeout_s: float = CHUNK_TIMEOUT_S,
         on_finished: Callable[[], None] | None = None,
+        reacquire: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._engine = engine
         self._request = request
         self._executor = executor
         self._rest_executor = rest_executor
-        self._queue: asyncio.Queue[AudioChunk | BaseException | _End] = asyncio.Queue(
-            max_chunks_ahead
+        self._ahead = max_chunks_ahead
+        self._reacquire = reacquire if rest_executor is not None else None
+        self._parked: tuple[Iterator[AudioChunk], AudioChunk] | None = None
+        # a stream that may park keeps one place more: the parked marker always fits
+        self._queue: asyncio.Queue[AudioChunk | BaseException | _End | _Parked] = asyncio.Queue(
+            max_chunks_ahead + (self._reacquire is not None)
         )
+        self._holding = True
         self._cancel = threading.Event()
         self._worker: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -76,9 +98,13 @@ class SynthesisStream:
         self._on_finished = on_finished
 
     def _finished(self, _: object = None) -> None:
-        callback, self._on_finished = self._on_finished, None
-        if callback is not None:
-            callback()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Give the slot back (once per time it was taken)."""
+        if self._holding and self._on_finished is not None:
+            self._holding = False
+            self._on_finished()
 
     def start(self) -> None:
         if self._worker is not None:
@@ -148,20 +174,53 @@ class SynthesisStream:
             if not handed_off:
                 self._worker_done()
 
-    def _run_rest(self, chunks: Iterator[AudioChunk]) -> None:
+    def _run_rest(self, chunks: Iterator[AudioChunk], pending: AudioChunk | None = None) -> None:
+        parked = False
         try:
-            self._drain(chunks)
+            parked = self._drain(chunks, pending)
         except BaseException as exc:
             if not self._cancel.is_set():
                 self._put(exc)
         finally:
-            self._worker_done()
+            if not parked:
+                self._worker_done()
 
-    def _drain(self, chunks: Iterator[AudioChunk]) -> None:
-        for chunk in chunks:
-            if self._cancel.is_set() or not self._put(chunk):
-                return
+    def _drain(self, chunks: Iterator[AudioChunk], pending: AudioChunk | None = None) -> bool:
+        """Hand every chunk over; True if it parked instead (the thread lets go)."""
+        items = chunks if pending is None else itertools.chain((pending,), chunks)
+        for chunk in items:
+            if self._cancel.is_set():
+                return False
+            if self._reacquire is not None and self._queue.qsize() >= self._ahead:
+                assert self._loop is not None
+                try:
+                    self._loop.call_soon_threadsafe(self._park, chunks, chunk)
+                except RuntimeError:  # loop closed
+                    return False
+                return True
+            if not self._put(chunk):
+                return False
         self._put(_END)
+        return False
+
+    def _park(self, chunks: Iterator[AudioChunk], chunk: AudioChunk) -> None:
+        """On the loop: the worker let go; give the slot back until the reader needs more."""
+        if self._done:  # closed while it parked: nothing works for it any more
+            if self._worker is not None:
+                _resolve(self._worker)
+            return
+        self._parked = (chunks, chunk)
+        self._queue.put_nowait(_PARKED)
+        self._let_go()
+
+    async def _resume(self) -> None:
+        """The reader caught up with a parked worker: take a slot again and go on."""
+        assert self._reacquire is not None and self._parked is not None
+        await self._reacquire()
+        self._holding = True
+        chunks, chunk = self._parked
+        self._parked = None
+        self._submit(self._rest_executor, self._run_rest, chunks, chunk)
 
     def __aiter__(self) -> AsyncIterator[AudioChunk]:
         return self
@@ -176,6 +235,10 @@ class SynthesisStream:
             # kept running and closing its session hung
             async with asyncio.timeout(self._chunk_timeout_s):
                 item = await self._queue.get()
+            while isinstance(item, _Parked):
+                await self._resume()  # outside the timeout: waiting for a slot has its own
+                async with asyncio.timeout(self._chunk_timeout_s):
+                    item = await self._queue.get()
         except TimeoutError:
             self._done = True
             self._cancel.set()
@@ -209,6 +272,10 @@ class SynthesisStream:
         self._done = True
         while not self._queue.empty():
             self._queue.get_nowait()
+        if self._parked is not None:  # no thread works for it
+            self._parked = None
+            if self._worker is not None:
+                _resolve(self._worker)
         if self._worker is None:
             self._finished()
             return

@@ -81,3 +81,37 @@ async def test_the_first_chunk_runs_on_an_urgent_thread_and_the_rest_in_the_back
     assert not any(name.startswith("synthesis-scripted-first") for name in engine.chunk_threads[1:])
     assert service.running == 0
     service.close()
+
+
+async def test_a_stream_far_ahead_of_its_reader_gives_its_slot_back_until_it_needs_it() -> None:
+    engine = ScriptedEngine(chunk_s=0.01, chunks=20, any_thread=True)
+    service = SynthesisService(engine, 1)
+    long = await service.open(REQUEST, "a")
+    first = await long.__anext__()
+    for _ in range(100):  # the reader stops: the worker parks and lets go of the slot
+        if service.running == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert service.running == 0 and engine.produced_chunks < 20
+    other = await asyncio.wait_for(service.open(REQUEST, "b"), 1)  # no wait for a slot
+    assert len([chunk async for chunk in other]) == 20
+    await other.aclose()
+    rest = [chunk async for chunk in long]  # the reader is back: it takes a slot again
+    assert len(rest) == 19 and first is not None
+    await long.aclose()
+    assert service.running == 0 and service.stats().queued_total == 0
+    service.close()
+
+
+async def test_closing_a_parked_stream_frees_everything() -> None:
+    engine = ScriptedEngine(chunk_s=0.01, chunks=20, any_thread=True)
+    service = SynthesisService(engine, 1)
+    stream = await service.open(REQUEST, "a")
+    await stream.__anext__()
+    for _ in range(100):
+        if service.running == 0:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(stream.aclose(), 1)
+    assert service.running == 0
+    service.close()

@@ -281,3 +281,32 @@ async def test_debug_timings_and_a_stats_window_over_real_http(
     assert "per_session" not in stats  # no operator token: no session ids
     window = await server_stats(voice, http)
     assert window["frames_sent"] < 10
+
+
+@pytest.mark.parametrize("settings", [loopback_settings(synthesis_workers=1)])
+async def test_a_say_that_finds_the_engine_busy_waits_and_is_spoken(
+    client: TestClient, voice: WhepClient, http: aiohttp.ClientSession, settings: Settings
+) -> None:
+    """One synthesis slot, two sessions saying at once: the second is queued (with its
+    place), not refused, and both are heard; server_ms splits each one's wait."""
+    other = WhepClient(voice.base_url)
+    await other.connect(http)
+    try:
+        # far longer than the 5 s buffered ahead: its synthesis holds the slot until cancelled
+        voice.say(" ".join(["A sentence of some length, so that it plays a while."] * 8), "first")
+        assert (await voice.next_event())["type"] == "speech.started"
+        other.say("And then the second one.", "second")
+        queued = await other.next_event()
+        assert queued == {"type": "speech.queued", "id": "second", "position": 1}
+        voice.cancel()  # frees the slot: the second is spoken at once
+        assert (await voice.next_event())["type"] == "speech.cancelled"
+        started = await other.next_event()
+        assert started["type"] == "speech.started" and started["id"] == "second"
+        stages = started["server_ms"]
+        assert stages["synthesis"] <= stages["first_chunk"] <= stages["sent"]
+        assert (await other.next_event())["type"] == "speech.done"
+        async with http.get(f"{voice.base_url}/stats") as resp:
+            synthesis = (await resp.json())["synthesis"]
+        assert synthesis["queued_total"] == 1 and synthesis["refused_total"] == 0
+    finally:
+        await other.close(http)
