@@ -13,7 +13,6 @@ WHEP client: one ``say`` per sentence, the next after ``speech.done``; ``speech.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -158,11 +157,7 @@ ROWS: Final = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.latency",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = report.command_line("bench.latency", __doc__)
     parser.add_argument("--sentences", type=int, default=None, help="sentences to measure")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_SENTENCES} sentences")
     args = parser.parse_args(argv)
