@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import importlib.util
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Collection, Sequence
 from typing import Any, Final
 
@@ -32,7 +34,7 @@ from tests.browser_check import CHROMIUM, CHROMIUM_ARGS
 
 LEVEL_DBFS: Final = -45.0
 WARM_UP: Final = "Warming up the voice before the measured sentences."
-HARVARD: Final = (  # the Harvard sentences (IEEE 1969), list 1 and 2: similar, fresh each run
+HARVARD: Final = (  # Harvard sentences (IEEE 1969), list 1: alike in length, fresh each run
     "The birch canoe slid on the smooth planks.",
     "Glue the sheet to the dark blue background.",
     "It is easy to tell the depth of a well.",
@@ -43,8 +45,6 @@ HARVARD: Final = (  # the Harvard sentences (IEEE 1969), list 1 and 2: similar, 
     "The hogs were fed chopped corn and garbage.",
     "Four hours of steady work faced us.",
     "A large size in stockings is hard to sell.",
-    "The boy was there when the sun rose.",
-    "A rod is used to catch pink salmon.",
 )
 SERVERS: Final = {  # name: (module, env)
     "ours": ("signaling", {"VMS_DEBUG_TIMINGS": "1"}),
@@ -138,6 +138,7 @@ def descendants(pid: int) -> set[int]:
 
 
 def threads(pids: Collection[int]) -> list[int]:
+    """Every thread id of ``pids``: what sched_setaffinity pins, one at a time."""
     return [int(t.rsplit("/", 1)[1]) for pid in pids for t in glob.glob(f"/proc/{pid}/task/*")]
 
 
@@ -157,6 +158,12 @@ def pin_threads(server: int, browser: Collection[int]) -> None:
         for tid in tids:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(tid, {core})
+
+
+def cpu_clocks(server: int, browser: Collection[int]) -> tuple[float, ...]:
+    """Wall time, the machine's busy CPU, the server's, the browser's: the machine is shared."""
+    cpu = (report.process_cpu_s(server), sum(map(report.process_cpu_s, browser)))
+    return (time.monotonic(), report.system_busy_s(), *cpu)
 
 
 async def measure(server: str, pinned: bool, runs: int) -> tuple[list[dict[str, Any]], str]:
@@ -181,13 +188,14 @@ async def measure(server: str, pinned: bool, runs: int) -> tuple[list[dict[str, 
                 await page.goto(url)
                 audio = await page.evaluate("connect", report.OPERATOR_TOKEN)
                 texts = [WARM_UP, *(HARVARD[i % len(HARVARD)] for i in range(runs))]
-                said = []
+                said, clocks = [], []
                 for i, text in enumerate(texts):
                     said.append(await asyncio.wait_for(page.evaluate("say", [f"r{i}", text]), 60))
                     if 0 < i < runs:
                         continue
                     tree = descendants(os.getpid()) - {pid}  # Playwright's driver, Chromium
                     where = f"server {cores([pid])}, Chromium + driver {cores(tree)}"
+                    clocks.append(cpu_clocks(pid, tree | {os.getpid()}))
                     if i == 0 and pinned:  # the voice is loaded, Chromium plays: threads exist
                         pin_threads(pid, tree)
                         pinned_at_start = f"after the warm-up {where}, re-pinned;\n  "
@@ -196,8 +204,12 @@ async def measure(server: str, pinned: bool, runs: int) -> tuple[list[dict[str, 
     finally:
         os.sched_setaffinity(0, every)
         process.stop()
+    wall, busy, server_s, browser_s = (e - s for s, e in zip(*clocks, strict=True))
+    use = f"server {server_s / wall:.2f}, Chromium + bench {browser_s / wall:.2f}, the rest " \
+        f"{max(0.0, busy - server_s - browser_s) / wall:.2f}"  # fmt: skip
     mode = "pinned" if pinned else "shared"
-    return said[1:], f"{server}, {mode} (audio {audio})\n  {pinned_at_start}at the end {where}"
+    return said[1:], (f"{server}, {mode} (audio {audio})\n  {pinned_at_start}at the end {where}"
+                      f"\n  cores busy over the measured runs: {use}")  # fmt: skip
 
 
 def server_ms(event: dict[str, Any] | None) -> str:
@@ -244,7 +256,7 @@ def print_summary(results: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
             median = report.fmt(float(np.median(values)), digits)
             rows.append((server, mode, header, str(values.size), median, spread, p90))
     report.print_table(
-        "Summary (ms)", ("server", "mode", "say ->", "runs", "median", "min-max", "p90"), rows,
+        "Summary (ms)", ("server", "mode", "measure", "runs", "median", "min-max", "p90"), rows,
         left=(0, 1, 2),
     )  # fmt: skip
 
@@ -269,13 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = args.runs or (2 if args.quick else 5)
     mode = args.mode or ("pinned" if args.quick else "both")
     modes = ("pinned", "shared") if mode == "both" else (mode,)
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        print("bench.browser skipped: the 'playwright' Python package is not installed")
-        return 0
-    if not CHROMIUM.exists():
-        print(f"bench.browser skipped: {CHROMIUM} is missing (apt-get install chromium)")
+    if importlib.util.find_spec("playwright") is None or not CHROMIUM.exists():
+        print(f"bench.browser skipped: it needs the playwright package and {CHROMIUM}")
         return 0
     if len(os.sched_getaffinity(0)) < 2 and "pinned" in modes:
         print("bench.browser: pinned needs 2 cores; shared only")
