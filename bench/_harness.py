@@ -43,7 +43,7 @@ from media_server.audio.resampler import StreamResampler
 from media_server.config import Settings
 from media_server.rooms.tokens import Role, TokenSigner
 from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
-from synthesis import AudioChunk, EngineCapabilities, SynthesisError, VoiceInfo, create_engine
+from synthesis import AudioChunk, EngineCapabilities, Unsupported, VoiceInfo, create_engine
 from synthesis.request import Mode, ReferenceAudio, SynthesisRequest
 
 SERVER_CORE: Final = 0
@@ -100,7 +100,7 @@ class ReplayEngine:
     def register_voice(
         self, voice_id: str, reference: ReferenceAudio, reference_text: str | None
     ) -> VoiceInfo:
-        raise SynthesisError("the replay engine cannot clone voices", error="unsupported")
+        raise Unsupported(None, "the replay engine cannot clone voices", "use piper or cosyvoice")
 
     def close(self) -> None:
         pass

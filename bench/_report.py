@@ -161,23 +161,24 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``voice-media-server`` (``python -m signaling``) in its own process on 127.0.0.1,
-    with ``env`` (``VMS_*``) on top of this environment and, with ``operator``, the
-    bench's operator token (without it the server is open to any loopback client); with
-    ``core``, pinned to that core from its start (threads and encode workers included)."""
+    """``voice-media-server`` (``python -m signaling``, or ``module`` taking its flags) in its
+    own process on 127.0.0.1, with ``env`` (``VMS_*``) on top of this environment and, with
+    ``operator``, the bench's operator token (without it the server is open to any loopback
+    client); ``cores``: the CPUs it may run on (set before it starts any thread)."""
 
     def __init__(
-        self, env: Mapping[str, str] | None = None, operator: bool = True, core: int | None = None
-    ) -> None:
+        self, env: Mapping[str, str] | None = None, operator: bool = True,
+        module: str = "signaling", cores: set[int] | None = None,
+    ) -> None:  # fmt: skip
         self.port = free_port()
         self.base = f"http://{LOOPBACK}:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "signaling", "--port", str(self.port),
+            [*(["taskset", "-c", ",".join(map(str, sorted(cores)))] if cores else []),
+             sys.executable, "-m", module, "--port", str(self.port),
              "--ice-host-address", LOOPBACK, "--log-level", "WARNING"],
             env={**os.environ, **({"VMS_API_TOKEN": OPERATOR_TOKEN} if operator else {}),
                  **(env or {})},
             stdout=subprocess.DEVNULL,  # aiohttp's "Running on" banner
-            preexec_fn=None if core is None else lambda: os.sched_setaffinity(0, {core}),
         )  # fmt: skip
 
     async def ready(self, http: aiohttp.ClientSession) -> None:
@@ -229,6 +230,13 @@ async def recv_message(conn: Connection, timeout_s: float | None) -> Any:
         finally:
             loop.remove_reader(conn.fileno())
     return conn.recv()
+
+
+def command_line(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The command line of ``python -m module``, its help the module's docstring as written."""
+    return argparse.ArgumentParser(
+        f"python -m {module}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def counts(text: str) -> tuple[int, ...]:

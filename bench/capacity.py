@@ -17,7 +17,6 @@ same while peers join at 20/s, each staying 1 s); 3 ``pacing`` (half load, a lon
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import logging
@@ -31,7 +30,7 @@ import aiohttp
 
 from bench import _harness as rig
 from bench._peers import PEERS_CORE
-from bench._report import counts, positive, print_table, rss_mb, server_stats
+from bench._report import command_line, counts, positive, print_table, rss_mb, server_stats
 
 MODES: Final = (rig.MODE_NAIVE, rig.MODE_AIORTC)
 RUNS: Final = ("speaking", "joining", "pacing", "memory", "piper")
@@ -181,11 +180,7 @@ async def run_memory(config: Config, speech: rig.ReplayEngine) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.capacity",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_line("bench.capacity", __doc__)
     add = parser.add_argument
     add("--quick", action="store_true", help="every run, small (CI)")
     add("--run", choices=RUNS, action="append", help="only these runs")

@@ -14,7 +14,6 @@ each with its own). A step passes with pacer lateness p99 < 10 ms and no underru
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import logging
@@ -25,7 +24,7 @@ from typing import Final
 
 from bench import _harness as rig
 from bench._peers import PEERS_CORE
-from bench._report import counts, positive
+from bench._report import command_line, counts, positive
 
 DEFAULT_PLAN: Final = rig.Plan(
     (*range(5, 45, 5), 50, 60, 80, 100, 120, 160, 200, 240, 280, 320),
@@ -37,11 +36,7 @@ QUICK_PLAN: Final = rig.Plan((10, 50, 100), settle_s=2.0, hold_s=3.0, mode_budge
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.fanout",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_line("bench.fanout", __doc__)
     parser.add_argument("--quick", action="store_true", help="a few small steps, under a minute")
     parser.add_argument("--steps", type=counts, help="listener counts to ramp through")
     parser.add_argument("--hold", type=positive(float), help="seconds measured per step")

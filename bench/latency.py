@@ -203,7 +203,7 @@ LOAD_ROWS: Final = (
 
 async def load_run(env: dict[str, str], args: argparse.Namespace) -> tuple[str, list[str]]:
     """One server under the load: its column of the table (a title, cells as in LOAD_ROWS)."""
-    server = report.ServerProcess({"VMS_DEBUG_TIMINGS": "1", **env}, core=SERVER_CORE)
+    server = report.ServerProcess({"VMS_DEBUG_TIMINGS": "1", **env}, cores={SERVER_CORE})
     clients = [WhepClient(server.base) for _ in range(args.sessions)]
     said: dict[str, float] = {}  # utterance id -> say sent, monotonic ms
 
@@ -292,11 +292,7 @@ def main_load(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.latency",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = report.command_line("bench.latency", __doc__)
     parser.add_argument("--sentences", type=int, default=None, help="sentences to measure")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_SENTENCES} sentences")
     parser.add_argument("--load", action="store_true", help="first speech under a steady load")

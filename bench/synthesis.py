@@ -13,7 +13,6 @@ sentence with the concurrency-1 streams: their difference is the service's own c
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib
@@ -35,6 +34,7 @@ import numpy as np
 
 from bench._report import (
     SENTENCES,
+    command_line,
     counts,
     fmt,
     p50_p90_max,
@@ -334,11 +334,7 @@ def print_results(runs: Sequence[Run]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.synthesis",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_line("bench.synthesis", __doc__)
     add = parser.add_argument
     add("--engine", default="piper", help="engine name (default piper)")
     add("--model-dir", type=Path, help="model directory (set as VMS_<ENGINE>_MODEL_DIR)")
