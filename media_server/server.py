@@ -23,6 +23,7 @@ from media_server.rtc.ice import restrict_host_addresses
 from media_server.runtime.collector import CollectionScheduler
 from media_server.runtime.heap import HeapTrimmer, glibc_malloc_trim
 from media_server.runtime.priority import (
+    encode_thread_priority,
     lower_thread_priority,
     raise_loop_priority,
     urgent_thread_priority,
@@ -111,7 +112,7 @@ class MediaServer:
         self._encode_pool = DeadlineExecutor(
             settings.encode_thread_count,
             thread_name_prefix="opus-encode",
-            initializer=lower_thread_priority,
+            initializer=encode_thread_priority(loop_nice),
         )
         # One Opus complexity for every stream, lowered when encoding outgrows its budget.
         self._budget = EncodeBudget(

@@ -21,6 +21,10 @@ MAX_CHUNKS_AHEAD: Final = 4
 """How many synthesised chunks may wait unread before the worker pauses."""
 CHUNK_TIMEOUT_S: Final = 30.0
 """An engine silent this long (first chunk included) has hung: the request fails."""
+URGENT_CHUNKS: Final = 2
+"""Chunks made on the urgent thread before the rest moves to the background one: the
+first decides when speech starts, and the second must arrive before the first (a few
+words) has played, or the listener hears a gap."""
 CLOSE_WAIT_S: Final = 2.0
 """``aclose`` waits this long for the worker; a hung one is left to finish on its own."""
 
@@ -157,12 +161,13 @@ class SynthesisStream:
         try:
             chunks = iter(self._engine.synthesize(self._request, self._cancel))
             if self._rest_executor is not None:
-                first = next(chunks, _END)
-                if isinstance(first, _End):
-                    self._put(_END)
-                    return
-                if self._cancel.is_set() or not self._put(first):
-                    return
+                for _ in range(URGENT_CHUNKS):
+                    chunk = next(chunks, _END)
+                    if isinstance(chunk, _End):
+                        self._put(_END)
+                        return
+                    if self._cancel.is_set() or not self._put(chunk):
+                        return
                 self._submit(self._rest_executor, self._run_rest, chunks)
                 handed_off = True
                 return

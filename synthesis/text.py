@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from typing import Final
 
-FIRST_PIECE_MIN_CHARS: Final = 12
-"""The first piece has at least this much text (about 0.7 s of speech)..."""
+FIRST_PIECE_MIN_CHARS: Final = 8
+"""The first piece has at least this much text (two or three words, about 0.5 s)..."""
 FIRST_PIECE_MAX_CHARS: Final = 40
 """...and is cut at a natural boundary within this much (about 2 s), when it has one."""
-WHOLE_FIRST_SENTENCE_CHARS: Final = 28
-"""A first sentence this short (about 1.5 s) is spoken whole: a cut would save little."""
+WHOLE_FIRST_SENTENCE_CHARS: Final = 20
+"""A first sentence this short (about 1.2 s) is spoken whole: a cut would save little."""
 FIRST_CLAUSE_MAX_CHARS: Final = 60
 """Without a boundary in the first few words, a clause boundary up to here will do."""
 REST_MIN_CHARS: Final = 8

@@ -45,6 +45,13 @@ def raise_loop_priority(nice: int) -> int:
     return thread_nice()
 
 
+def encode_thread_priority(loop_nice: int) -> Callable[[], object]:
+    """A thread initializer for Opus encoding: at the first chunks' level below a raised
+    loop (synthesis must not starve the encoding of speech already playing), otherwise
+    :data:`WORKER_NICE` below the loop as ever (level with it would cost pacing)."""
+    return urgent_thread_priority(loop_nice) if loop_nice < 0 else lower_thread_priority
+
+
 def urgent_thread_priority(loop_nice: int) -> Callable[[], object]:
     """A thread initializer for first-chunk synthesis: :data:`URGENT_NICE` above a
     raised loop, level with a loop at 0 or above (never below everyone else)."""

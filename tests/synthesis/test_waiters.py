@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from synthesis import EngineBusy, SynthesisRequest, SynthesisService
+from synthesis.stream import URGENT_CHUNKS
 from synthesis.testing import ScriptedEngine
 from synthesis.waiters import WaitQueue
 
@@ -70,15 +71,15 @@ async def test_a_cancelled_waiter_leaves_no_slot_behind() -> None:
     service.close()
 
 
-async def test_the_first_chunk_runs_on_an_urgent_thread_and_the_rest_in_the_background() -> None:
-    engine = ScriptedEngine(chunk_s=0.05, chunks=3, any_thread=True)
+async def test_the_first_chunks_run_on_an_urgent_thread_and_the_rest_in_the_background() -> None:
+    engine = ScriptedEngine(chunk_s=0.05, chunks=4, any_thread=True)
     service = SynthesisService(engine, 2)
     stream = await service.open(REQUEST, "a")
     chunks = [chunk async for chunk in stream]
     await stream.aclose()
-    assert len(chunks) == 3
-    assert engine.chunk_threads[0].startswith("synthesis-scripted-first")
-    assert not any(name.startswith("synthesis-scripted-first") for name in engine.chunk_threads[1:])
+    assert len(chunks) == 4
+    urgent = [name.startswith("synthesis-scripted-first") for name in engine.chunk_threads]
+    assert urgent == [True] * URGENT_CHUNKS + [False] * (4 - URGENT_CHUNKS)
     assert service.running == 0
     service.close()
 
