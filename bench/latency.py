@@ -12,7 +12,8 @@ WHEP client: one ``say`` per sentence, the next after ``speech.done``; ``speech.
 ``POST /stats/window`` / ``GET /stats`` give the pacing.
 
 ``--load``: the server on core 0, N clients here on core 1, each saying a Harvard sentence
-every S s (+- 20 %) for D s, timed by ``speech.started``; then again with one synthesis slot.
+every S s (+- 20 %) for D s, timed by ``speech.started``; then again with 4 synthesis slots
+(the default is one per core the server may use: here one).
 """
 
 from __future__ import annotations
@@ -280,7 +281,7 @@ def main_load(args: argparse.Namespace) -> int:
     report.print_machine(("aiortc", "av", "piper-tts", "onnxruntime"), (("pinning", pinning),))
     os.sched_setaffinity(0, {PEERS_CORE})
     restrict_host_addresses(("127.0.0.1",))  # the clients offer loopback only
-    runs = [asyncio.run(load_run(env, args)) for env in ({}, {"VMS_SYNTHESIS_WORKERS": "1"})]
+    runs = [asyncio.run(load_run(env, args)) for env in ({}, {"VMS_SYNTHESIS_WORKERS": "4"})]
     report.print_table(
         f"{args.sessions} sessions, a Harvard sentence each every {args.every:g} s +- 20 % for"
         f" {args.duration:g} s (ms; p50 / p95 / max)",

@@ -16,6 +16,8 @@ API_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 
 MAX_DEFAULT_ENCODE_WORKERS = 4
 """Encode threads when ``encode_workers`` is not set and more CPUs are available."""
+MAX_DEFAULT_SYNTHESIS_WORKERS = 4
+"""Synthesis slots when ``synthesis_workers`` is not set and more CPUs are available."""
 
 
 class ConfigError(ValueError):
@@ -46,9 +48,10 @@ class Settings:
     idle_timeout_s: float = 300.0
     connect_timeout_s: float = 30.0
     disconnect_grace_s: float = 10.0
-    synthesis_workers: int = 4
-    """Requests the engine runs at once. A session's or room's next one waits for a slot
-    (``speech.queued``); ``POST /tts`` and ``/tts/ws`` get 503 / ``engine_busy``."""
+    synthesis_workers: int | None = None
+    """Requests the engine runs at once (None: :attr:`synthesis_slots`). A session's or
+    room's next one waits for a slot (``speech.queued``); ``POST /tts`` and ``/tts/ws``
+    get 503 / ``engine_busy``."""
     synthesis_queue_timeout_s: float = 10.0
     """A live request waiting this long for a synthesis slot gets ``engine_busy``."""
     loop_nice: int = -10
@@ -118,7 +121,6 @@ class Settings:
             "max_text_chars",
             "max_queued_utterances",
             "say_burst",
-            "synthesis_workers",
             "max_rooms",
             "max_room_participants",
             "max_remote_candidates",
@@ -144,8 +146,10 @@ class Settings:
             raise ConfigError("gc_full_interval_s must be 0 (off) or positive")
         if self.encode_workers is not None and self.encode_workers < 1:
             raise ConfigError("encode_workers must be at least 1")
+        if self.synthesis_workers is not None and self.synthesis_workers < 1:
+            raise ConfigError("synthesis_workers must be at least 1")
         if self.http_synthesis_slots is not None and not (
-            1 <= self.http_synthesis_slots <= self.synthesis_workers
+            1 <= self.http_synthesis_slots <= self.synthesis_slots
         ):
             raise ConfigError("http_synthesis_slots must be 1..synthesis_workers (or unset)")
         if self.token_secret is not None and len(self.token_secret.encode()) < 16:
@@ -175,6 +179,20 @@ class Settings:
         if self.encode_workers is not None:
             return self.encode_workers
         return max(1, min(MAX_DEFAULT_ENCODE_WORKERS, len(os.sched_getaffinity(0))))
+
+    @property
+    def synthesis_slots(self) -> int:
+        """:attr:`synthesis_workers`, or one per CPU this process may use (at most 4).
+
+        A CPU engine gains nothing from running more requests than it has cores: they
+        share the cores, every first chunk comes later, and the utterances already
+        playing run dry (``bench.latency --load``: on one core, 4 slots against 1 gave
+        hundreds of underruns and a slower p95; see docs/performance.md). Requests
+        beyond it wait in a fair queue instead. A GPU engine may want more.
+        """
+        if self.synthesis_workers is not None:
+            return self.synthesis_workers
+        return max(1, min(MAX_DEFAULT_SYNTHESIS_WORKERS, len(os.sched_getaffinity(0))))
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})

@@ -101,7 +101,7 @@ class MediaServer:
         self._engine = engine
         self._synthesis = SynthesisService(
             engine,
-            settings.synthesis_workers,
+            settings.synthesis_slots,
             http_slots=settings.http_synthesis_slots,
             chunk_timeout_s=settings.synthesis_chunk_timeout_s,
             thread_initializer=lower_thread_priority,
