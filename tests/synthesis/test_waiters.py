@@ -84,16 +84,21 @@ async def test_the_first_chunks_run_on_an_urgent_thread_and_the_rest_in_the_back
     service.close()
 
 
+async def until_parked(service: SynthesisService) -> None:
+    for _ in range(100):
+        if service.running == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the stream never gave its slot back")
+
+
 async def test_a_stream_far_ahead_of_its_reader_gives_its_slot_back_until_it_needs_it() -> None:
     engine = ScriptedEngine(chunk_s=0.01, chunks=20, any_thread=True)
     service = SynthesisService(engine, 1)
     long = await service.open(REQUEST, "a")
     first = await long.__anext__()
-    for _ in range(100):  # the reader stops: the worker parks and lets go of the slot
-        if service.running == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert service.running == 0 and engine.produced_chunks < 20
+    await until_parked(service)  # the reader stops: the worker parks, lets go of the slot
+    assert engine.produced_chunks < 20
     other = await asyncio.wait_for(service.open(REQUEST, "b"), 1)  # no wait for a slot
     assert len([chunk async for chunk in other]) == 20
     await other.aclose()
@@ -109,10 +114,7 @@ async def test_closing_a_parked_stream_frees_everything() -> None:
     service = SynthesisService(engine, 1)
     stream = await service.open(REQUEST, "a")
     await stream.__anext__()
-    for _ in range(100):
-        if service.running == 0:
-            break
-        await asyncio.sleep(0.01)
+    await until_parked(service)
     await asyncio.wait_for(stream.aclose(), 1)
     assert service.running == 0
     service.close()
