@@ -71,3 +71,24 @@ def test_encode_workers_follow_the_cpus_this_process_may_use(
         Settings(encode_workers=0)
     with pytest.raises(ConfigError, match="VMS_ENCODE_WORKERS"):
         settings_from_env({"VMS_ENCODE_WORKERS": "two"})
+
+
+def test_synthesis_slots_follow_the_cpus_and_queue_and_priority_settings_are_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("media_server.config.os.sched_getaffinity", lambda pid: {0})
+    assert Settings().synthesis_slots == 1
+    monkeypatch.setattr("media_server.config.os.sched_getaffinity", lambda pid: set(range(64)))
+    assert Settings().synthesis_slots == 4
+    env = {"VMS_SYNTHESIS_WORKERS": "6", "VMS_SYNTHESIS_QUEUE_TIMEOUT_S": "2.5"}
+    settings = settings_from_env({**env, "VMS_LOOP_NICE": "0"})
+    assert (settings.synthesis_slots, settings.synthesis_queue_timeout_s) == (6, 2.5)
+    assert settings.loop_nice == 0 and Settings().loop_nice == -10
+    for bad in (
+        {"synthesis_workers": 0},
+        {"synthesis_queue_timeout_s": 0.0},
+        {"loop_nice": -21},
+        {"http_synthesis_slots": 7, "synthesis_workers": 6},
+    ):
+        with pytest.raises(ConfigError):
+            Settings(**bad)  # type: ignore[arg-type]
