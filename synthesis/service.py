@@ -94,10 +94,11 @@ class SynthesisService:
     thread has really let go, so an engine that hangs costs capacity, never threads
     beyond the limit, and the server stays up.
 
-    Two thread pools: an engine's first chunk is synthesised on an ``urgent`` thread;
-    engines whose generators may be resumed on any thread
-    (``EngineCapabilities.any_thread``) continue on a background thread, which
-    ``thread_initializer`` may lower below everything else.
+    Two thread pools: engines whose generators may be resumed on any thread
+    (``EngineCapabilities.any_thread``) make their first chunks
+    (:data:`~synthesis.stream.URGENT_CHUNKS`) on an ``urgent`` thread and continue on a
+    background thread, which ``thread_initializer`` may lower below everything else;
+    other engines run on a background thread throughout.
     """
 
     def __init__(

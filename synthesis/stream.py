@@ -196,6 +196,8 @@ class SynthesisStream:
         for chunk in items:
             if self._cancel.is_set():
                 return False
+            # qsize from this thread is a racy read of a length: at worst it parks one
+            # chunk early or late, and the reader resumes it either way
             if self._reacquire is not None and self._queue.qsize() >= self._ahead:
                 assert self._loop is not None
                 try:
