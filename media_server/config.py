@@ -56,8 +56,8 @@ class Settings:
     """A live request waiting this long for a synthesis slot gets ``engine_busy``."""
     loop_nice: int = -10
     """Niceness the event loop thread asks for at start, so neighbours on the machine
-    cannot delay a frame or a first chunk (synthesis of first chunks runs 5 above it,
-    later chunks and encoding 10 above that). Raising priority needs root or
+    cannot delay a frame or a first chunk (the first chunks of an utterance and Opus
+    encoding run 5 above it, later chunks 5 above those). Raising priority needs root or
     ``CAP_SYS_NICE``; without it a line is logged and priorities stay as they are.
     0 leaves them alone."""
     encode_workers: int | None = None

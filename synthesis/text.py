@@ -63,12 +63,16 @@ def _bare(word: str) -> str:
     return word.strip("\"'()[]").lower()
 
 
+def _ends_clause(word: str) -> bool:
+    return bool(word) and word[-1] in CLAUSE_END
+
+
 def first_cut(text: str, *, rest_min_chars: int = REST_MIN_CHARS) -> int | None:
     """Where to end the first piece of ``text`` (a sentence, or the start of one), or None.
 
     The earliest natural boundary between :data:`FIRST_PIECE_MIN_CHARS` and
     :data:`FIRST_PIECE_MAX_CHARS`: after clause punctuation, or before a word that opens
-    a phrase ("It is easy to tell | the depth of a well."); failing that, the first clause
+    a phrase ("It is easy | to tell the depth of a well."); failing that, the first clause
     boundary up to :data:`FIRST_CLAUSE_MAX_CHARS`. Never a cut that leaves under
     ``rest_min_chars`` behind, nor one right after a phrase word ("of | the").
     """
@@ -82,14 +86,14 @@ def first_cut(text: str, *, rest_min_chars: int = REST_MIN_CHARS) -> int | None:
         if (
             FIRST_PIECE_MIN_CHARS <= head_chars <= FIRST_PIECE_MAX_CHARS
             and rest_chars >= rest_min_chars
-            and (previous[-1:] in CLAUSE_END or _bare(word) in PHRASE_WORDS)
+            and (_ends_clause(previous) or _bare(word) in PHRASE_WORDS)
             and _bare(previous) not in PHRASE_WORDS
         ):
             return start
         if (
             clause_fallback is None
-            and previous[-1:] in CLAUSE_END
-            and 8 <= head_chars <= FIRST_CLAUSE_MAX_CHARS
+            and _ends_clause(previous)
+            and FIRST_PIECE_MIN_CHARS <= head_chars <= FIRST_CLAUSE_MAX_CHARS
             and rest_chars >= rest_min_chars
         ):
             clause_fallback = start
