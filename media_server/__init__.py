@@ -10,7 +10,13 @@ package that touches aiortc), ``sessions/`` and ``rooms/`` (who hears what), ``r
 from media_server.config import ConfigError, Settings
 from media_server.rooms.room import ListenerSession, Room, RoomFull
 from media_server.rooms.tokens import Claims, Role, TokenSigner
-from media_server.rtc.peer import IceRestartUnsupported, OfferError, TooManyCandidates
+from media_server.rtc.peer import (
+    IceCredentialsChanged,
+    IceRestartRefused,
+    IceRestartUnsupported,
+    OfferError,
+    TooManyCandidates,
+)
 from media_server.server import MediaServer, RoomsDisabled
 from media_server.sessions.registry import ClientSessionLimit, SessionLimitReached
 from media_server.sessions.session import VoiceSession
@@ -19,6 +25,8 @@ __all__ = [
     "Claims",
     "ClientSessionLimit",
     "ConfigError",
+    "IceCredentialsChanged",
+    "IceRestartRefused",
     "IceRestartUnsupported",
     "ListenerSession",
     "MediaServer",

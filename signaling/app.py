@@ -49,9 +49,10 @@ async def cors_middleware(
     if request.method == "OPTIONS" and allowed:
         response: web.StreamResponse = web.Response(status=204)
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization, If-Match"
         response.headers["Access-Control-Max-Age"] = "600"
         response.headers["Accept-Post"] = whep.SDP_TYPE
+        response.headers["Accept-Patch"] = whep.TRICKLE_TYPE
     else:
         try:
             response = await handler(request)
@@ -67,7 +68,7 @@ async def cors_middleware(
 def _allow(headers: MutableMapping[str, str], request: web.Request) -> None:
     allowed = request.app[SETTINGS_KEY].cors_origins
     headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else request.headers["Origin"]
-    headers["Access-Control-Expose-Headers"] = "Location, Retry-After"
+    headers["Access-Control-Expose-Headers"] = "Location, Retry-After, ETag"
     if "*" not in allowed:
         headers["Vary"] = "Origin"
 

@@ -13,7 +13,7 @@ from typing import Final
 
 from aiohttp import web
 
-from media_server import IceRestartUnsupported
+from media_server import IceRestartRefused, IceRestartUnsupported
 from synthesis.errors import (
     ClientError,
     ClientLimit,
@@ -43,17 +43,33 @@ class UnsupportedMediaType(ClientError):
     default_code = "unsupported_media_type"
 
 
+class PreconditionFailed(ClientError):
+    """``If-Match`` names an entity tag that is not the current one (HTTP 412)."""
+
+    default_code = "precondition_failed"
+
+
+class PreconditionRequired(ClientError):
+    """The request changes state that others may change too and has no ``If-Match``
+    (HTTP 428, RFC 6585)."""
+
+    default_code = "precondition_required"
+
+
 STATUS: Final[Mapping[type[ClientError], int]] = {
     ClientError: 400,
     InvalidRequest: 400,
     Unauthorized: 401,
     Forbidden: 403,
     NotFound: 404,
-    IceRestartUnsupported: 405,
     Conflict: 409,
+    IceRestartRefused: 409,
+    PreconditionFailed: 412,
     BodyTooLarge: 413,
     UnsupportedMediaType: 415,
     Unsupported: 422,
+    IceRestartUnsupported: 422,
+    PreconditionRequired: 428,
     ClientLimit: 429,
     SynthesisError: 500,
     ServerBusy: 503,

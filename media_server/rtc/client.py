@@ -74,10 +74,25 @@ class PeerClient(abc.ABC):
         self._spawn(self._run_media(), "media")
         return answer
 
+    @property
+    def ice_etag(self) -> str:
+        """The WHEP ``ETag`` of the session's ICE generation (see :class:`PeerSession`)."""
+        return self.peer.ice_etag
+
+    def is_ice_restart(self, fragment: str) -> bool:
+        """Whether a ``PATCH`` body carries new ICE credentials (an ICE restart)."""
+        return self.peer.is_ice_restart(fragment)
+
     async def add_trickle(self, fragment: str) -> int:
         """Apply a WHEP ``PATCH`` body (``OfferError`` and subclasses for a refused one:
         the session stays up and nothing of the fragment is applied)."""
         return await self.peer.add_trickle(fragment)
+
+    async def restart_ice(self, fragment: str) -> str:
+        """Apply a WHEP ICE-restart ``PATCH`` body; returns the answer fragment (see
+        :meth:`PeerSession.restart_ice`). A refused one leaves the session as it was,
+        and a restart whose checks never succeed ends nothing by itself."""
+        return await self.peer.restart_ice(fragment)
 
     @abc.abstractmethod
     async def _run_media(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -20,7 +21,20 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 
 from media_server.config import IceServer
+from media_server.rtc.fragment import (
+    Candidates,
+    credentials_of,
+    parse_candidates,
+    restart_answer,
+    ufrag_of,
+)
 from media_server.rtc.ice import CandidateKey, parse_remote_candidate
+from media_server.rtc.ice_restart import (
+    RESTART_TIMEOUT_S,
+    IceRestart,
+    RestartRefused,
+    RestartUnsupported,
+)
 from media_server.rtc.rtp_writer import RtpWriter
 from media_server.rtc.teardown import release_peer
 from synthesis.errors import InvalidRequest
@@ -52,7 +66,23 @@ class InvalidCandidate(OfferError):
 
 
 class IceRestartUnsupported(OfferError):
+    """This session cannot be restarted at all (HTTP 422, as the WHEP draft says for
+    a server that does trickle but no restart): nothing of it was changed."""
+
     default_code = "ice_restart_unsupported"
+
+
+class IceRestartRefused(OfferError):
+    """This session cannot be restarted now (not connected yet, or closing)."""
+
+    default_code = "ice_restart_not_possible"
+
+
+class IceCredentialsChanged(OfferError):
+    """A trickle fragment with other credentials than the session's: an ICE restart
+    that was not asked for as one."""
+
+    default_code = "ice_credentials_changed"
 
 
 class TooManyCandidates(OfferError):
@@ -66,6 +96,10 @@ _MID = re.compile(r"^a=mid:(\S+)\s*$", re.MULTILINE)
 _BUNDLE = re.compile(r"^a=group:BUNDLE(.*)$", re.MULTILINE)
 _MEDIA = re.compile(r"^m=(\w+) ", re.MULTILINE)
 _CANDIDATE_LINE = re.compile(r"^a=candidate:(.*)$", re.MULTILINE)
+_RESTART_SOLUTION: Final = (
+    "send the new a=ice-ufrag and a=ice-pwd lines of the offer made with "
+    "createOffer({iceRestart: true}), and its candidates"
+)
 _CANDIDATE_SOLUTION: Final = (
     "send each candidate as an 'a=candidate:' line as RFC 8839 defines it, "
     "the way RTCPeerConnection's icecandidate event gives it"
@@ -154,10 +188,25 @@ class PeerSession:
         self._remote_candidates: set[CandidateKey] = set()
         self._trickling: set[asyncio.Future[None]] = set()
         """One future per :meth:`add_trickle` inside aiortc, for :meth:`close` to await."""
+        self._ice_tag = secrets.token_hex(8)
+        self._ice_restart: IceRestart | None = None
+        self.ice_restart_timeout_s = RESTART_TIMEOUT_S
+        """How long a restart's checks may run (see :mod:`media_server.rtc.ice_restart`)."""
         self._closing = False
         self._released = False
         self.pc.on("connectionstatechange", self._state_changed)
         self.pc.on("datachannel", self._channel_opened)
+
+    @property
+    def ice_etag(self) -> str:
+        """The WHEP ``ETag`` of the session's ICE state: a new one after each restart,
+        so a trickle ``PATCH`` meant for an older ICE generation can be told apart."""
+        return f'"{self._ice_tag}"'
+
+    @property
+    def ice_restarts(self) -> IceRestart | None:
+        """The session's ICE restarts (counts, last duration); None before the first."""
+        return self._ice_restart
 
     @property
     def connection_state(self) -> str:
@@ -232,6 +281,11 @@ class PeerSession:
                 return RtpWriter.bind(transceiver)
         return None
 
+    def is_ice_restart(self, sdpfrag: str) -> bool:
+        """Whether ``sdpfrag`` carries ICE credentials other than the session's."""
+        ufrag = ufrag_of(sdpfrag)
+        return ufrag is not None and ufrag != self._remote_ufrag
+
     async def add_trickle(self, sdpfrag: str) -> int:
         """Apply an ``application/trickle-ice-sdpfrag`` body; returns candidates added.
 
@@ -240,49 +294,79 @@ class PeerSession:
         known (same component, transport, address and port) is skipped, as RFC 8838
         section 9 says; each new one costs aioice a re-sort of its check list, so
         :attr:`_max_remote_candidates` bounds the work as well as the count.
+        A fragment with new credentials is an ICE restart (:meth:`restart_ice`).
         """
         if self._closing:
             return 0
-        ufrag = re.search(r"^a=ice-ufrag:(\S+)", sdpfrag, re.MULTILINE)
-        if ufrag and self._remote_ufrag and ufrag.group(1) != self._remote_ufrag:
-            raise IceRestartUnsupported(
-                "ICE restart is not supported by this server",
-                "DELETE this session and POST a new offer",
+        if self._remote_ufrag and self.is_ice_restart(sdpfrag):
+            raise IceCredentialsChanged(
+                "the fragment's a=ice-ufrag is not the session's: that is an ICE restart",
+                "send an ICE restart with 'If-Match: *'; trickle with the current ETag",
             )
+        candidates = self._candidates(sdpfrag, self._remote_candidates)
+        self._remote_candidates |= candidates.keys
+        return await self._add_candidates(list(candidates.new), candidates.end)
+
+    async def restart_ice(self, sdpfrag: str) -> str:
+        """Restart ICE with the client's new credentials and candidates in ``sdpfrag``;
+        returns the answer fragment: the server's new credentials and its candidates.
+
+        The session keeps its DTLS, SRTP, data channel and RTP streams: only the path
+        changes (see :mod:`media_server.rtc.ice_restart`). Anything refused
+        (``OfferError`` and subclasses) leaves the session as it was.
+        """
+        if self._closing:
+            raise IceRestartRefused("the session is closing", "POST a new offer")
+        remote = credentials_of(sdpfrag)
+        if remote is None:
+            raise OfferError("an ICE restart needs a=ice-ufrag and a=ice-pwd", _RESTART_SOLUTION)
+        try:
+            remote.check()
+        except ValueError as exc:
+            raise OfferError(str(exc), _RESTART_SOLUTION) from None
+        candidates = self._candidates(sdpfrag, set())
+        if self._ice_restart is None:
+            try:
+                self._ice_restart = IceRestart.of(self.pc, self.label, self.ice_restart_timeout_s)
+            except RestartUnsupported as exc:
+                raise IceRestartUnsupported(
+                    f"ICE restart is not available for this session: {exc}",
+                    "DELETE this session and POST a new offer (bundled, as browsers make it)",
+                ) from None
+        try:
+            local = await self._ice_restart.begin(remote)
+        except RestartUnsupported as exc:  # internals gone since (not expected)
+            raise IceRestartUnsupported(str(exc), "DELETE the session, POST a new offer") from None
+        except RestartRefused as exc:
+            raise IceRestartRefused(
+                f"the session's ICE cannot be restarted now: {exc}",
+                "restart once the session has connected; or DELETE it and POST a new offer",
+            ) from None
+        self._remote_ufrag = remote.ufrag
+        self._remote_candidates = set(candidates.keys)
+        self._ice_tag = secrets.token_hex(8)
+        await self._add_candidates(list(candidates.new), candidates.end)
+        first = self.pc.getTransceivers()[0]
+        gathered = self._ice_restart.local_candidates()
+        return restart_answer(first.kind, first.mid or "0", local, gathered)
+
+    def _candidates(self, sdpfrag: str, known: set[CandidateKey]) -> Candidates:
+        """The fragment's new candidates; raises (changing nothing) for a bad or an
+        excess one."""
         # more lines than the session may ever take: refused before parsing any (each costs a parse)
         lines = sdpfrag.count("a=candidate:")
         if lines > self._max_remote_candidates:
             raise self._too_many(lines, "this fragment has")
-        mid_match = re.search(r"^a=mid:(\S+)", sdpfrag, re.MULTILINE)
         transceivers = self.pc.getTransceivers()
-        default_mid = (
-            mid_match.group(1) if mid_match else (transceivers[0].mid if transceivers else "0")
-        )
-        new: list[RTCIceCandidate] = []
-        keys: set[CandidateKey] = set()
-        end = False
-        for line in sdpfrag.splitlines():
-            line = line.strip()
-            if line.startswith("a=mid:"):
-                default_mid = line[len("a=mid:") :]
-            elif line.startswith("a=candidate:"):
-                try:
-                    candidate, key = _candidate(line)
-                except OfferError as exc:
-                    raise InvalidCandidate(exc.message, exc.solution) from None
-                if key in keys or key in self._remote_candidates:
-                    continue
-                keys.add(key)
-                candidate.sdpMid = default_mid
-                new.append(candidate)
-            elif line == "a=end-of-candidates":
-                end = True
-                break  # candidates after it are ignored (RFC 8838 section 13)
-        count = len(self._remote_candidates) + len(keys)
+        try:
+            mid = (transceivers[0].mid if transceivers else None) or "0"
+            found = parse_candidates(sdpfrag, known, mid)
+        except ValueError as exc:
+            raise InvalidCandidate(str(exc), _CANDIDATE_SOLUTION) from None
+        count = len(known) + len(found.keys)
         if count > self._max_remote_candidates:
             raise self._too_many(count, "this session would have")
-        self._remote_candidates |= keys
-        return await self._add_candidates(new, end)
+        return found
 
     def _too_many(
         self, count: int, subject: str, kind: type[OfferError] = TooManyCandidates
@@ -335,6 +419,8 @@ class PeerSession:
         if self._released:
             return
         self._closing = True
+        if self._ice_restart is not None:
+            await self._ice_restart.close()
         try:
             await self.pc.close()
             closed_cleanly = True

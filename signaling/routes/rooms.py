@@ -19,7 +19,14 @@ from media_server.tasks import cancel_and_wait
 from signaling.access import bearer_token, client_address, token_digest, ws_protocols
 from signaling.body import message_refused
 from signaling.keys import MEDIA_KEY
-from signaling.routes.whep import SDP_TYPE, TRICKLE_TYPE, check_credential, read_sdp
+from signaling.routes.whep import (
+    SDP_TYPE,
+    TRICKLE_TYPE,
+    check_credential,
+    created_headers,
+    patch_ice,
+    read_sdp,
+)
 from synthesis import ClientError, InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -65,7 +72,19 @@ async def join_as_listener(request: web.Request) -> web.Response:
         status=201,
         text=answer,
         content_type=SDP_TYPE,
-        headers={"Location": f"/rooms/{name}/whep/{listener.client_id}"},
+        headers=created_headers(f"/rooms/{name}/whep/{listener.client_id}", listener),
+    )
+
+
+@routes.options("/rooms/{room}/whep")
+async def room_whep_options(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={"Accept-Post": SDP_TYPE, "Allow": "OPTIONS, POST"})
+
+
+@routes.options("/rooms/{room}/whep/{listener_id}")
+async def listener_options(request: web.Request) -> web.Response:
+    return web.Response(
+        status=204, headers={"Accept-Patch": TRICKLE_TYPE, "Allow": "OPTIONS, PATCH, DELETE"}
     )
 
 
@@ -78,9 +97,7 @@ def _listener(request: web.Request) -> ListenerSession:
 
 @routes.patch("/rooms/{room}/whep/{listener_id}")
 async def listener_trickle(request: web.Request) -> web.Response:
-    listener = _listener(request)
-    await listener.add_trickle(await read_sdp(request, TRICKLE_TYPE))
-    return web.Response(status=204)
+    return await patch_ice(request, _listener(request))
 
 
 @routes.get("/rooms/{room}/whep/{listener_id}/stats")

@@ -1,4 +1,10 @@
-"""WHEP: ``POST /whep`` (offer -> 201 + answer), ``PATCH`` trickle, ``DELETE``."""
+"""WHEP: ``POST /whep`` (offer -> 201 + answer), ``PATCH`` trickle or ICE restart, ``DELETE``.
+
+A ``PATCH`` is conditional, as draft-ietf-wish-whep says: ``If-Match`` with the
+session's ``ETag`` (from the ``POST`` or the last restart) trickles candidates,
+``If-Match: "*"`` with new ICE credentials restarts ICE; no ``If-Match`` is
+``428``, a stale one ``412``. Every client of ours sends it.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from media_server import VoiceSession
 from media_server.rtc.client import PeerClient
 from signaling.access import bearer_token, client_address, same_token, token_digest
 from signaling.body import read_body
-from signaling.errors import UnsupportedMediaType
+from signaling.errors import PreconditionFailed, PreconditionRequired, UnsupportedMediaType
 from signaling.keys import MEDIA_KEY
 from synthesis import Forbidden, InvalidRequest, Unauthorized
 
@@ -20,6 +26,13 @@ logger = logging.getLogger(__name__)
 SDP_TYPE: Final = "application/sdp"
 TRICKLE_TYPE: Final = "application/trickle-ice-sdpfrag"
 MAX_SDP_BYTES: Final = 64 * 1024
+ANY_ETAG: Final = frozenset({"*", '"*"'})
+"""``If-Match: *`` (RFC 9110); ``"*"`` too, as the WHEP draft's prose quotes it and
+some clients send it so."""
+_IF_MATCH_SOLUTION: Final = (
+    "send 'If-Match' with the ETag of the POST's answer (or of the last ICE restart's) "
+    "to trickle candidates, or 'If-Match: *' with new a=ice-ufrag/a=ice-pwd to restart ICE"
+)
 
 routes = web.RouteTableDef()
 
@@ -52,7 +65,56 @@ async def create_session(request: web.Request) -> web.Response:
         status=201,
         text=answer,
         content_type=SDP_TYPE,
-        headers={"Location": f"/whep/{session.session_id}"},
+        headers=created_headers(f"/whep/{session.session_id}", session),
+    )
+
+
+def created_headers(location: str, client: PeerClient) -> dict[str, str]:
+    """The headers of a ``201`` for a new WHEP resource."""
+    return {"Location": location, "ETag": client.ice_etag, "Accept-Patch": TRICKLE_TYPE}
+
+
+def check_if_match(request: web.Request, etag: str) -> None:
+    """The precondition of a ``PATCH``: ``If-Match`` with ``"*"`` or ``etag``
+    (strong comparison, RFC 9110 section 13.1.1)."""
+    header = request.headers.get("If-Match")
+    if header is None:
+        raise PreconditionRequired(
+            "if_match_required", "a PATCH of a WHEP session needs If-Match", _IF_MATCH_SOLUTION
+        )
+    tags = [tag.strip() for tag in header.split(",")]
+    if ANY_ETAG.isdisjoint(tags) and etag not in tags:
+        raise PreconditionFailed(
+            "stale_etag",
+            f"If-Match {header[:100]!r} is not the session's current ETag {etag}: "
+            "its ICE was restarted meanwhile, or the tag is not this session's",
+            _IF_MATCH_SOLUTION,
+        )
+
+
+async def patch_ice(request: web.Request, client: PeerClient) -> web.Response:
+    """Trickle (``204``) or, for a fragment with new ICE credentials, restart ICE
+    (``200``, the server's new credentials and candidates, and a new ``ETag``)."""
+    fragment = await read_sdp(request, TRICKLE_TYPE)
+    check_if_match(request, client.ice_etag)
+    if not client.is_ice_restart(fragment):
+        await client.add_trickle(fragment)
+        return web.Response(status=204, headers={"ETag": client.ice_etag})
+    answer = await client.restart_ice(fragment)
+    return web.Response(
+        status=200, text=answer, content_type=TRICKLE_TYPE, headers={"ETag": client.ice_etag}
+    )
+
+
+@routes.options("/whep")
+async def whep_options(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={"Accept-Post": SDP_TYPE, "Allow": "OPTIONS, POST"})
+
+
+@routes.options("/whep/{session_id}")
+async def session_options(request: web.Request) -> web.Response:
+    return web.Response(
+        status=204, headers={"Accept-Patch": TRICKLE_TYPE, "Allow": "OPTIONS, PATCH, DELETE"}
     )
 
 
@@ -75,9 +137,7 @@ def _session(request: web.Request) -> VoiceSession:
 
 @routes.patch("/whep/{session_id}")
 async def trickle(request: web.Request) -> web.Response:
-    session = _session(request)
-    await session.add_trickle(await read_sdp(request, TRICKLE_TYPE))
-    return web.Response(status=204)
+    return await patch_ice(request, _session(request))
 
 
 @routes.delete("/whep/{session_id}")

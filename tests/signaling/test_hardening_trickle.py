@@ -26,7 +26,9 @@ from tests.whep_client import WhepClient
 pytestmark = [pytest.mark.loopback, pytest.mark.slow]
 
 SDP = {"Content-Type": "application/sdp"}
-FRAG = {"Content-Type": "application/trickle-ice-sdpfrag"}
+FRAG = {"Content-Type": "application/trickle-ice-sdpfrag", "If-Match": "*"}
+"""A trickle ``PATCH`` whose precondition always holds: these tests are about the
+candidates (``tests/signaling/test_whep_restart.py`` about ``If-Match``)."""
 CAP = Settings().max_remote_candidates
 FLOOD = 1000
 LAG_BOUND_S = 0.2

@@ -104,21 +104,23 @@ async def test_unknown_session_and_route_are_json_404(client: TestClient) -> Non
 
 async def test_trickle_patch(client: TestClient, offer: str) -> None:
     resp = await client.post("/whep", data=offer, headers=SDP)
-    location = resp.headers["Location"]
+    location, etag = resp.headers["Location"], resp.headers["ETag"]
+    current = {**FRAG, "If-Match": etag}
     frag = (
         "a=mid:0\r\n"
         "a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\n"
         "a=end-of-candidates\r\n"
     )
-    resp = await client.patch(location, data=frag, headers=FRAG)
-    assert resp.status == 204
-    resp = await client.patch(location, data=frag, headers=SDP)
+    resp = await client.patch(location, data=frag, headers=current)
+    assert resp.status == 204 and resp.headers["ETag"] == etag
+    resp = await client.patch(location, data=frag, headers={**current, **SDP})
     await assert_json_error(resp, 415, "unsupported_media_type")
-    resp = await client.patch(location, data="a=candidate:garbage\r\n", headers=FRAG)
+    resp = await client.patch(location, data="a=candidate:garbage\r\n", headers=current)
     await assert_json_error(resp, 400, "invalid_candidate")
+    # new credentials are an ICE restart; this session never connected, so not now
     restart = "a=ice-ufrag:someoneelse\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
-    resp = await client.patch(location, data=restart, headers=FRAG)
-    await assert_json_error(resp, 405, "ice_restart_unsupported")
+    resp = await client.patch(location, data=restart, headers={**FRAG, "If-Match": "*"})
+    await assert_json_error(resp, 409, "ice_restart_not_possible")
 
 
 @pytest.mark.parametrize("settings", [loopback_settings(max_sessions=2)])

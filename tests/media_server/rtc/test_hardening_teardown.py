@@ -125,7 +125,7 @@ async def test_delete_while_a_trickled_mdns_name_resolves(
     pc.createDataChannel("control")
     await pc.setLocalDescription(await pc.createOffer())
     offer = pc.localDescription.sdp.replace("a=end-of-candidates\r\n", "")
-    frag = {"Content-Type": "application/trickle-ice-sdpfrag"}
+    frag = {"Content-Type": "application/trickle-ice-sdpfrag", "If-Match": "*"}
     try:
         locations = []
         for _ in range(2):
