@@ -21,11 +21,13 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "Token required, or not the right one (docs/security.md)",
         403: "Valid token, but not for this session, room, role or origin",
         404: "Unknown session",
-        405: "Not supported (e.g. ICE restart)",
-        409: "Already exists",
+        405: "Method not allowed",
+        409: "Already exists; or an ICE restart before the session connected",
+        412: "If-Match is not the session's current ETag (its ICE was restarted since)",
         413: "Body too large",
         415: "Wrong Content-Type",
-        422: "The engine cannot do this (e.g. zero_shot on piper)",
+        422: "The engine cannot do this (e.g. zero_shot on piper); ICE restart unsupported",
+        428: "If-Match is missing (WHEP: the ETag to trickle, * to restart ICE)",
         429: "This client is over one of its per-client bounds; see Retry-After",
         503: "Limit reached; see Retry-After",
         504: "The engine produced no audio in time",
@@ -47,6 +49,22 @@ def _path_params(*names: str) -> list[dict[str, Any]]:
 
 
 _SDP = {"content": {"application/sdp": {"schema": {"type": "string"}}}}
+_FRAG = {"content": {"application/trickle-ice-sdpfrag": {"schema": {"type": "string"}}}}
+_ETAG = {"ETag": {"description": "The session's ICE generation", "schema": {"type": "string"}}}
+_IF_MATCH: dict[str, Any] = {
+    "name": "If-Match",
+    "in": "header",
+    "required": True,
+    "description": "The ETag of the POST (or of the last restart) to trickle; * to restart ICE",
+    "schema": {"type": "string"},
+}
+_PATCH_RESPONSES: dict[str, Any] = {
+    "200": {"description": "ICE restarted: the server's new credentials and candidates"}
+    | _FRAG
+    | {"headers": _ETAG},
+    "204": {"description": "Candidates applied", "headers": _ETAG},
+    **_errors(400, 401, 403, 404, 409, 412, 415, 422, 428, 429),
+}
 ROOM_PATHS: dict[str, Any] = {
     "/rooms/{room}/whep": {
         "parameters": _path_params("room"),
@@ -54,7 +72,9 @@ ROOM_PATHS: dict[str, Any] = {
             "summary": "Join a room as a listener (WHEP); a speaker token may also talk",
             "requestBody": {"required": True, **_SDP},
             "responses": {
-                "201": {"description": "SDP answer; Location names the listener"} | _SDP,
+                "201": {"description": "SDP answer; Location names the listener"}
+                | _SDP
+                | {"headers": _ETAG},
                 **_errors(400, 401, 403, 413, 415, 429, 503),
             },
             "security": [{"join": []}],
@@ -63,15 +83,13 @@ ROOM_PATHS: dict[str, Any] = {
     "/rooms/{room}/whep/{listener_id}": {
         "parameters": _path_params("room", "listener_id"),
         "patch": {
-            "summary": "Trickle ICE candidates",
+            "summary": "Trickle ICE candidates, or restart ICE (If-Match: *, new ice-ufrag/pwd)",
+            "parameters": [_IF_MATCH],
             "requestBody": {
                 "required": True,
                 "content": {"application/trickle-ice-sdpfrag": {"schema": {"type": "string"}}},
             },
-            "responses": {
-                "204": {"description": "Applied"},
-                **_errors(400, 401, 403, 404, 405, 415, 429),
-            },
+            "responses": _PATCH_RESPONSES,
             "security": [{"join": []}],
         },
         "delete": {
@@ -128,7 +146,7 @@ SPEC: dict[str, Any] = {
                 "responses": {
                     "201": {
                         "description": "SDP answer; Location names the session",
-                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "headers": {"Location": {"schema": {"type": "string"}}, **_ETAG},
                         "content": {"application/sdp": {"schema": {"type": "string"}}},
                     },
                     **_errors(400, 401, 413, 415, 429, 503),
@@ -141,15 +159,14 @@ SPEC: dict[str, Any] = {
                 {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}
             ],
             "patch": {
-                "summary": "Trickle ICE candidates (RFC 8840 sdpfrag)",
+                "summary": "Trickle ICE candidates (RFC 8840 sdpfrag), or restart ICE "
+                "(If-Match: *, new ice-ufrag/ice-pwd)",
+                "parameters": [_IF_MATCH],
                 "requestBody": {
                     "required": True,
                     "content": {"application/trickle-ice-sdpfrag": {"schema": {"type": "string"}}},
                 },
-                "responses": {
-                    "204": {"description": "Applied"},
-                    **_errors(400, 401, 403, 404, 405, 415, 429),
-                },
+                "responses": _PATCH_RESPONSES,
                 "security": CREATOR,
             },
             "delete": {

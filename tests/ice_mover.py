@@ -114,8 +114,10 @@ async def restart(
     if_match: str = "*",
     *,
     local: IceCredentials | None = None,
+    run_checks: bool = True,
 ) -> Move:
-    """PATCH a restart and, when it answers 200, run the client's side of it."""
+    """PATCH a restart and, when it answers 200, run the client's side of it (unless
+    not ``run_checks``: a client gone for good after asking)."""
     assert client.location is not None
     local = local or IceCredentials.generate()
     headers = {"Content-Type": FRAG, "If-Match": if_match, **client.auth}
@@ -127,7 +129,7 @@ async def restart(
     ) as resp:
         move = Move(resp.status, resp.headers.get("ETag"), await resp.text(), patch_sent=sent)
     move.answered = time.monotonic()
-    if move.status != 200:
+    if move.status != 200 or not run_checks:
         return move
     remote, candidates = parse_answer(move.answer)
     transport = ice_transport(client)

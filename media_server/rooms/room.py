@@ -278,6 +278,7 @@ class ListenerSession(PeerClient):
         return {
             "connection_state": self.peer.connection_state,
             "dropped_frames": self.track.dropped_frames,
+            **self.ice_stats(),
             **self.room.stats(),
         }
 

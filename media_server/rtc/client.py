@@ -83,6 +83,17 @@ class PeerClient(abc.ABC):
         """Whether a ``PATCH`` body carries new ICE credentials (an ICE restart)."""
         return self.peer.is_ice_restart(fragment)
 
+    def ice_stats(self) -> dict[str, Any]:
+        """ICE restarts of this session, for its stats: completed, given up, and how long
+        the last one's checks took (None before one completed)."""
+        restarts = self.peer.ice_restarts
+        last_s = restarts.last_checks_s if restarts is not None else None
+        return {
+            "ice_restarts": restarts.completed if restarts is not None else 0,
+            "ice_restarts_failed": restarts.failed if restarts is not None else 0,
+            "ice_restart_checks_ms": None if last_s is None else round(last_s * 1000, 1),
+        }
+
     async def add_trickle(self, fragment: str) -> int:
         """Apply a WHEP ``PATCH`` body (``OfferError`` and subclasses for a refused one:
         the session stays up and nothing of the fragment is applied)."""

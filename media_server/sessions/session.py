@@ -111,6 +111,7 @@ class VoiceSession(PeerClient):
             "connection_state": self.peer.connection_state,
             "queued_utterances": self.speech.pending,
             "dropped_frames": self.track.dropped_frames,
+            **self.ice_stats(),
             **self.pacer.stats.snapshot().as_dict(),
         }
 

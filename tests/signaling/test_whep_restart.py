@@ -167,6 +167,9 @@ async def test_a_restart_answers_new_credentials_and_a_new_etag(
     assert resp.status == 204
     listener.say("After the restart.", "s1")
     assert (await listener.next_event("speech.started"))["id"] == "s1"
+    stats = await (await client.get(f"{listener.location}/stats")).json()
+    assert stats["ice_restarts"] == 1 and stats["ice_restarts_failed"] == 0
+    assert 0 < stats["ice_restart_checks_ms"] < 5000
 
 
 async def test_a_failed_restart_keeps_the_session_and_a_later_one_succeeds(
@@ -190,6 +193,8 @@ async def test_a_failed_restart_keeps_the_session_and_a_later_one_succeeds(
     # consent freshness is back on the old pair: it decides, as without a restart
     assert connection._query_consent_task is not None and not connection._query_consent_task.done()
     assert session.peer.connection_state == "connected" and not session.closed
+    stats = await (await client.get(f"{listener.location}/stats")).json()
+    assert stats["ice_restarts"] == 0 and stats["ice_restarts_failed"] == 1
     listener.say("The old path still carries audio.", "s1")
     assert (await listener.next_event("speech.started"))["id"] == "s1"
     # then the listener really moves, and its restart succeeds
