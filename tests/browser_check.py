@@ -92,6 +92,83 @@ async def _wait_for_event(
     raise CheckFailed(f"no {kind!r} event in the page log within {timeout_s:g} s")
 
 
+PEER_RECORDER = """
+const Native = window.RTCPeerConnection;
+window.__peers = [];
+window.RTCPeerConnection = class extends Native {
+  constructor(...args) { super(...args); window.__peers.push(this); }
+};
+"""
+"""Keeps the page's peer connections reachable, for the ICE restart step."""
+
+
+async def _transport(page: Any) -> dict[str, Any]:
+    """The page's newest peer: its ICE state, local ufrag, DTLS state, RTP packets."""
+    state: dict[str, Any] = await page.evaluate(
+        """async () => {
+            const pc = window.__peers.at(-1);
+            const out = {ice: pc.iceConnectionState, packets: 0};
+            (await pc.getStats()).forEach((s) => {
+                if (s.type === 'transport') {
+                    out.ufrag = s.iceLocalUsernameFragment;
+                    out.dtls = s.dtlsState;
+                    out.pairChanges = s.selectedCandidatePairChanges;
+                }
+                if (s.type === 'inbound-rtp' && (s.kind ?? s.mediaType) === 'audio')
+                    out.packets = s.packetsReceived;
+            });
+            return out;
+        }"""
+    )
+    return state
+
+
+async def _server_stats(page: Any, base_url: str) -> dict[str, Any]:
+    """The page's session's stats, from the server (its URL is in the page's log)."""
+    from aiohttp import ClientSession
+
+    entry = await _wait_for_event(page, "whep", 1, contains="session /")
+    path = entry["text"].removeprefix("session ")
+    async with ClientSession() as http, http.get(f"{base_url}{path}/stats") as response:
+        stats: dict[str, Any] = await response.json()
+        return stats
+
+
+async def _restart_ice(page: Any, base_url: str) -> dict[str, Any]:
+    """``pc.restartIce()`` mid-utterance, as the page does itself when its network
+    changes: the session must carry on (same DTLS, audio again at once)."""
+    before = await _transport(page)
+    await page.evaluate("window.__peers.at(-1).restartIce()")
+    started = time.monotonic()
+    await _wait_for_event(page, "ice", 10, contains="answered with new credentials")
+    answered_s = time.monotonic() - started
+    deadline = time.monotonic() + 5
+    after = await _transport(page)
+    while time.monotonic() < deadline and not (
+        after["ufrag"] != before["ufrag"]
+        and after["ice"] == "connected"
+        and after["packets"] > before["packets"] + 50
+    ):
+        await asyncio.sleep(0.1)
+        after = await _transport(page)
+    if after["ufrag"] == before["ufrag"] or after["ice"] != "connected":
+        raise CheckFailed(f"ICE restart did not complete: before {before}, after {after}")
+    if after["packets"] <= before["packets"] + 50:
+        raise CheckFailed(f"no audio after the ICE restart: before {before}, after {after}")
+    if after["dtls"] != "connected" or before["dtls"] != "connected":
+        raise CheckFailed(f"DTLS changed over the ICE restart: before {before}, after {after}")
+    server = await _server_stats(page, base_url)
+    if server["ice_restarts"] != 1 or server["ice_restarts_failed"] != 0:
+        raise CheckFailed(f"the server did not complete one restart: {server}")
+    return {
+        "ICE restart (server)": f"{server['ice_restarts']} completed, its checks took "
+        f"{server['ice_restart_checks_ms']} ms",
+        "ICE restart": f"ufrag {before['ufrag']} -> {after['ufrag']}, answered in "
+        f"{answered_s * 1000:.0f} ms, RTP packets {before['packets']} -> {after['packets']}, "
+        f"DTLS {after['dtls']}, selected pair changes {after.get('pairChanges')}",
+    }
+
+
 async def _connect(page: Any) -> None:
     """Press Connect and wait until the page may speak."""
     await page.click("#connect")
@@ -114,6 +191,7 @@ async def _check(base_url: str, screenshot: Path) -> dict[str, Any]:
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            await page.add_init_script(PEER_RECORDER)
             await page.goto(base_url + "/")
 
             await _connect(page)
@@ -153,6 +231,8 @@ async def _check(base_url: str, screenshot: Path) -> dict[str, Any]:
             await _wait_for_event(page, "speech.started", 20)
             await page.wait_for_selector("#stop:not([disabled])", timeout=5_000)
             await page.wait_for_timeout(1000)
+            # mid-utterance: the session carries on, and Stop still works after
+            results.update(await _restart_ice(page, base_url))
             await page.click("#stop")
             cancelled = await _wait_for_event(page, "speech.cancelled", 10)
             results["speech.cancelled"] = cancelled["text"]

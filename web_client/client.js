@@ -4,6 +4,9 @@
 const GATHER_TIMEOUT_MS = 1500;
 const MAX_LOG_ENTRIES = 200;
 const STATS_INTERVAL_MS = 1000;
+const RESTART_AFTER_DISCONNECTED_MS = 2000; // a path that stays 'disconnected' this long is restarted
+const MAX_RESTARTS_UNCONNECTED = 3;         // restarts in a row that did not reconnect, then give up
+const TRICKLE_TYPE = 'application/trickle-ice-sdpfrag';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -18,6 +21,7 @@ const ui = {
 let pc = null;          // the current RTCPeerConnection, null when disconnected
 let channel = null;     // its 'control' data channel
 let sessionUrl = null;  // the WHEP resource (from the Location header)
+let sessionEtag = null; // its ETag: the current ICE generation, sent as If-Match when trickling
 let statsTimer = null;
 let sayCount = 0;
 const outstanding = new Map(); // say id -> performance.now() of the Speak click
@@ -118,12 +122,93 @@ async function patchCandidates(url, { ufrag, pwd }, lines, mid) {
   const body = [`a=ice-ufrag:${ufrag}`, `a=ice-pwd:${pwd}`, `a=mid:${mid}`, ...lines].join('\r\n') + '\r\n';
   try {
     const response = await fetch(url, {
-      method: 'PATCH', headers: { 'Content-Type': 'application/trickle-ice-sdpfrag', ...sessionAuth }, body,
+      method: 'PATCH', headers: { 'Content-Type': TRICKLE_TYPE, 'If-Match': sessionEtag ?? '*', ...sessionAuth }, body,
     });
-    if (response.status !== 204) await reportHttpError('PATCH candidate', response);
+    // 412: the candidate belongs to an ICE generation a restart has replaced; nothing to do
+    if (response.status !== 204 && response.status !== 412) await reportHttpError('PATCH candidate', response);
   } catch (err) {
     log('PATCH candidate', `failed: ${err.message}`, 'error');
   }
+}
+
+// The remote description with the server's new ICE credentials and candidates from a
+// restart's answer fragment: the rest (DTLS fingerprint and role, codecs) stays as it was.
+function withNewIce(sdp, fragment) {
+  const { ufrag, pwd } = iceCredentials(fragment);
+  const candidates = fragment.split(/\r?\n/).filter((l) => l.startsWith('a=candidate:'));
+  const out = [];
+  for (const line of sdp.split(/\r?\n/)) {
+    if (line.startsWith('a=candidate:') || line === 'a=end-of-candidates') continue;
+    if (line.startsWith('o=')) { // a new version of the description (RFC 8866 section 5.2)
+      const parts = line.split(' ');
+      parts[2] = String(BigInt(parts[2]) + 1n);
+      out.push(parts.join(' '));
+    } else if (line.startsWith('a=ice-ufrag:')) {
+      out.push(`a=ice-ufrag:${ufrag}`);
+    } else if (line.startsWith('a=ice-pwd:')) {
+      out.push(`a=ice-pwd:${pwd}`, ...candidates, 'a=end-of-candidates');
+    } else if (line) {
+      out.push(line);
+    }
+  }
+  return out.join('\r\n') + '\r\n';
+}
+
+// ICE restart as WHEP specifies it: an offer with new credentials (after pc.restartIce(),
+// the negotiationneeded event), PATCH If-Match: * with them and the candidates gathered,
+// then the server's new credentials and candidates replace those of the remote description.
+// DTLS, the data channel and the audio stream carry on over the new path.
+let restarting = false;
+let restartsUnconnected = 0;
+const late = []; // [lines, mid] of candidates found before the session's URL (or a restart's ETag) was known
+
+function flushLate(peer) {
+  const credentials = iceCredentials(peer.localDescription.sdp);
+  for (const [lines, mid] of late.splice(0)) patchCandidates(sessionUrl, credentials, lines, mid);
+}
+
+async function renegotiateIce(peer) {
+  if (restarting || !sessionUrl || pc !== peer || peer.signalingState !== 'stable') return;
+  restarting = true;
+  const url = sessionUrl;
+  try {
+    await peer.setLocalDescription(await peer.createOffer());
+    await waitForGathering(peer);
+    const sdp = peer.localDescription.sdp;
+    const { ufrag, pwd } = iceCredentials(sdp);
+    const firstSection = sdp.split(/\r?\nm=/)[1] ?? '';
+    const mid = firstSection.match(/^a=mid:(\S+)/m)?.[1] ?? '0';
+    const candidates = [...new Set(sdp.split(/\r?\n/).filter((l) => l.startsWith('a=candidate:')))];
+    const body = [`a=ice-ufrag:${ufrag}`, `a=ice-pwd:${pwd}`, `a=mid:${mid}`, ...candidates,
+      ...(peer.iceGatheringState === 'complete' ? ['a=end-of-candidates'] : [])].join('\r\n') + '\r\n';
+    log('ice', `restart: PATCH ${new URL(url).pathname} (If-Match: *, ${candidates.length} candidates)`);
+    const response = await fetch(url, {
+      method: 'PATCH', headers: { 'Content-Type': TRICKLE_TYPE, 'If-Match': '*', ...sessionAuth }, body,
+    });
+    if (pc !== peer) return;
+    if (response.status !== 200) {
+      await reportHttpError('ICE restart', response);
+      await peer.setLocalDescription({ type: 'rollback' }).catch(() => {});
+      return;
+    }
+    sessionEtag = response.headers.get('ETag');
+    const fragment = await response.text();
+    await peer.setRemoteDescription({ type: 'answer', sdp: withNewIce(peer.remoteDescription.sdp, fragment) });
+    log('ice', 'restart: the server answered with new credentials; checking the new path');
+  } catch (err) {
+    if (pc === peer) log('ice', `restart failed: ${err.message}`, 'error');
+  } finally {
+    restarting = false;
+    if (pc === peer && sessionUrl) flushLate(peer);
+  }
+}
+
+function restartIce(peer, why) {
+  if (restarting || !sessionUrl || pc !== peer) return;
+  if (restartsUnconnected >= MAX_RESTARTS_UNCONNECTED) return;
+  restartsUnconnected += 1;
+  log('ice', `${why}: restarting ICE (attempt ${restartsUnconnected})`, 'warn');
+  peer.restartIce(); // fires negotiationneeded, answered by renegotiateIce
 }
 
 function waitForGathering(peer) {
@@ -162,16 +247,29 @@ async function connect() {
   peer.onconnectionstatechange = () => {
     if (!current()) return;
     render();
+    if (peer.connectionState === 'connected') restartsUnconnected = 0;
     if (peer.connectionState !== 'failed') return log('peer', `connectionState ${peer.connectionState}`);
+    if (sessionUrl && restartsUnconnected < MAX_RESTARTS_UNCONNECTED) return restartIce(peer, 'connection failed');
     logProblem('peer', { message: 'connectionState failed: no media path to the server',
       solution: 'check that the server is reachable, or configure ICE servers under Advanced' });
   };
-  peer.oniceconnectionstatechange = () => current() && render();
+  let disconnectedTimer = null;
+  peer.oniceconnectionstatechange = () => {
+    if (!current()) return;
+    render();
+    clearTimeout(disconnectedTimer);
+    if (peer.iceConnectionState === 'disconnected') { // e.g. Wi-Fi gone: wait a little, it may come back
+      disconnectedTimer = setTimeout(() => {
+        if (current() && peer.iceConnectionState === 'disconnected') restartIce(peer, 'ICE disconnected');
+      }, RESTART_AFTER_DISCONNECTED_MS);
+    }
+  };
+  peer.onnegotiationneeded = () => current() && renegotiateIce(peer);
 
   // Candidates found after the offer went out are trickled with PATCH once the Location is known.
   let offerSent = false;
-  const late = [];
-  const trickle = (lines, mid) => (sessionUrl && current()
+  late.length = 0;
+  const trickle = (lines, mid) => (sessionUrl && current() && !restarting
     ? patchCandidates(sessionUrl, iceCredentials(peer.localDescription.sdp), lines, mid)
     : late.push([lines, mid]));
   peer.onicecandidate = ({ candidate }) => {
@@ -202,6 +300,7 @@ async function connect() {
       return;
     }
     const location = new URL(response.headers.get('Location'), response.url).href;
+    sessionEtag = response.headers.get('ETag');
     const answer = await response.text();
     if (!current()) { // disconnected while the POST was in flight
       fetch(location, { method: 'DELETE', headers: sessionAuth }).catch(() => {});
@@ -210,8 +309,7 @@ async function connect() {
     sessionUrl = location;
     log('whep', `session ${new URL(location).pathname}`);
     await peer.setRemoteDescription({ type: 'answer', sdp: answer });
-    const credentials = iceCredentials(peer.localDescription.sdp);
-    for (const [lines, mid] of late.splice(0)) patchCandidates(location, credentials, lines, mid);
+    flushLate(peer);
     startStats();
   } catch (err) {
     if (!current()) return;
@@ -223,7 +321,8 @@ async function connect() {
 function teardown() {
   clearTimeout(statsTimer);
   pc?.close();
-  [pc, channel, sessionUrl] = [null, null, null];
+  [pc, channel, sessionUrl, sessionEtag] = [null, null, null, null];
+  restartsUnconnected = 0;
   outstanding.clear();
   ui.audio.srcObject = null;
   render();
