@@ -100,14 +100,15 @@ async def trickle(server: ServerProcess, http: aiohttp.ClientSession, hostile: b
     async with http.post(
         f"{server.base}/whep", data=await make_offer(end_of_candidates=False), headers=SDP
     ) as r:
-        location = r.headers["Location"]
+        location, etag = r.headers["Location"], r.headers["ETag"]
     url = f"{server.base}{location}"
     statuses = []
     batches = [candidate_lines(1000, 20_000)] if hostile else [candidate_lines(10, 20_000)]
     if hostile:
         batches += [candidate_lines(20, 30_000 + 20 * i) for i in range(50)]
     for body in batches:
-        async with http.patch(url, data=body, headers=FRAG) as resp:
+        # the current ETag: the candidates, not the precondition, are what is measured
+        async with http.patch(url, data=body, headers={**FRAG, "If-Match": etag}) as resp:
             statuses.append(resp.status)
     async with http.delete(url):
         pass
