@@ -11,10 +11,10 @@ from media_server.config import ConfigError, Settings
 from media_server.rooms.room import ListenerSession, Room, RoomFull
 from media_server.rooms.tokens import Claims, Role, TokenSigner
 from media_server.rtc.peer import (
-    IceCredentialsChanged,
     IceRestartRefused,
     IceRestartUnsupported,
     OfferError,
+    StaleIceCredentials,
     TooManyCandidates,
 )
 from media_server.server import MediaServer, RoomsDisabled
@@ -25,7 +25,6 @@ __all__ = [
     "Claims",
     "ClientSessionLimit",
     "ConfigError",
-    "IceCredentialsChanged",
     "IceRestartRefused",
     "IceRestartUnsupported",
     "ListenerSession",
@@ -36,6 +35,7 @@ __all__ = [
     "RoomFull",
     "RoomsDisabled",
     "SessionLimitReached",
+    "StaleIceCredentials",
     "Settings",
     "TokenSigner",
     "TooManyCandidates",

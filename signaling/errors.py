@@ -13,7 +13,7 @@ from typing import Final
 
 from aiohttp import web
 
-from media_server import IceRestartRefused, IceRestartUnsupported
+from media_server import IceRestartRefused, IceRestartUnsupported, StaleIceCredentials
 from synthesis.errors import (
     ClientError,
     ClientLimit,
@@ -65,6 +65,7 @@ STATUS: Final[Mapping[type[ClientError], int]] = {
     Conflict: 409,
     IceRestartRefused: 409,
     PreconditionFailed: 412,
+    StaleIceCredentials: 412,
     BodyTooLarge: 413,
     UnsupportedMediaType: 415,
     Unsupported: 422,

@@ -190,6 +190,7 @@ class IceRestart:
         """Check tasks of aioice's that :meth:`_retrigger` cancelled: awaited on close."""
         self._starting = asyncio.Lock()
         """Two restarts asked for at once start one after the other."""
+        self._closed = False
         self.completed = 0
         self.failed = 0
         self.last_checks_s: float | None = None
@@ -218,7 +219,7 @@ class IceRestart:
         if missing:
             raise RestartUnsupported(f"this aiortc/aioice lacks {', '.join(missing)}")
         connection = self._transport._connection
-        if self._transport.state != "completed" or connection._closing:
+        if self._transport.state != "completed" or connection._closing or self._closed:
             raise RestartRefused(f"its ICE transport is {self._transport.state}")
         if not connection._nominated:
             raise RestartRefused("it has no nominated pair to keep meanwhile")
@@ -227,10 +228,10 @@ class IceRestart:
         consent = connection._query_consent_task
         connection._query_consent_task = None
         await cancel_and_wait(consent)
-        if connection._closing:  # consent expired just as it was stopped
-            raise RestartRefused("its ICE connection is closing")
         # the old generation's checks end here, before their pairs are forgotten
         await cancel_and_wait(*(pair.task for pair in connection._check_list))
+        if connection._closing or self._closed:  # closed while the above ended
+            raise RestartRefused("its ICE connection is closing")
         previous = dict(connection._nominated)
         connection._local_username = local.ufrag
         connection._local_password = local.pwd
@@ -256,6 +257,8 @@ class IceRestart:
             async with asyncio.timeout(self._timeout_s):
                 retriggered: set[int] = set()
                 while not self._nominated_anew(connection, previous):
+                    if connection._closing:
+                        return
                     self._retrigger(connection, retriggered)
                     self._check_next(connection)
                     await asyncio.sleep(CHECK_INTERVAL_S)
@@ -325,5 +328,8 @@ class IceRestart:
                     return
 
     async def close(self) -> None:
+        """End the restart in progress; none starts afterwards (call it before the
+        peer connection closes: a restart's task must not outlive its connection)."""
+        self._closed = True
         await cancel_and_wait(self._task, *self._superseded)
         self._task = None

@@ -48,6 +48,9 @@ MAX_UNSENT_MESSAGES: Final = 64
 MAX_MEDIA_SECTIONS: Final = 8
 """``m=`` sections an offer may have: a client needs two (audio, data channel)."""
 
+MAX_PAST_ICE_GENERATIONS: Final = 16
+"""Remote ufrags replaced by restarts that are remembered, so their late trickle is stale."""
+
 DEFAULT_MAX_REMOTE_CANDIDATES: Final = 32
 """Remote ICE candidates one session takes (see ``Settings.max_remote_candidates``)."""
 
@@ -78,11 +81,11 @@ class IceRestartRefused(OfferError):
     default_code = "ice_restart_not_possible"
 
 
-class IceCredentialsChanged(OfferError):
-    """A trickle fragment with other credentials than the session's: an ICE restart
-    that was not asked for as one."""
+class StaleIceCredentials(OfferError):
+    """A trickle fragment with credentials a restart has replaced (HTTP 412): late
+    candidates of an older ICE generation, which must not restart ICE again."""
 
-    default_code = "ice_credentials_changed"
+    default_code = "stale_ice_credentials"
 
 
 class TooManyCandidates(OfferError):
@@ -185,6 +188,7 @@ class PeerSession:
         self.channel: RTCDataChannel | None = None
         self._unsent: deque[str] = deque(maxlen=MAX_UNSENT_MESSAGES)
         self._remote_ufrag: str | None = None
+        self._past_ufrags: deque[str] = deque(maxlen=MAX_PAST_ICE_GENERATIONS)
         self._remote_candidates: set[CandidateKey] = set()
         self._trickling: set[asyncio.Future[None]] = set()
         """One future per :meth:`add_trickle` inside aiortc, for :meth:`close` to await."""
@@ -284,7 +288,7 @@ class PeerSession:
     def is_ice_restart(self, sdpfrag: str) -> bool:
         """Whether ``sdpfrag`` carries ICE credentials other than the session's."""
         ufrag = ufrag_of(sdpfrag)
-        return ufrag is not None and ufrag != self._remote_ufrag
+        return ufrag not in (None, self._remote_ufrag) and ufrag not in self._past_ufrags
 
     async def add_trickle(self, sdpfrag: str) -> int:
         """Apply an ``application/trickle-ice-sdpfrag`` body; returns candidates added.
@@ -298,10 +302,10 @@ class PeerSession:
         """
         if self._closing:
             return 0
-        if self._remote_ufrag and self.is_ice_restart(sdpfrag):
-            raise IceCredentialsChanged(
-                "the fragment's a=ice-ufrag is not the session's: that is an ICE restart",
-                "send an ICE restart with 'If-Match: *'; trickle with the current ETag",
+        if ufrag_of(sdpfrag) not in (None, self._remote_ufrag):
+            raise StaleIceCredentials(
+                "the fragment's a=ice-ufrag is not the session's current one",
+                "trickle the current ICE generation's candidates; restart with 'If-Match: *'",
             )
         candidates = self._candidates(sdpfrag, self._remote_candidates)
         self._remote_candidates |= candidates.keys
@@ -342,6 +346,8 @@ class PeerSession:
                 f"the session's ICE cannot be restarted now: {exc}",
                 "restart once the session has connected; or DELETE it and POST a new offer",
             ) from None
+        if self._remote_ufrag is not None:
+            self._past_ufrags.append(self._remote_ufrag)
         self._remote_ufrag = remote.ufrag
         self._remote_candidates = set(candidates.keys)
         self._ice_tag = secrets.token_hex(8)

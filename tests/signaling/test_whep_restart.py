@@ -156,7 +156,12 @@ async def test_a_restart_answers_new_credentials_and_a_new_etag(
     assert re.search(r"^a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 \d+ typ host", move.answer, re.M)
     assert move.answer.rstrip().endswith("a=end-of-candidates")
     await wait_nominated(listener, move)
-    # trickle for the old generation is stale now; for the new one it is taken
+    # trickle for the old generation is stale now, even with If-Match: * (it is no
+    # new restart); for the new one it is taken
+    late = f"a=ice-ufrag:{ufrag(listener.pc.localDescription.sdp)}\r\n{CANDIDATE}"
+    resp = await client.patch(listener.location, data=late, headers={**FRAG, "If-Match": "*"})  # type: ignore[arg-type]
+    await assert_json_error(resp, 412, "stale_ice_credentials")
+    assert session.ice_etag == move.etag
     resp = await client.patch(
         listener.location, data=CANDIDATE, headers={**FRAG, "If-Match": old_etag}
     )  # type: ignore[arg-type]
@@ -243,3 +248,17 @@ async def test_missing_internals_refuse_a_restart_and_keep_the_session(
     assert session.peer.connection_state == "connected" and session.peer.ice_restarts is None
     listener.say("Still here.", "s1")
     assert (await listener.next_event("speech.started"))["id"] == "s1"
+
+
+async def test_a_restart_racing_a_delete_leaves_no_task(
+    client: TestClient, listener: WhepClient, http: aiohttp.ClientSession
+) -> None:
+    assert listener.location is not None
+    patch = client.patch(listener.location, data=NEW_CREDENTIALS, headers={**FRAG, "If-Match": "*"})
+    restarted, deleted = await asyncio.gather(patch, client.delete(listener.location))
+    assert deleted.status == 200
+    assert restarted.status in (200, 404, 409), await restarted.text()
+    await asyncio.sleep(0.1)
+    left = [t for t in asyncio.all_tasks() if t.get_name().startswith("ice-restart-")]
+    assert left == []
+    listener.location = None
