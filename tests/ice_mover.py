@@ -22,6 +22,7 @@ import aiohttp
 from aioice.candidate import Candidate
 
 from media_server.rtc.ice_restart import IceCredentials, IceRestart
+from media_server.tasks import cancel_and_wait
 from tests.whep_client import WhepClient
 
 FRAG = "application/trickle-ice-sdpfrag"
@@ -55,6 +56,7 @@ class Move:
     status: int
     etag: str | None
     answer: str
+    local: IceCredentials
     patch_sent: float = 0.0
     answered: float = 0.0
     nominated: float | None = None
@@ -78,8 +80,12 @@ def silence(protocol: Any) -> None:
 
 
 async def move_away(client: WhepClient) -> tuple[int, int]:
-    """Silence the client's sockets and bind new ones; returns (old port, new port)."""
+    """Silence the client's sockets and bind new ones; returns (old port, new port).
+    The client knows it moved: its consent checks of the old path stop (they would
+    end its connection before a slow restart), as its restart starts them again."""
     connection = ice_transport(client)._connection
+    consent, connection._query_consent_task = connection._query_consent_task, None
+    await cancel_and_wait(consent)
     old = list(connection._protocols)
     for protocol in old:
         silence(protocol)
@@ -127,19 +133,24 @@ async def restart(
         data=restart_fragment(local, client),
         headers=headers,
     ) as resp:
-        move = Move(resp.status, resp.headers.get("ETag"), await resp.text(), patch_sent=sent)
+        move = Move(resp.status, resp.headers.get("ETag"), await resp.text(), local, sent)
     move.answered = time.monotonic()
-    if move.status != 200 or not run_checks:
-        return move
+    if move.status == 200 and run_checks:
+        await check_again(client, move)
+    return move
+
+
+async def check_again(client: WhepClient, move: Move) -> None:
+    """The client's side of a restart the server answered: its checks, with both
+    sides' new credentials, to the server's candidates."""
     remote, candidates = parse_answer(move.answer)
     transport = ice_transport(client)
     restarter = IceRestart(transport, "test-client")
     client._restarter = restarter  # type: ignore[attr-defined]
-    await restarter.begin(remote, local)
+    await restarter.begin(remote, move.local)
     for candidate in candidates:
         await transport._connection.add_remote_candidate(candidate)
     await transport._connection.add_remote_candidate(None)
-    return move
 
 
 async def wait_nominated(client: WhepClient, move: Move, wait_s: float = 10.0) -> None:

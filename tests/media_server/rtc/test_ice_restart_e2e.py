@@ -23,6 +23,7 @@ from media_server.rtc.client import PeerClient
 from signaling.keys import MEDIA_KEY
 from tests.ice_mover import (
     RtpLog,
+    check_again,
     close_restarter,
     move_away,
     restart,
@@ -41,6 +42,15 @@ SECOND_TEXT = "And this one waited in the queue meanwhile."
 OUTAGE_S = 1.0
 RESUME_TARGET_S = 1.0
 """Audio is back within this long after the new path's checks complete (issue 17)."""
+
+
+@pytest.fixture
+def fast_consent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consent freshness every 0.2 s instead of 5 (expiry in about 4 s, not 30), for
+    connections made after it: aioice reads the interval on each round."""
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
 
 
 @pytest.fixture
@@ -171,17 +181,11 @@ def ice_transport_of(session: PeerClient) -> object:
 
 
 async def test_a_session_whose_restart_never_completes_is_still_cleaned_up(
-    client: TestClient,
-    listener: WhepClient,
-    http: aiohttp.ClientSession,
-    monkeypatch: pytest.MonkeyPatch,
+    client: TestClient, fast_consent: None, listener: WhepClient, http: aiohttp.ClientSession
 ) -> None:
     """The listener moves and asks for a restart, then is gone for good: the restart
     gives up, consent freshness on the old path expires (RFC 7675), the peer fails
     and the session is closed, as a session without a restart would be."""
-    import aioice.ice
-
-    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)  # this test only: 5 s each
     session = session_of(client, listener)
     session.peer.ice_restart_timeout_s = 0.5
     await move_away(listener)
@@ -198,3 +202,37 @@ async def test_a_session_whose_restart_never_completes_is_still_cleaned_up(
             await asyncio.sleep(0.05)
     assert client.app[MEDIA_KEY].sessions.get(session.client_id) is None
     listener.location = None
+
+
+async def test_consent_expiry_does_not_end_a_slow_restart(
+    client: TestClient, fast_consent: None, listener: WhepClient, http: aiohttp.ClientSession
+) -> None:
+    """The listener's checks start long after its PATCH (a slow radio): consent on the
+    dead old path would have expired meanwhile, but it is stopped during a restart,
+    and runs again for the new pair once nominated."""
+    session = session_of(client, listener)
+    rtp = RtpLog()
+    rtp.install(listener)
+    await asyncio.sleep(1)  # consent runs at its fast pace on the old path
+    await move_away(listener)
+    move = await restart(listener, http, run_checks=False)
+    assert move.status == 200
+    await asyncio.sleep(6)  # longer than consent takes to expire (about 4 s)
+    assert not session.closed and session.peer.connection_state == "connected"
+    await check_again(listener, move)
+    await wait_nominated(listener, move)
+    assert move.nominated is not None
+    async with asyncio.timeout(RESUME_TARGET_S):
+        while rtp.first_after(move.nominated) is None:
+            await asyncio.sleep(0.005)
+    restarts = session.peer.ice_restarts
+    assert restarts is not None
+    async with asyncio.timeout(1):  # it notices its new pair on its next 20 ms step
+        while restarts.completed == 0:
+            await asyncio.sleep(0.005)
+    connection = ice_transport_of(session)._connection
+    consent = connection._query_consent_task
+    assert consent is not None and not consent.done()
+    await asyncio.sleep(1)  # several consent rounds on the new pair: all answered
+    assert connection._query_consent_task is consent and not consent.done()
+    assert not session.closed
