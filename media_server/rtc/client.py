@@ -148,6 +148,10 @@ class PeerClient(abc.ABC):
             self._request_close(self.client_id, "connect timeout")
 
     def _on_state(self, state: str) -> None:
+        """aiortc reports no ``disconnected``; ``failed`` comes when consent freshness
+        expires or DTLS fails. An ICE restart pauses consent while its checks run, so
+        a restart in progress is never closed here; one that never completes hands
+        back to consent, and ends here as a lost path would (see ``ice_restart``)."""
         if self._disconnect_timer is not None:
             self._disconnect_timer.cancel()
             self._disconnect_timer = None

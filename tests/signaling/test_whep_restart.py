@@ -21,7 +21,7 @@ from media_server.rooms.tokens import Role, TokenSigner
 from media_server.rtc.client import PeerClient
 from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
-from tests.ice_mover import close_restarter, move_away, restart, wait_nominated
+from tests.ice_mover import RtpLog, close_restarter, move_away, restart, wait_nominated
 from tests.signaling.test_whep_http import SDP, assert_json_error
 from tests.whep_client import WhepClient
 
@@ -262,3 +262,35 @@ async def test_a_restart_racing_a_delete_leaves_no_task(
     left = [t for t in asyncio.all_tasks() if t.get_name().startswith("ice-restart-")]
     assert left == []
     listener.location = None
+
+
+@pytest.mark.parametrize("settings", [loopback_settings(token_secret=SECRET)])
+async def test_a_room_listener_restarts_with_its_token(
+    client: TestClient, http: aiohttp.ClientSession, settings: Settings
+) -> None:
+    """The room's WHEP resource restarts the same way (with the join token it was
+    created with), and the room's stream reaches the listener's new address."""
+    token = TokenSigner(SECRET.encode()).issue("hall", Role.LISTENER, "ann")
+    peer = WhepClient(str(client.make_url("")).rstrip("/"))
+    await peer.connect(http, path="/rooms/hall/whep", headers={"Authorization": f"Bearer {token}"})
+    try:
+        rtp = RtpLog()
+        rtp.install(peer)
+        async with asyncio.timeout(5):
+            while len(rtp.packets) < 10:
+                await asyncio.sleep(0.02)
+        await move_away(peer)
+        resp = await client.patch(
+            peer.location, data=NEW_CREDENTIALS, headers={**FRAG, "If-Match": "*"}
+        )  # type: ignore[arg-type]
+        await assert_json_error(resp, 401, "token_required")
+        move = await restart(peer, http)
+        assert move.status == 200, move.answer
+        await wait_nominated(peer, move)
+        assert move.nominated is not None
+        async with asyncio.timeout(1):
+            while rtp.first_after(move.nominated) is None:
+                await asyncio.sleep(0.01)
+    finally:
+        await close_restarter(peer)
+        await peer.close(http)
