@@ -177,6 +177,7 @@ async def test_a_restart_answers_new_credentials_and_a_new_etag(
     assert 0 < stats["ice_restart_checks_ms"] < 5000
 
 
+@pytest.mark.slow
 async def test_a_failed_restart_keeps_the_session_and_a_later_one_succeeds(
     client: TestClient, listener: WhepClient, http: aiohttp.ClientSession
 ) -> None:
