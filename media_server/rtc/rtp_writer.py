@@ -14,8 +14,8 @@ transport's SRTP session and hands it to the nominated ICE pair's socket. It kee
 the sender's counters, so aiortc's RTCP sender reports and ``getStats()`` stay
 true. aiortc's own sender task stays parked on the track's empty queue.
 
-Where the client negotiated RED (:mod:`media_server.rtc.red`), each speech packet also
-repeats the ``red_distance`` speech frames before it; the link adaptor sets that distance
+Where the client negotiated RED (:mod:`media_server.rtc.red`), each packet also repeats
+the ``red_distance`` frames before it; the link adaptor sets that distance
 per listener, so a room's one encoded stream reaches each with the redundancy its link needs.
 
 It reaches into aiortc/aioice internals (named in :data:`SENDER_COUNTERS`,
@@ -88,7 +88,7 @@ class RtpWriter:
         self._first = True
         self.red_payload_type = red_payload_type
         self.red_distance = 0
-        """Earlier speech frames each speech packet repeats (0: plain Opus; needs RED)."""
+        """Earlier frames each packet repeats (0: plain Opus; needs negotiated RED)."""
         self._recent: deque[OutgoingFrame] = deque(maxlen=MAX_RED_DISTANCE + 1)
         self.red_packets = 0
         self.sent = 0
@@ -152,16 +152,17 @@ class RtpWriter:
         self._count(timestamp, len(payload), len(data))
 
     def _payload(self, frame: OutgoingFrame) -> tuple[int, bytes]:
-        """The packet's payload type and payload: RED while the link needs it and the
-        frame is speech, plain Opus otherwise (silence is never worth repeating)."""
+        """The packet's payload type and payload: RED while the link needs it, plain Opus
+        otherwise. Silence is repeated too (a few bytes a frame): a receiver conceals a
+        lost silence packet as it does speech, and its jitter buffer reacts alike."""
         recent = self._recent
         distance = self.red_distance
         red = self.red_payload_type
-        self._recent.append(frame)
-        if red is None or distance <= 0 or not frame.speech:
+        recent.append(frame)
+        if red is None or distance <= 0:
             return self._payload_type, frame.payload
         earlier = list(recent)[-distance - 1 : -1]  # the frames before this one, oldest first
-        blocks = [(frame.pts - f.pts, f.payload) for f in earlier if f.speech and f.pts < frame.pts]
+        blocks = [(frame.pts - f.pts, f.payload) for f in earlier if f.pts < frame.pts]
         self.red_packets += 1
         return red, red_payload(self._payload_type, frame.payload, blocks)
 

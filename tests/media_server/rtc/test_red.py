@@ -141,17 +141,21 @@ def test_speech_packets_repeat_the_frames_before_them() -> None:
     assert writer.red_packets == 4
 
 
-def test_silence_and_a_clean_link_go_as_plain_opus() -> None:
+def test_a_clean_link_goes_as_plain_opus_and_a_lossy_one_repeats_silence_too() -> None:
     writer, wire = bare_writer(63)
     writer.write(frame(0))  # distance 0: the link is clean
     writer.red_distance = 1
-    writer.write(frame(1, speech=False))  # silence is not worth repeating
-    writer.write(frame(2))  # speech after silence repeats no silence
+    writer.write(frame(1, speech=False))  # lost silence is concealed too: repeated
+    writer.write(frame(2))
     writer.write(frame(4))  # ticks skipped by the pacer: the offset says so
-    assert [pt for pt, _ in wire.packets] == [111, 111, 63, 63]
+    assert [pt for pt, _ in wire.packets] == [111, 63, 63, 63]
     assert wire.packets[0][1] == b"frame0"
-    assert split_red(wire.packets[2][1]) == ([], b"frame2")
+    assert split_red(wire.packets[1][1]) == ([(960, b"frame0")], b"frame1")
+    assert split_red(wire.packets[2][1]) == ([(960, b"frame1")], b"frame2")
     assert split_red(wire.packets[3][1]) == ([(1920, b"frame2")], b"frame4")
+    writer.red_distance = 0
+    writer.write(frame(5))
+    assert wire.packets[-1] == (111, b"frame5")
 
 
 def test_without_negotiated_red_the_distance_changes_nothing() -> None:

@@ -100,8 +100,7 @@ async def test_speech_repeats_the_two_frames_before_it(
     try:
         assert f"a=rtpmap:{RED_PT} red/48000/2" in peer.answer
         red = [p for p in peer.packets if p.payload_type == RED_PT]
-        plain = {p.sequence_number: p for p in peer.packets if p.payload_type != RED_PT}
-        assert len(red) > 30 and plain, "speech goes as RED, silence as plain Opus"
+        assert len(red) == len(peer.packets) > 50, "every packet goes as RED"
 
         primaries = {p.timestamp: split_red(p.payload)[1] for p in red}
         repeated = 0
