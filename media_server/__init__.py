@@ -10,7 +10,7 @@ package that touches aiortc), ``sessions/`` and ``rooms/`` (who hears what), ``r
 from media_server.config import ConfigError, Settings
 from media_server.rooms.room import ListenerSession, Room, RoomFull
 from media_server.rooms.tokens import Claims, Role, TokenSigner
-from media_server.rtc.peer import (
+from media_server.rtc.errors import (
     IceRestartRefused,
     IceRestartUnsupported,
     OfferError,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from media_server.audio.opus import OpusSettings
+from media_server.link.adaptor import MAX_RED_DISTANCE
 
 API_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 """What an operator token may be: long, and safe in a header or a WebSocket subprotocol."""
@@ -97,6 +98,13 @@ class Settings:
     direct_rtp: bool = True
     """Write RTP from the pacer's tick (:mod:`media_server.rtc.rtp_writer`) instead of
     through aiortc's per-track sender task; off only to compare the two."""
+    red_max_distance: int = 2
+    """Earlier frames a RED packet may repeat for a client that offers RED (0: never
+    answer RED); how many it does repeat follows the link (``audio_adaptation``)."""
+    audio_adaptation: bool = True
+    """Follow each listener's RTCP reports: FEC, expected loss, bitrate, DTX and RED
+    distance (``media_server.link``). Off: the ``VMS_OPUS_*`` settings and RED at
+    ``red_max_distance``, whatever the link does."""
     max_remote_candidates: int = 32
     """ICE candidates a client may send per session (offer and trickle; browsers send
     under 20): aioice's work per candidate grows with those it has."""
@@ -154,6 +162,8 @@ class Settings:
             raise ConfigError("http_synthesis_slots must be 1..synthesis_workers (or unset)")
         if self.token_secret is not None and len(self.token_secret.encode()) < 16:
             raise ConfigError("token_secret must be at least 16 bytes")
+        if not 0 <= self.red_max_distance <= MAX_RED_DISTANCE:
+            raise ConfigError(f"red_max_distance must be 0..{MAX_RED_DISTANCE}")
         if not -20 <= self.loop_nice <= 19:
             raise ConfigError("loop_nice must be -20..19")
         for name in (

@@ -239,6 +239,14 @@ async def _check(base_url: str, screenshot: Path) -> dict[str, Any]:
 
             await page.wait_for_timeout(1200)  # one more stats tick for the screenshot
             await page.screenshot(path=str(screenshot), full_page=True)
+            # Chromium offers RED and sends an RTCP receiver report every few seconds:
+            # the server answered RED and its link adaptor has read the page's reports
+            results["RED negotiated"] = await _stat(page, "RED negotiated")
+            results["link reports"] = await _stat(page, "link reports")
+            if results["RED negotiated"] != "true":
+                raise CheckFailed(f"RED was not negotiated: {results['RED negotiated']}")
+            if not (results["link reports"] or "0").isdigit() or results["link reports"] == "0":
+                raise CheckFailed(f"no RTCP report reached the link adaptor: {results}")
 
             errors = [e for e in await _log_entries(page) if e["level"] == "error"]
             if errors:

@@ -482,7 +482,17 @@ async function updateServerStats(url) {
   // Failures are left to the next tick; a server that went away shows in the connection state.
   const response = url && (await fetch(`${url}/stats`, { cache: 'no-store', headers: sessionAuth }).catch(() => null));
   const data = response?.ok && (await response.json().catch(() => null));
-  if (data && url === sessionUrl) showStats(ui.serverStats, SERVER_KEYS.map((key) => [key, data[key]]));
+  if (!data || url !== sessionUrl) return;
+  const link = data.link ?? {};  // what the server's link adaptor made of this page's RTCP reports
+  showStats(ui.serverStats, [
+    ...SERVER_KEYS.map((key) => [key, data[key]]),
+    ['link reports', link.reports],
+    ['link loss', link.loss_pct == null ? null : `${link.loss_pct} %`],
+    ['RED negotiated', link.red_negotiated],
+    ['RED distance', link.red_distance],
+    ['FEC', link.inband_fec == null ? null : `${link.inband_fec ? 'on' : 'off'} (${link.expected_loss_pct} %)`],
+    ['opus bitrate', link.bitrate_bps == null ? null : `${link.bitrate_bps / 1000} kbit/s`],
+  ]);
 }
 
 // ---------------------------------------------------------------- wiring

@@ -13,6 +13,7 @@ from media_server.audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from media_server.audio.opus import (
     WIDEBAND_MAX_COMPLEXITY,
     WIDEBAND_RATE_HZ,
+    CodingTarget,
     OpusEncoder,
     OpusSettings,
 )
@@ -81,6 +82,9 @@ class StreamEncoder:
         self.settings = settings
         self.current: OpusEncoder | None = None
         self.switches = 0
+        self.target: CodingTarget | None = None
+        """Set from the event loop when the listener's link changes (one reference, so
+        the encoding thread sees the old target or the new one); applied per batch."""
 
     def for_complexity(self, complexity: int) -> OpusEncoder:
         """The encoder for an utterance starting at ``complexity`` (made if needed)."""
@@ -90,7 +94,13 @@ class StreamEncoder:
                 self.switches += 1
             self.current = OpusEncoder(self.settings, rate)
         self.current.set_complexity(complexity)
+        self.follow_target(self.current)
         return self.current
+
+    def follow_target(self, encoder: OpusEncoder) -> None:
+        target = self.target
+        if target is not None:
+            encoder.apply(target)
 
 
 class UtteranceEncoder:
@@ -138,6 +148,7 @@ class UtteranceEncoder:
         return self._encode(encoder, framer.push(resampler.flush()) + framer.flush())
 
     def _encode(self, encoder: OpusEncoder, frames: list[Pcm]) -> list[bytes]:
+        self._stream.follow_target(encoder)
         if self._budget is None:
             return [encoder.encode(f) for f in frames]
         complexity = self._budget.complexity

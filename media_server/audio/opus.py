@@ -58,6 +58,17 @@ class OpusSettings:
             raise ValueError("opus expected_loss_pct must be within 0..100")
 
 
+@dataclass(frozen=True, slots=True)
+class CodingTarget:
+    """What a listener's link asks of the encoder (``media_server.link``), from the next
+    frame it encodes on: the stream stays continuous, only the coding changes."""
+
+    bitrate_bps: int
+    inband_fec: bool
+    expected_loss_pct: int
+    dtx: bool
+
+
 def bundled_libopus() -> str | None:
     """The libopus that PyAV's wheel ships (``av.libs``), if there is one."""
     import av
@@ -132,6 +143,25 @@ class OpusEncoder:
         self._ctl = ctl
         self._api = encoder_api
         self.complexity = settings.complexity
+        self.target = CodingTarget(
+            settings.bitrate_bps, settings.inband_fec, settings.expected_loss_pct, settings.dtx
+        )
+
+    def apply(self, target: CodingTarget) -> None:
+        """Code the next frames as ``target`` says (only the ctls that change are set)."""
+        current = self.target
+        if target == current:
+            return
+        state, set_ctl, ctl = self._encoder.encoder_state, self._api.encoder_ctl, self._ctl
+        if target.bitrate_bps != current.bitrate_bps:
+            set_ctl(state, ctl.set_bitrate, target.bitrate_bps)
+        if target.inband_fec != current.inband_fec:
+            set_ctl(state, ctl.set_inband_fec, int(target.inband_fec))
+        if target.expected_loss_pct != current.expected_loss_pct:
+            set_ctl(state, ctl.set_packet_loss_perc, target.expected_loss_pct)
+        if target.dtx != current.dtx:
+            set_ctl(state, ctl.set_dtx, int(target.dtx))
+        self.target = target
 
     def set_complexity(self, complexity: int) -> None:
         """Change the complexity from the next frame on (the stream stays continuous)."""

@@ -13,6 +13,7 @@ from media_server.audio.budget import EncodeBudget
 from media_server.audio.encoder import StreamEncoder
 from media_server.clock import Clock
 from media_server.config import Settings
+from media_server.link.adaptor import AudioDecision, merged
 from media_server.playout.pacer import Pacer
 from media_server.playout.stats import LATENESS_WINDOW_FRAMES, PacingStats
 from media_server.rooms.fanout import FanOut
@@ -93,9 +94,10 @@ class Room:
         self.synthesis = synthesis
         self.clock = clock
         self.fanout = FanOut()
+        self._encoder = StreamEncoder(settings.opus)
         self.speech = PacedSpeech(
             synthesis,
-            StreamEncoder(settings.opus),
+            self._encoder,
             self.broadcast,
             encode_executor=encode_executor,
             encode_budget=encode_budget,
@@ -114,6 +116,17 @@ class Room:
         self.bots: dict[str, Member] = {}
         self._pacer_task: asyncio.Task[None] | None = None
         self.closed = False
+
+    def links_changed(self) -> None:
+        """A listener's link (or the set of listeners) changed: the one encoder codes for
+        the listener that needs the most protection; RED stays per listener."""
+        self._encoder.target = merged(
+            [
+                listener.adaptor.decision
+                for listener in self.listeners.values()
+                if listener.adaptor.reports and not listener.closed
+            ]
+        )
 
     @property
     def participants(self) -> int:
@@ -272,12 +285,17 @@ class ListenerSession(PeerClient):
 
     async def _on_close(self) -> None:
         self.room.fanout.remove(self.track)
+        self.room.links_changed()
+
+    def _link_changed(self, decision: AudioDecision) -> None:
+        self.room.links_changed()
 
     def stats(self) -> dict[str, Any]:
         """This listener's connection and its room's stream."""
         return {
             "connection_state": self.peer.connection_state,
             "dropped_frames": self.track.dropped_frames,
+            "link": self.link_stats(),
             **self.ice_stats(),
             **self.room.stats(),
         }

@@ -6,11 +6,13 @@ import abc
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from media_server.clock import Clock
 from media_server.config import Settings
+from media_server.link.adaptor import AudioDecision, AudioNetworkAdaptor
 from media_server.rtc.peer import PeerSession
+from media_server.rtc.reports import ReportReader
 from media_server.rtc.track import EncodedAudioTrack
 from media_server.tasks import cancel_and_wait
 
@@ -24,6 +26,9 @@ class OutgoingEvent(Protocol):
 logger = logging.getLogger(__name__)
 
 CloseRequest = Callable[[str, str], None]
+
+LINK_POLL_S: Final = 1.0
+"""How often a client's newest RTCP report is looked for (Chromium sends one every ~5 s)."""
 
 
 class PeerClient(abc.ABC):
@@ -50,6 +55,10 @@ class PeerClient(abc.ABC):
             self._on_message,
             self._on_state,
             max_remote_candidates=settings.max_remote_candidates,
+            red=settings.red_max_distance > 0,
+        )
+        self.adaptor = AudioNetworkAdaptor(
+            settings.opus, settings.red_max_distance, adaptive=settings.audio_adaptation
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._disconnect_timer: asyncio.TimerHandle | None = None
@@ -72,6 +81,7 @@ class PeerClient(abc.ABC):
         answer = await self.peer.answer(offer_sdp, self.track)
         self._spawn(self._watch_connect(), "connect-timeout")
         self._spawn(self._run_media(), "media")
+        self._spawn(self._follow_link(), "link")
         return answer
 
     @property
@@ -116,7 +126,41 @@ class PeerClient(abc.ABC):
         if self._settings.direct_rtp:
             writer = self.peer.rtp_writer(self.track)
             if writer is not None:
+                writer.red_distance = self.adaptor.decision.red_distance
                 self.track.attach_writer(writer)
+
+    async def _follow_link(self) -> None:
+        """Feed the client's RTCP receiver reports to its adaptor, and apply what it decides."""
+        await self.track.first_recv.wait()
+        sender = self.peer.sender_of(self.track)
+        if sender is None:
+            return
+        reader = ReportReader(sender)
+        while True:
+            await asyncio.sleep(LINK_POLL_S)
+            report = await reader.read()
+            if report is None:
+                continue
+            before = self.adaptor.decision
+            decision = self.adaptor.update(report)
+            if decision is not before:
+                logger.debug("%s(%s) link: %s", type(self).__name__, self.client_id, decision)
+                writer = self.track.writer
+                if writer is not None:
+                    writer.red_distance = decision.red_distance
+                self._link_changed(decision)
+
+    def _link_changed(self, decision: AudioDecision) -> None:  # noqa: B027 - an optional hook
+        """The adaptor changed its decision: apply the encoder's part of it."""
+
+    def link_stats(self) -> dict[str, Any]:
+        """The adaptor's view of the link and what the writer sends (for ``/stats``)."""
+        writer = self.track.writer
+        return {
+            **self.adaptor.snapshot(),
+            "red_negotiated": self.peer.red_payload_type is not None,
+            "red_packets": 0 if writer is None else writer.red_packets,
+        }
 
     @abc.abstractmethod
     def _on_message(self, raw: str | bytes) -> None:

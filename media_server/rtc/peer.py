@@ -16,11 +16,21 @@ from aiortc import (
     RTCIceCandidate,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
 
 from media_server.config import IceServer
+from media_server.rtc.errors import (
+    IceRestartRefused,
+    IceRestartUnsupported,
+    InvalidCandidate,
+    OfferError,
+    StaleIceCredentials,
+    TooManyCandidates,
+)
 from media_server.rtc.fragment import (
     Candidates,
     credentials_of,
@@ -35,9 +45,10 @@ from media_server.rtc.ice_restart import (
     RestartRefused,
     RestartUnsupported,
 )
+from media_server.rtc.red import answer_with_red, offered_red
 from media_server.rtc.rtp_writer import RtpWriter
+from media_server.rtc.sctp import quicken_retransmission
 from media_server.rtc.teardown import release_peer
-from synthesis.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -53,46 +64,6 @@ MAX_PAST_ICE_GENERATIONS: Final = 16
 
 DEFAULT_MAX_REMOTE_CANDIDATES: Final = 32
 """Remote ICE candidates one session takes (see ``Settings.max_remote_candidates``)."""
-
-
-class OfferError(InvalidRequest):
-    """An SDP offer (or trickle fragment) that cannot be used."""
-
-    default_code = "invalid_offer"
-
-    def __init__(self, message: str, solution: str) -> None:
-        super().__init__(None, message, solution)
-
-
-class InvalidCandidate(OfferError):
-    default_code = "invalid_candidate"
-
-
-class IceRestartUnsupported(OfferError):
-    """This session cannot be restarted at all (HTTP 422, as the WHEP draft says for
-    a server that does trickle but no restart): nothing of it was changed."""
-
-    default_code = "ice_restart_unsupported"
-
-
-class IceRestartRefused(OfferError):
-    """This session cannot be restarted now (not connected yet, or closing)."""
-
-    default_code = "ice_restart_not_possible"
-
-
-class StaleIceCredentials(OfferError):
-    """A trickle fragment with credentials a restart has replaced (HTTP 412): late
-    candidates of an older ICE generation, which must not restart ICE again."""
-
-    default_code = "stale_ice_credentials"
-
-
-class TooManyCandidates(OfferError):
-    """More remote candidates than a session takes: aioice re-sorts its whole check
-    list on each one, so an unbounded number would hold the event loop."""
-
-    default_code = "too_many_candidates"
 
 
 _MID = re.compile(r"^a=mid:(\S+)\s*$", re.MULTILINE)
@@ -173,8 +144,12 @@ class PeerSession:
         on_state: Callable[[str], None],
         *,
         max_remote_candidates: int = DEFAULT_MAX_REMOTE_CANDIDATES,
+        red: bool = True,
     ) -> None:
         self.label = label
+        self._red = red
+        self.red_payload_type: int | None = None
+        """RED's payload type where the client offered it and the answer took it."""
         self._max_remote_candidates = max_remote_candidates
         self._on_message = on_message
         self._on_state = on_state
@@ -253,6 +228,8 @@ class PeerSession:
                 f"the SDP offer could not be used: {exc or type(exc).__name__}",
                 "send the unmodified offer SDP from RTCPeerConnection.createOffer()",
             ) from exc
+        if self.pc.sctp is not None:
+            quicken_retransmission(self.pc.sctp)
         audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
         if not audio:
             raise OfferError("the offer has no usable audio section", "offer an audio transceiver")
@@ -274,7 +251,28 @@ class PeerSession:
             ) from exc
         ufrag = re.search(r"^a=ice-ufrag:(\S+)", offer_sdp, re.MULTILINE)
         self._remote_ufrag = ufrag.group(1) if ufrag else None
-        return str(self.pc.localDescription.sdp)
+        return self._with_red(offer_sdp, str(self.pc.localDescription.sdp), audio[0])
+
+    def _with_red(self, offer_sdp: str, answer_sdp: str, audio: RTCRtpTransceiver) -> str:
+        """The answer, taking the offer's RED over the negotiated Opus where there is one."""
+        codecs = getattr(audio, "_codecs", None) or []
+        opus = codecs[0] if codecs and codecs[0].mimeType.lower() == "audio/opus" else None
+        if not self._red or opus is None or opus.payloadType is None:
+            return answer_sdp
+        red = offered_red(offer_sdp, opus.payloadType)
+        if red is None:
+            return answer_sdp
+        self.red_payload_type = red
+        return answer_with_red(answer_sdp, red, opus.payloadType)
+
+    def sender_of(self, track: MediaStreamTrack) -> RTCRtpSender | None:
+        """The sender that carries ``track`` (None once released)."""
+        if self._released:
+            return None
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.sender.track is track:
+                return transceiver.sender
+        return None
 
     def rtp_writer(self, track: MediaStreamTrack) -> RtpWriter | None:
         """A direct writer for ``track``'s RTP once its sender has started, or None."""
@@ -282,7 +280,7 @@ class PeerSession:
             return None
         for transceiver in self.pc.getTransceivers():
             if transceiver.sender.track is track:
-                return RtpWriter.bind(transceiver)
+                return RtpWriter.bind(transceiver, self.red_payload_type)
         return None
 
     def is_ice_restart(self, sdpfrag: str) -> bool:

@@ -14,6 +14,10 @@ transport's SRTP session and hands it to the nominated ICE pair's socket. It kee
 the sender's counters, so aiortc's RTCP sender reports and ``getStats()`` stay
 true. aiortc's own sender task stays parked on the track's empty queue.
 
+Where the client negotiated RED (:mod:`media_server.rtc.red`), each packet also repeats
+the ``red_distance`` frames before it; the link adaptor sets that distance
+per listener, so a room's one encoded stream reaches each with the redundancy its link needs.
+
 It reaches into aiortc/aioice internals (named in :data:`SENDER_COUNTERS`,
 :data:`TRANSPORT_COUNTERS` and :func:`RtpWriter.bind`); when they are not there
 (another aiortc version) ``bind`` returns ``None`` and frames take aiortc's path.
@@ -25,6 +29,7 @@ import logging
 import random
 import struct
 import time
+from collections import deque
 from typing import Any, Final
 
 from aiortc import RTCRtpTransceiver
@@ -33,6 +38,8 @@ from aiortc.rtcrtpparameters import RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from media_server.audio.frames import OutgoingFrame
+from media_server.link.adaptor import MAX_RED_DISTANCE
+from media_server.rtc.red import red_payload
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +75,7 @@ class RtpWriter:
         ice_connection: Any,
         payload_type: int,
         header: bytes,
+        red_payload_type: int | None = None,
     ) -> None:
         self._sender = sender
         self._dtls = dtls
@@ -78,12 +86,19 @@ class RtpWriter:
         self._timestamp_origin = random.getrandbits(32)
         self._last_speech = False
         self._first = True
+        self.red_payload_type = red_payload_type
+        self.red_distance = 0
+        """Earlier frames each packet repeats (0: plain Opus; needs negotiated RED)."""
+        self._recent: deque[OutgoingFrame] = deque(maxlen=MAX_RED_DISTANCE + 1)
+        self.red_packets = 0
         self.sent = 0
         self.unsent = 0
         """Frames dropped because the transport was not (or no longer) connected."""
 
     @classmethod
-    def bind(cls, transceiver: RTCRtpTransceiver) -> RtpWriter | None:
+    def bind(
+        cls, transceiver: RTCRtpTransceiver, red_payload_type: int | None = None
+    ) -> RtpWriter | None:
         """A writer for ``transceiver``'s started sender, or None where this aiortc
         lacks the parts it needs (frames then go through aiortc's sender task)."""
         sender = transceiver.sender
@@ -108,7 +123,7 @@ class RtpWriter:
         template.ssrc = sender._ssrc
         template.extensions.mid = transceiver.mid
         header = template.serialize(extensions)
-        return cls(sender, dtls, ice_connection, payload_type, header)
+        return cls(sender, dtls, ice_connection, payload_type, header, red_payload_type)
 
     def write(self, frame: OutgoingFrame) -> None:
         """Send ``frame`` now (called from the pacer's tick, on the event loop)."""
@@ -127,15 +142,29 @@ class RtpWriter:
         self._first = False
         self._last_speech = frame.speech
         timestamp = (self._timestamp_origin + frame.pts) & 0xFFFFFFFF
+        payload_type, payload = self._payload(frame)
         header = self._header
-        _HEADER_FIELDS.pack_into(
-            header, 1, (marker << 7) | self._payload_type, self._sequence, timestamp
-        )
-        data = srtp.protect(bytes(header) + frame.payload)
+        _HEADER_FIELDS.pack_into(header, 1, (marker << 7) | payload_type, self._sequence, timestamp)
+        data = srtp.protect(bytes(header) + payload)
         transport.sendto(data, pair.remote_addr)
         self._sequence = (self._sequence + 1) & 0xFFFF
         self.sent += 1
-        self._count(timestamp, len(frame.payload), len(data))
+        self._count(timestamp, len(payload), len(data))
+
+    def _payload(self, frame: OutgoingFrame) -> tuple[int, bytes]:
+        """The packet's payload type and payload: RED while the link needs it, plain Opus
+        otherwise. Silence is repeated too (a few bytes a frame): a receiver conceals a
+        lost silence packet as it does speech, and its jitter buffer reacts alike."""
+        recent = self._recent
+        distance = self.red_distance
+        red = self.red_payload_type
+        recent.append(frame)
+        if red is None or distance <= 0:
+            return self._payload_type, frame.payload
+        earlier = list(recent)[-distance - 1 : -1]  # the frames before this one, oldest first
+        blocks = [(frame.pts - f.pts, f.payload) for f in earlier if f.pts < frame.pts]
+        self.red_packets += 1
+        return red, red_payload(self._payload_type, frame.payload, blocks)
 
     def _count(self, timestamp: int, payload_bytes: int, wire_bytes: int) -> None:
         sender, dtls = self._sender, self._dtls

@@ -10,6 +10,7 @@ from media_server.audio.budget import EncodeBudget
 from media_server.audio.encoder import StreamEncoder
 from media_server.clock import Clock
 from media_server.config import Settings
+from media_server.link.adaptor import AudioDecision
 from media_server.playout.pacer import Pacer
 from media_server.playout.ticker import Ticker
 from media_server.rtc.client import CloseRequest, PeerClient
@@ -50,9 +51,10 @@ class VoiceSession(PeerClient):
     ) -> None:
         super().__init__(session_id, settings, clock, request_close)
         self._talker = Talker(None, voice_id, settings, clock)
+        self._encoder = StreamEncoder(settings.opus)
         self.speech = PacedSpeech(
             synthesis,
-            StreamEncoder(settings.opus),
+            self._encoder,
             self.send_event,
             encode_executor=encode_executor,
             encode_budget=encode_budget,
@@ -83,6 +85,9 @@ class VoiceSession(PeerClient):
     async def _on_close(self) -> None:
         await self.speech.aclose()
 
+    def _link_changed(self, decision: AudioDecision) -> None:
+        self._encoder.target = decision.coding
+
     def idle_for(self) -> float:
         if self.speech.speaking:
             self.last_activity = self._clock.now()
@@ -111,6 +116,7 @@ class VoiceSession(PeerClient):
             "connection_state": self.peer.connection_state,
             "queued_utterances": self.speech.pending,
             "dropped_frames": self.track.dropped_frames,
+            "link": self.link_stats(),
             **self.ice_stats(),
             **self.pacer.stats.snapshot().as_dict(),
         }

@@ -92,3 +92,13 @@ def test_synthesis_slots_follow_the_cpus_and_queue_and_priority_settings_are_che
     ):
         with pytest.raises(ConfigError):
             Settings(**bad)  # type: ignore[arg-type]
+
+
+def test_red_and_adaptation_settings() -> None:
+    assert Settings().red_max_distance == 2 and Settings().audio_adaptation
+    settings = settings_from_env({"VMS_RED_MAX_DISTANCE": "0", "VMS_AUDIO_ADAPTATION": "off"})
+    assert settings.red_max_distance == 0 and not settings.audio_adaptation
+    with pytest.raises(ConfigError, match="red_max_distance"):
+        settings_from_env({"VMS_RED_MAX_DISTANCE": "3"})
+    with pytest.raises(ConfigError, match="VMS_AUDIO_ADAPTATION"):
+        settings_from_env({"VMS_AUDIO_ADAPTATION": "maybe"})

@@ -11,6 +11,7 @@ from media_server.audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from media_server.audio.opus import (
     WIDEBAND_MAX_COMPLEXITY,
     WIDEBAND_RATE_HZ,
+    CodingTarget,
     OpusEncoder,
     OpusSettings,
     _load_opuslib,
@@ -82,6 +83,23 @@ def test_encoder_applies_our_settings() -> None:
     assert encoder.get(encoder.ctl.get_packet_loss_perc) == 15
     off = OpusEncoder(OpusSettings(inband_fec=False))
     assert off.get(off.ctl.get_inband_fec) == 0
+
+
+def test_a_links_target_reaches_the_encoder_from_the_next_batch() -> None:
+    stream = StreamEncoder(OpusSettings())
+    utterance = UtteranceEncoder(stream, 22_050)
+    utterance.feed(tone(22_050, 0.1))
+    encoder = utterance.encoder
+    assert encoder is not None and encoder.get(encoder.ctl.get_inband_fec) == 1
+    stream.target = CodingTarget(40_000, inband_fec=False, expected_loss_pct=0, dtx=True)
+    utterance.feed(tone(22_050, 0.1))
+    assert encoder.get(encoder.ctl.get_bitrate) == 40_000
+    assert encoder.get(encoder.ctl.get_inband_fec) == 0
+    assert encoder.get(encoder.ctl.get_packet_loss_perc) == 0
+    assert encoder.get(encoder.ctl.get_dtx) == 1
+    # a new encoder (another complexity's rate) starts with the target too
+    fresh = stream.for_complexity(1)
+    assert fresh is not encoder and fresh.get(fresh.ctl.get_bitrate) == 40_000
 
 
 @pytest.mark.parametrize(("complexity", "input_rate_hz"), [(10, 48_000), (1, 16_000)])
