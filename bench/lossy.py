@@ -16,7 +16,7 @@ RTP/RTCP. The relay counts what it drops and times what it forwards: the realise
 printed beside the figures.
 
 Per condition and server: a fresh server and Chromium, one warm-up say, then ``--runs`` says
-of the 41-word text (five Harvard sentences), each after the last one's speech.done.
+of the 42-word text (five Harvard sentences), each after the last one's speech.done.
 Printed, median over the runs: Chromium's inbound-rtp over each say (concealed samples /
 samples received, samples inserted for deceleration and removed for acceleration, packets
 lost, FEC packets received/discarded, jitter buffer delay per emitted sample, bytes per
@@ -51,7 +51,7 @@ from bench import browser, seams
 from bench._netem import SERVER_ADDRESS, Condition, Link
 from tests.browser_check import CHROMIUM
 
-TEXT: Final = " ".join(browser.HARVARD[:5])  # 41 words, about 13 s of speech
+TEXT: Final = " ".join(browser.HARVARD[:5])  # 42 words, about 13 s of speech
 QUICK_TEXT: Final = browser.HARVARD[2]
 BURST_LOSS: Final = 0.075
 BURST_LEAVE: Final = 0.4  # mean burst 1 / 0.4 = 2.5 packets
