@@ -99,10 +99,9 @@ def score(said: list[dict[str, Any]], text: str, transcribe: Any) -> None:
     """Per run: concealed %, kB/s and, with a recogniser, the word error rate of the recording."""
     words = seams.word_errors(text, "")
     for r in said:
-        r["concealed_pct"] = 100 * r["concealedSamples"] / max(1, r["totalSamplesReceived"])
+        for key in ("concealedSamples", "silentConcealedSamples"):
+            r[f"{key}%"] = 100 * r[key] / max(1, r["totalSamplesReceived"])
         r["kB/s"] = r["bytesReceived"] / r["seconds"] / 1000
-        fec = [report.fmt(r.get(k), 0) for k in ("fecPacketsReceived", "fecPacketsDiscarded")]
-        r["fec"] = "/".join(fec).replace("nan", "-")
         pcm = np.frombuffer(base64.b64decode(r.pop("pcm")), "<i2")
         if transcribe is not None:
             r["heard"] = transcribe(pcm, r["rate"])
@@ -110,8 +109,10 @@ def score(said: list[dict[str, Any]], text: str, transcribe: Any) -> None:
 
 
 COLUMNS: Final = (  # header, key, digits
-    ("concealed %", "concealed_pct", 2), ("+decel", "insertedSamplesForDeceleration", 0),
+    ("concealed %", "concealedSamples%", 2), ("silent %", "silentConcealedSamples%", 2),
+    ("+decel", "insertedSamplesForDeceleration", 0),
     ("-accel", "removedSamplesForAcceleration", 0), ("lost", "packetsLost", 0),
+    ("FEC rx", "fecPacketsReceived", 0), ("FEC disc", "fecPacketsDiscarded", 0),
     ("jb ms", "jitterBufferMs", 1), ("kB/s", "kB/s", 2), ("started", "started", 0),
     ("audible", "audible", 0), ("WER", "wer", 3),
 )  # fmt: skip
@@ -124,8 +125,8 @@ def median(said: list[dict[str, Any]], key: str, digits: int) -> str:
 
 def print_results(results: dict[tuple[str, str], tuple[list[dict[str, Any]], dict[str, Any]]],
                   wer: bool) -> None:  # fmt: skip
-    headers = ("condition", "server", *(h for h, _, _ in COLUMNS), "fec rx/disc")
-    runs = [(c, f"{s} #{i}", *(median([r], k, d) for _, k, d in COLUMNS), r["fec"])
+    headers = ("condition", "server", *(h for h, _, _ in COLUMNS))
+    runs = [(c, f"{s} #{i}", *(median([r], k, d) for _, k, d in COLUMNS))
             for (c, s), (said, _) in results.items() for i, r in enumerate(said, 1)]  # fmt: skip
     report.print_table("Each run", headers, runs, left=(0, 1))
     rows = []
@@ -133,7 +134,7 @@ def print_results(results: dict[tuple[str, str], tuple[list[dict[str, Any]], dic
         first = [r["audible"] for r in said if r.get("audible") is not None]
         spread = f" ({min(first):.0f}-{max(first):.0f})" if len(first) > 1 else ""
         cells = [median(said, k, d) + (spread if k == "audible" else "") for _, k, d in COLUMNS]
-        rows.append((c, s, *cells, said[len(said) // 2]["fec"]))
+        rows.append((c, s, *cells))
     report.print_table("Median of the runs (audible: min-max)", headers, rows, left=(0, 1))
     if not wer:
         print("WER: recogniser not installed (pip install -e '.[bench]')\n")
@@ -158,14 +159,15 @@ def print_results(results: dict[tuple[str, str], tuple[list[dict[str, Any]], dic
 
 
 LEGEND: Final = """\
-Per say, Chromium's inbound-rtp deltas: concealed % = concealedSamples / totalSamplesReceived;
-+decel / -accel = samples inserted for deceleration / removed for acceleration; lost = packets
-lost; jb ms = jitterBufferDelay / jitterBufferEmittedCount; kB/s = bytes received per second
-from the say to 600 ms after speech.done; fec = fecPacketsReceived / fecPacketsDiscarded
-(NetEq's redundant payloads, Opus in-band FEC or RED, received / dropped as their packet had
-arrived: received - dropped were used). started / audible = ms from the say to
-speech.started and to the first sample above -45 dBFS as Chromium plays it. WER = Whisper
-tiny.en's word errors on what Chromium played / the text's words."""
+Per say, Chromium's inbound-rtp deltas: concealed % = concealedSamples / totalSamplesReceived
+(silent %: silentConcealedSamples, concealment where the signal was silence); +decel / -accel =
+samples inserted for deceleration / removed for acceleration; lost = packets lost; FEC rx /
+disc = fecPacketsReceived / Discarded (NetEq's redundant payloads, Opus in-band FEC or RED,
+received / dropped as their packet had arrived: rx - disc were used); jb ms =
+jitterBufferDelay / jitterBufferEmittedCount; kB/s = bytes received per second from the say
+to 600 ms after speech.done. started / audible = ms from the say to speech.started and to the
+first sample above -45 dBFS as Chromium plays it. WER = Whisper tiny.en's word errors on what
+Chromium played / the text's words."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
