@@ -218,6 +218,7 @@ def create_naive_app(
 def main() -> None:
     """The speaking baseline as its own server process, with ``python -m signaling``'s flags."""
     parser = argparse.ArgumentParser(prog="python -m bench._naive_aiortc")
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ice-host-address", action="append", default=[])
     parser.add_argument("--log-level", default="WARNING")
@@ -228,7 +229,7 @@ def main() -> None:
     engine = create_engine("piper")
     silence = np.zeros(FRAME_SAMPLES, dtype=np.int16)
     app = create_naive_app(silence, engine)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

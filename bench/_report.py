@@ -162,20 +162,23 @@ def free_port() -> int:
 
 class ServerProcess:
     """``voice-media-server`` (``python -m signaling``, or ``module`` taking its flags) in its
-    own process on 127.0.0.1, with ``env`` (``VMS_*``) on top of this environment and, with
-    ``operator``, the bench's operator token (without it the server is open to any loopback
-    client); ``cores``: the CPUs it may run on (set before it starts any thread)."""
+    own process on ``host`` (127.0.0.1), with ``env`` (``VMS_*``) on top of this environment
+    and, with ``operator``, the bench's operator token (without it the server is open to any
+    loopback client); ``cores``: the CPUs it may run on (set before it starts any thread);
+    ``netns``: the network namespace it runs in (``ip netns exec``, which keeps the pid)."""
 
     def __init__(
         self, env: Mapping[str, str] | None = None, operator: bool = True,
-        module: str = "signaling", cores: set[int] | None = None,
+        module: str = "signaling", cores: set[int] | None = None, host: str = LOOPBACK,
+        netns: str | None = None,
     ) -> None:  # fmt: skip
         self.port = free_port()
-        self.base = f"http://{LOOPBACK}:{self.port}"
+        self.base = f"http://{host}:{self.port}"
         self.process = subprocess.Popen(
-            [*(["taskset", "-c", ",".join(map(str, sorted(cores)))] if cores else []),
-             sys.executable, "-m", module, "--port", str(self.port),
-             "--ice-host-address", LOOPBACK, "--log-level", "WARNING"],
+            [*(["ip", "netns", "exec", netns] if netns else []),
+             *(["taskset", "-c", ",".join(map(str, sorted(cores)))] if cores else []),
+             sys.executable, "-m", module, "--host", host, "--port", str(self.port),
+             "--ice-host-address", host, "--log-level", "WARNING"],
             env={**os.environ, **({"VMS_API_TOKEN": OPERATOR_TOKEN} if operator else {}),
                  **(env or {})},
             stdout=subprocess.DEVNULL,  # aiohttp's "Running on" banner

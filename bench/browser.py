@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
 import aiohttp
@@ -53,9 +53,11 @@ SERVERS: Final = {  # name: (module, env)
 
 PAGE: Final = """<!doctype html><audio muted autoplay></audio><script>
 const TAP = `registerProcessor('tap', class extends AudioWorkletProcessor {
-  constructor() { super(); this.armed = false; this.port.onmessage = () => { this.armed = true; }; }
+  constructor() { super(); this.armed = this.recording = false;
+    this.port.onmessage = (e) => { [this.armed, this.recording] = e.data; }; }
   process([input]) {
     const ch = input[0];
+    if (this.recording) this.port.postMessage(ch ? ch.slice() : new Float32Array(128));
     if (this.armed && ch) for (let i = 0; i < ch.length; i++) if (Math.abs(ch[i]) > __LEVEL__) {
       this.armed = false; this.port.postMessage(currentTime + i / sampleRate); break;
     }
@@ -63,7 +65,9 @@ const TAP = `registerProcessor('tap', class extends AudioWorkletProcessor {
   }
 });`;
 const KEYS = ['jitterBufferDelay', 'jitterBufferEmittedCount', 'concealedSamples',
-  'insertedSamplesForDeceleration', 'removedSamplesForAcceleration', 'packetsLost'];
+  'insertedSamplesForDeceleration', 'removedSamplesForAcceleration', 'packetsLost',
+  'silentConcealedSamples', 'totalSamplesReceived', 'fecPacketsReceived', 'fecPacketsDiscarded',
+  'bytesReceived'];
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const until = (ok, target, type) => new Promise((resolve) => {
   const check = () => ok() && resolve(); target.addEventListener(type, check); check(); });
@@ -102,9 +106,20 @@ async function inbound() {
   return {};
 }
 
-async function say([id, text]) {  // ms from the say being sent; getStats deltas over the run
-  const before = await inbound(), out = {};
+function pcm16(blocks) {  // the worklet's Float32 blocks as base64 little-endian int16
+  const pcm = new Int16Array(blocks.reduce((n, b) => n + b.length, 0));
+  let at = 0, text = '';
+  for (const b of blocks) for (const x of b) pcm[at++] = Math.max(-1, Math.min(1, x)) * 32767;
+  const bytes = new Uint8Array(pcm.buffer);
+  for (let i = 0; i < bytes.length; i += 0x8000)
+    text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
+}
+
+async function say([id, text, record]) {  // ms from the say; getStats deltas over the run
+  const before = await inbound(), out = {}, blocks = [];
   const heard = new Promise((resolve) => { tap.port.onmessage = (e) => {
+    if (typeof e.data !== 'number') return blocks.push(e.data);  // recording what plays
     const ts = ctx.getOutputTimestamp();  // the context time of the sample -> when it is output
     resolve([performance.now(), ts.performanceTime + (e.data - ts.contextTime) * 1000]); }; });
   const done = new Promise((resolve, reject) => { onEvent = (event, at) => {
@@ -112,13 +127,16 @@ async function say([id, text]) {  // ms from the say being sent; getStats deltas
     if (event.id !== id) return;
     if (event.type === 'speech.started') [out.started, out.event] = [at, event];
     if (event.type === 'speech.done') resolve(); }; });
-  tap.port.postMessage('arm');
+  tap.port.postMessage([true, !!record]);
   const said = performance.now();
   dc.send(JSON.stringify({ type: 'say', id, text }));
   await done;
   const [tapped, played] = await Promise.race([heard, sleep(2000).then(() => [null, null])]);
   await sleep(600);  // the tail leaves the jitter buffer; the next run starts from silence
+  tap.port.postMessage([false, false]);
   const after = await inbound();
+  out.seconds = (performance.now() - said) / 1000;
+  if (record) [out.pcm, out.rate] = [pcm16(blocks), ctx.sampleRate];
   for (const k of KEYS) out[k] = (after[k] ?? NaN) - (before[k] ?? 0);
   out.jitterBufferMs = 1000 * out.jitterBufferDelay / out.jitterBufferEmittedCount;
   out.started -= said;
@@ -166,13 +184,21 @@ def cpu_clocks(server: int, browser: Collection[int]) -> tuple[float, ...]:
     return (time.monotonic(), report.system_busy_s(), *cpu)
 
 
-async def measure(server: str, pinned: bool, runs: int) -> tuple[list[dict[str, Any]], str]:
-    """``runs`` says (after one warm-up) from a fresh Chromium to a fresh server process."""
+async def measure(
+    server: str, pinned: bool, texts: Sequence[str], env: Mapping[str, str] | None = None,
+    host: str = report.LOOPBACK, netns: str | None = None, record: bool = False,
+) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
+    """One say per text (after one warm-up) from a fresh Chromium to a fresh server process
+    (``env`` on top of the server's own, on ``host`` in ``netns``); with ``record``, each
+    result also carries what Chromium played (``pcm``: base64 int16 at ``rate`` Hz)."""
     from playwright.async_api import async_playwright
 
     every = set(range(os.cpu_count() or 1))
-    module, env = SERVERS[server]
-    process = report.ServerProcess(env, module=module, cores={0} if pinned else None)
+    module, server_env = SERVERS[server]
+    process = report.ServerProcess(
+        {**server_env, **(env or {})}, module=module, cores={0} if pinned else None, host=host,
+        netns=netns,
+    )  # fmt: skip
     pid = process.process.pid
     pinned_at_start = ""
     os.sched_setaffinity(0, {1} if pinned else every)  # Playwright's driver, Chromium inherit it
@@ -180,18 +206,20 @@ async def measure(server: str, pinned: bool, runs: int) -> tuple[list[dict[str, 
         async with aiohttp.ClientSession() as http:
             await process.ready(http)
         async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            secure = f"--unsafely-treat-insecure-origin-as-secure={process.base}"  # AudioWorklet
+            args = [*CHROMIUM_ARGS, *([secure] if host != report.LOOPBACK else [])]
+            browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=args)
             try:
                 page = await browser.new_page()
                 url = f"{process.base}/bench-page"
                 await page.route(url, lambda r: r.fulfill(body=PAGE, content_type="text/html"))
                 await page.goto(url)
                 audio = await page.evaluate("connect", report.OPERATOR_TOKEN)
-                texts = [WARM_UP, *(HARVARD[i % len(HARVARD)] for i in range(runs))]
                 said, clocks = [], []
-                for i, text in enumerate(texts):
-                    said.append(await asyncio.wait_for(page.evaluate("say", [f"r{i}", text]), 60))
-                    if 0 < i < runs:
+                for i, text in enumerate([WARM_UP, *texts]):
+                    run = page.evaluate("say", [f"r{i}", text, record and i > 0])
+                    said.append(await asyncio.wait_for(run, 60))
+                    if 0 < i < len(texts):
                         continue
                     tree = descendants(os.getpid()) - {pid}  # Playwright's driver, Chromium
                     where = f"server {cores([pid])}, Chromium + driver {cores(tree)}"
@@ -272,6 +300,12 @@ first frame handed to aiortc. Each run is a fresh Harvard sentence, after one wa
 """
 
 
+def chromium_version() -> tuple[tuple[str, str]]:
+    """The machine table's Chromium row."""
+    run = subprocess.run([str(CHROMIUM), "--version"], capture_output=True, text=True, check=False)
+    return (("Chromium", run.stdout.strip()),)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = report.command_line("bench.browser", __doc__)
     parser.add_argument("--quick", action="store_true", help="2 runs, pinned only (CI)")
@@ -287,14 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(os.sched_getaffinity(0)) < 2 and "pinned" in modes:
         print("bench.browser: pinned needs 2 cores; shared only")
         modes = ("shared",)
-    version = subprocess.run(
-        [str(CHROMIUM), "--version"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    report.print_machine(("playwright", "aiortc", "av", "piper-tts"), (("Chromium", version),))
+    report.print_machine(("playwright", "aiortc", "av", "piper-tts"), chromium_version())
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for mode in modes:
         for server in SERVERS:
-            said, where = asyncio.run(measure(server, mode == "pinned", runs))
+            texts = [HARVARD[i % len(HARVARD)] for i in range(runs)]
+            said, where = asyncio.run(measure(server, mode == "pinned", texts))
             results[server, mode] = said
             print_runs(where, said)
     print(LEGEND)
