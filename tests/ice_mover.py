@@ -14,15 +14,20 @@ again (:class:`RtpLog` records each packet's sequence number and timestamp).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp.test_utils import TestClient
 from aioice.candidate import Candidate
 
+from media_server.rtc.client import PeerClient
 from media_server.rtc.ice_restart import IceCredentials, IceRestart
 from media_server.tasks import cancel_and_wait
+from signaling.keys import MEDIA_KEY
 from tests.whep_client import WhepClient
 
 FRAG = "application/trickle-ice-sdpfrag"
@@ -169,3 +174,25 @@ async def close_restarter(client: WhepClient) -> None:
     restarter: IceRestart | None = getattr(client, "_restarter", None)
     if restarter is not None:
         await restarter.close()
+
+
+@contextlib.asynccontextmanager
+async def connected_listener(
+    client: TestClient, http: aiohttp.ClientSession
+) -> AsyncIterator[WhepClient]:
+    """A connected WHEP listener, closed (restart machinery included) on the way out."""
+    peer = WhepClient(str(client.make_url("")).rstrip("/"))
+    await peer.connect(http)
+    try:
+        yield peer
+    finally:
+        await close_restarter(peer)
+        await peer.close(http)
+
+
+def session_of(client: TestClient, peer: WhepClient) -> PeerClient:
+    """The server's session (or listener) behind ``peer``'s WHEP resource."""
+    assert peer.location is not None
+    session = client.app[MEDIA_KEY].sessions.get(peer.location.rsplit("/", 1)[-1])
+    assert session is not None
+    return session

@@ -21,11 +21,12 @@ from signaling.body import message_refused
 from signaling.keys import MEDIA_KEY
 from signaling.routes.whep import (
     SDP_TYPE,
-    TRICKLE_TYPE,
     check_credential,
     created_headers,
+    endpoint_options,
     patch_ice,
     read_sdp,
+    resource_options,
 )
 from synthesis import ClientError, InvalidRequest
 
@@ -78,14 +79,12 @@ async def join_as_listener(request: web.Request) -> web.Response:
 
 @routes.options("/rooms/{room}/whep")
 async def room_whep_options(request: web.Request) -> web.Response:
-    return web.Response(status=204, headers={"Accept-Post": SDP_TYPE, "Allow": "OPTIONS, POST"})
+    return endpoint_options()
 
 
 @routes.options("/rooms/{room}/whep/{listener_id}")
 async def listener_options(request: web.Request) -> web.Response:
-    return web.Response(
-        status=204, headers={"Accept-Patch": TRICKLE_TYPE, "Allow": "OPTIONS, PATCH, DELETE"}
-    )
+    return resource_options()
 
 
 def _listener(request: web.Request) -> ListenerSession:

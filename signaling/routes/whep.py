@@ -106,16 +106,26 @@ async def patch_ice(request: web.Request, client: PeerClient) -> web.Response:
     )
 
 
+def endpoint_options() -> web.Response:
+    """``OPTIONS`` on a WHEP endpoint (``/whep``, a room's): what it takes."""
+    return web.Response(status=204, headers={"Accept-Post": SDP_TYPE, "Allow": "OPTIONS, POST"})
+
+
+def resource_options() -> web.Response:
+    """``OPTIONS`` on a session's WHEP resource: the ``PATCH`` bodies it takes."""
+    return web.Response(
+        status=204, headers={"Accept-Patch": TRICKLE_TYPE, "Allow": "OPTIONS, PATCH, DELETE"}
+    )
+
+
 @routes.options("/whep")
 async def whep_options(request: web.Request) -> web.Response:
-    return web.Response(status=204, headers={"Accept-Post": SDP_TYPE, "Allow": "OPTIONS, POST"})
+    return endpoint_options()
 
 
 @routes.options("/whep/{session_id}")
 async def session_options(request: web.Request) -> web.Response:
-    return web.Response(
-        status=204, headers={"Accept-Patch": TRICKLE_TYPE, "Allow": "OPTIONS, PATCH, DELETE"}
-    )
+    return resource_options()
 
 
 def check_credential(client: PeerClient, token: str | None) -> None:

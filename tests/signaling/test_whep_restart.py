@@ -18,10 +18,16 @@ from aiohttp.test_utils import TestClient
 
 from media_server.config import Settings
 from media_server.rooms.tokens import Role, TokenSigner
-from media_server.rtc.client import PeerClient
-from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
-from tests.ice_mover import RtpLog, close_restarter, move_away, restart, wait_nominated
+from tests.ice_mover import (
+    RtpLog,
+    close_restarter,
+    connected_listener,
+    move_away,
+    restart,
+    session_of,
+    wait_nominated,
+)
 from tests.signaling.test_whep_http import SDP, assert_json_error
 from tests.whep_client import WhepClient
 
@@ -35,18 +41,8 @@ SECRET = "room-test-secret-0123456789"
 
 @pytest.fixture
 async def listener(client: TestClient, http: aiohttp.ClientSession) -> AsyncIterator[WhepClient]:
-    peer = WhepClient(str(client.make_url("")).rstrip("/"))
-    await peer.connect(http)
-    yield peer
-    await close_restarter(peer)
-    await peer.close(http)
-
-
-def session_of(client: TestClient, peer: WhepClient) -> PeerClient:
-    assert peer.location is not None
-    session = client.app[MEDIA_KEY].sessions.get(peer.location.rsplit("/", 1)[-1])
-    assert session is not None
-    return session
+    async with connected_listener(client, http) as peer:
+        yield peer
 
 
 def ufrag(sdp: str) -> str:

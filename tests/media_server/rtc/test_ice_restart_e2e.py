@@ -24,9 +24,10 @@ from signaling.keys import MEDIA_KEY
 from tests.ice_mover import (
     RtpLog,
     check_again,
-    close_restarter,
+    connected_listener,
     move_away,
     restart,
+    session_of,
     wait_nominated,
 )
 from tests.whep_client import WhepClient
@@ -55,18 +56,8 @@ def fast_consent(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 async def listener(client: TestClient, http: aiohttp.ClientSession) -> AsyncIterator[WhepClient]:
-    peer = WhepClient(str(client.make_url("")).rstrip("/"))
-    await peer.connect(http)
-    yield peer
-    await close_restarter(peer)
-    await peer.close(http)
-
-
-def session_of(client: TestClient, peer: WhepClient) -> PeerClient:
-    assert peer.location is not None
-    session = client.app[MEDIA_KEY].sessions.get(peer.location.rsplit("/", 1)[-1])
-    assert session is not None
-    return session
+    async with connected_listener(client, http) as peer:
+        yield peer
 
 
 async def wait_packets(log: RtpLog, count: int, wait_s: float = 10.0) -> None:

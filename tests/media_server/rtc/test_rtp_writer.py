@@ -23,8 +23,8 @@ from aiortc.rtp import RtpPacket
 from media_server.audio.frames import FRAME_SAMPLES, OutgoingFrame
 from media_server.config import Settings
 from media_server.sessions.session import VoiceSession
-from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
+from tests.ice_mover import session_of
 from tests.whep_client import WhepClient
 
 pytestmark = [pytest.mark.loopback, pytest.mark.slow]
@@ -70,9 +70,8 @@ async def peer(client: TestClient, http: aiohttp.ClientSession) -> AsyncIterator
 
 
 def server_session(client: TestClient, peer: WhepClient) -> VoiceSession:
-    assert peer.location is not None
-    session = client.app[MEDIA_KEY].sessions.get(peer.location.rsplit("/", 1)[-1])
-    assert session is not None
+    session = session_of(client, peer)
+    assert isinstance(session, VoiceSession)
     return session
 
 
