@@ -172,15 +172,18 @@ async function renegotiateIce(peer) {
   restarting = true;
   const url = sessionUrl;
   try {
+    // listening from before setLocalDescription: until the restart's gathering starts,
+    // iceGatheringState still reads the last generation's 'complete'
+    const gathered = waitForRestartGathering(peer);
     await peer.setLocalDescription(await peer.createOffer());
-    await waitForGathering(peer);
+    const complete = await gathered;
     const sdp = peer.localDescription.sdp;
     const { ufrag, pwd } = iceCredentials(sdp);
     const firstSection = sdp.split(/\r?\nm=/)[1] ?? '';
     const mid = firstSection.match(/^a=mid:(\S+)/m)?.[1] ?? '0';
     const candidates = [...new Set(sdp.split(/\r?\n/).filter((l) => l.startsWith('a=candidate:')))];
     const body = [`a=ice-ufrag:${ufrag}`, `a=ice-pwd:${pwd}`, `a=mid:${mid}`, ...candidates,
-      ...(peer.iceGatheringState === 'complete' ? ['a=end-of-candidates'] : [])].join('\r\n') + '\r\n';
+      ...(complete ? ['a=end-of-candidates'] : [])].join('\r\n') + '\r\n';
     log('ice', `restart: PATCH ${new URL(url).pathname} (If-Match: *, ${candidates.length} candidates)`);
     const response = await fetch(url, {
       method: 'PATCH', headers: { 'Content-Type': TRICKLE_TYPE, 'If-Match': '*', ...sessionAuth }, body,
@@ -217,6 +220,22 @@ function waitForGathering(peer) {
     const done = () => { clearTimeout(timer); peer.removeEventListener('icegatheringstatechange', check); resolve(); };
     const check = () => { if (peer.iceGatheringState === 'complete') done(); };
     const timer = setTimeout(done, GATHER_TIMEOUT_MS);
+    peer.addEventListener('icegatheringstatechange', check);
+  });
+}
+
+// A restart's gathering: true once it went 'gathering' then 'complete'; false at the timeout
+// (the candidates still to come are trickled). Ending a restart's candidates with the last
+// generation's 'complete' would tell the server there are none: it would drop the component.
+function waitForRestartGathering(peer) {
+  return new Promise((resolve) => {
+    let started = false;
+    const done = (complete) => { clearTimeout(timer); peer.removeEventListener('icegatheringstatechange', check); resolve(complete); };
+    const check = () => {
+      if (peer.iceGatheringState === 'gathering') started = true;
+      else if (started && peer.iceGatheringState === 'complete') done(true);
+    };
+    const timer = setTimeout(() => done(false), GATHER_TIMEOUT_MS);
     peer.addEventListener('icegatheringstatechange', check);
   });
 }
