@@ -224,19 +224,28 @@ function waitForGathering(peer) {
   });
 }
 
-// A restart's gathering: true once it went 'gathering' then 'complete'; false at the timeout
-// (the candidates still to come are trickled). Ending a restart's candidates with the last
-// generation's 'complete' would tell the server there are none: it would drop the component.
+// A restart's gathering, as far as the PATCH needs it: resolves with true once it went
+// 'gathering' then 'complete', with false at its first candidate (Chromium takes about 1 s
+// more to complete; the audio is off meanwhile) or at the timeout; the candidates still to
+// come are trickled. Ending a restart's candidates with the last generation's 'complete'
+// would tell the server there are none.
 function waitForRestartGathering(peer) {
   return new Promise((resolve) => {
     let started = false;
-    const done = (complete) => { clearTimeout(timer); peer.removeEventListener('icegatheringstatechange', check); resolve(complete); };
+    const done = (complete) => {
+      clearTimeout(timer);
+      peer.removeEventListener('icegatheringstatechange', check);
+      peer.removeEventListener('icecandidate', found);
+      resolve(complete);
+    };
     const check = () => {
       if (peer.iceGatheringState === 'gathering') started = true;
       else if (started && peer.iceGatheringState === 'complete') done(true);
     };
+    const found = ({ candidate }) => { if (candidate?.candidate) done(false); };
     const timer = setTimeout(() => done(false), GATHER_TIMEOUT_MS);
     peer.addEventListener('icegatheringstatechange', check);
+    peer.addEventListener('icecandidate', found);
   });
 }
 
