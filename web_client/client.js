@@ -5,6 +5,8 @@ const GATHER_TIMEOUT_MS = 1500;
 const MAX_LOG_ENTRIES = 200;
 const STATS_INTERVAL_MS = 1000;
 const RESTART_AFTER_DISCONNECTED_MS = 2000; // a path that stays 'disconnected' this long is restarted
+const RESTART_AFTER_STALL_MS = 1000;     // speech playing, yet no audio packet this long: the path is gone
+const STALL_CHECK_MS = 250;
 const MAX_RESTARTS_UNCONNECTED = 3;         // restarts in a row that did not reconnect, then give up
 const TRICKLE_TYPE = 'application/trickle-ice-sdpfrag';
 
@@ -25,6 +27,7 @@ let sessionEtag = null; // its ETag: the current ICE generation, sent as If-Matc
 let statsTimer = null;
 let sayCount = 0;
 const outstanding = new Map(); // say id -> performance.now() of the Speak click
+const playing = new Set();     // ids between speech.started and speech.done / cancelled
 const ttfa = { last: null, sum: 0, count: 0 }; // time to first audio, ms
 let lastRtp = null;     // previous inbound-rtp sample, for the bitrate
 let lastRtt = null;     // seconds, from the selected ICE candidate pair
@@ -214,6 +217,31 @@ function restartIce(peer, why) {
   peer.restartIce(); // fires negotiationneeded, answered by renegotiateIce
 }
 
+// A path that died mid-speech. Chromium takes about 7 s to call it 'disconnected' (measured by
+// bench/ice_move.py), but while the server speaks it sends 50 packets a second (with DTX, one
+// every 400 ms in pauses): none for RESTART_AFTER_STALL_MS says as much. Only while speech
+// plays: an idle session sends nothing. A needless restart costs one PATCH; the old path
+// carries audio until the new one is nominated.
+function watchStalls(peer) {
+  let packets = -1;
+  let since = performance.now();
+  const timer = setInterval(async () => {
+    if (pc !== peer) return clearInterval(timer);
+    let received = packets;
+    (await peer.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && (s.kind ?? s.mediaType) === 'audio') received = s.packetsReceived;
+    });
+    const now = performance.now();
+    if (received !== packets || playing.size === 0) {
+      if (received > packets && packets >= 0) restartsUnconnected = 0; // audio flows: reconnected
+      [packets, since] = [received, now];
+    } else if (now - since >= RESTART_AFTER_STALL_MS && pc === peer) {
+      since = now;
+      restartIce(peer, `no audio for ${RESTART_AFTER_STALL_MS} ms while speech plays`);
+    }
+  }, STALL_CHECK_MS);
+}
+
 function waitForGathering(peer) {
   return new Promise((resolve) => {
     if (peer.iceGatheringState === 'complete') return resolve();
@@ -339,6 +367,7 @@ async function connect() {
     await peer.setRemoteDescription({ type: 'answer', sdp: answer });
     flushLate(peer);
     startStats();
+    watchStalls(peer);
   } catch (err) {
     if (!current()) return;
     logProblem('connect', { message: err.message, solution: 'is the server running? check its log' });
@@ -352,6 +381,7 @@ function teardown() {
   [pc, channel, sessionUrl, sessionEtag] = [null, null, null, null];
   restartsUnconnected = 0;
   outstanding.clear();
+  playing.clear();
   ui.audio.srcObject = null;
   render();
 }
@@ -382,6 +412,7 @@ function openChannel(dc) {
     if (channel !== dc) return;
     log('channel', 'closed by the server', 'warn');
     outstanding.clear();
+    playing.clear();
     render();
   };
   dc.onmessage = (event) => {
@@ -398,6 +429,8 @@ function onServerEvent(event) {
   const show = (v) => (Array.isArray(v) ? v.map((p) => p.identity ?? JSON.stringify(p)).join(',')
     : v !== null && typeof v === 'object' ? JSON.stringify(v) : v);
   const details = Object.entries(event).filter(([k]) => k !== 'type').map(([k, v]) => `${k}=${show(v)}`).join(' ');
+  if (type === 'speech.started') playing.add(id);
+  else if (type === 'speech.done' || type === 'speech.cancelled' || type === 'error') playing.delete(id);
   if (type === 'speech.started') {
     const clicked = outstanding.get(id);
     if (clicked !== undefined) {
