@@ -79,7 +79,10 @@ window.RTCPeerConnection = class extends Native {
       this.addEventListener(`${kind}change`, () => b.ice.push([performance.now(), kind,
         kind === 'connectionstate' ? this.connectionState : this.iceConnectionState]));
     this.addEventListener('track', (e) => tap(new MediaStream([e.track])));
-    if (window.__noRestart) this.restartIce = () => {};
+  }
+  restartIce() {  // the page's decision to restart (a no-op for the baseline without restart)
+    b.ice.push([performance.now(), 'restartIce', 'called']);
+    if (!window.__noRestart) super.restartIce();
   }
 };
 const nativeFetch = window.fetch;
@@ -92,6 +95,9 @@ window.fetch = async (url, init = {}) => {
   return response;
 };
 })();""".replace("__LEVEL__", f"{10 ** (browser.LEVEL_DBFS / 20):.6f}")
+
+
+STATE: Final = "window.__bench.ice.findLast(([, kind]) => kind === 'connectionstate')?.[2]"
 
 
 def pauses(edges: Sequence[tuple[bool, float]], t0: float) -> list[tuple[float, float]]:
@@ -143,7 +149,7 @@ async def run(link: Link, text: str, move_to: str | None, restart: bool) -> dict
                     out["end"] = await ended(page)
                     await asyncio.sleep(1.0)  # the tail plays; one more stats tick
                     out.update(await page.evaluate("window.__bench"))
-                    out["state"] = await page.evaluate("window.__bench.ice.at(-1)?.[2]")
+                    out["state"] = await page.evaluate(STATE)
                 finally:
                     await chromium.close()
             url = f"{server.base}{session['text'].removeprefix('session ')}/stats"
@@ -174,6 +180,7 @@ def figures(r: dict[str, Any]) -> dict[str, float | None | str]:
     """The run's times in ms from the move (the old address gone)."""
     t0, edges = r["moved"], r["edges"]
     bad = [t for t, _, state in r["ice"] if t > t0 and state in ("disconnected", "failed")]
+    called = [t for t, kind, _ in r["ice"] if t > t0 and kind == "restartIce"]
     restarts = (f for f in r["fetches"] if f["ifMatch"] == "*" and f["sent"] > t0)
     patch: dict[str, Any] = next(restarts, {})
     sent, answered = patch.get("sent"), patch.get("answered")
@@ -186,29 +193,28 @@ def figures(r: dict[str, Any]) -> dict[str, float | None | str]:
         end = min((t for on, t in edges if on and answered and t > answered), default=None)
     since = functools.partial(between, t0)
     return {
-        "detected": since(min(bad, default=None)), "PATCH": since(sent),
-        "answered": since(answered), "checked": since(checked), "audible": since(end),
-        "PATCH→audio": between(sent, end), "checks→audio": between(checked, end),
-        "silence": between(start, end), "say": r["end"],
+        "disconn.": since(min(bad, default=None)), "restart": since(min(called, default=None)),
+        "PATCH": since(sent), "200": since(answered), "checked": since(checked),
+        "audible": since(end), "PATCH→aud": between(sent, end),
+        "checks→aud": between(checked, end), "silence": between(start, end), "say": r["end"],
         "restarts": r["stats"].get("ice_restarts"),
         "POSTs": sum(f["method"] == "POST" for f in r["fetches"]), "pc": r["state"] or "-",
         "session": "kept" if r["stats"] else "gone",
     }  # fmt: skip
 
 
-COLUMNS: Final = ("detected", "PATCH", "answered", "checked", "audible", "PATCH→audio",
-                   "checks→audio", "silence", "say", "restarts", "POSTs", "pc",
-                   "session")  # fmt: skip
+COLUMNS: Final = ("disconn.", "restart", "PATCH", "200", "checked", "audible", "PATCH→aud",
+                  "checks→aud", "silence", "say", "restarts", "POSTs", "pc", "session")  # fmt: skip
 LEGEND: Final = """\
-ms from the move (the old address removed): detected = the page's first ICE disconnected /
-failed; PATCH = its restart PATCH (If-Match: *) sent; answered = the PATCH's 200; checked =
-the server's new pair nominated (the answer - 25 ms link + the session's ice_restart_checks_ms);
-audible = the first audible sample after the answer (tap: above -45 dBFS as Chromium plays
-it); PATCH→audio, checks→audio = audible - PATCH, - checked; silence = from the last audible
-sample before the answer to audible (no move: speech's own longest pause after 2 s in); say =
-how the long say ended in the page; restarts = the session's ice_restarts; POSTs = WHEP POSTs
-(1: the same session throughout); pc = the page's last peer state; session = its stats URL
-still answers."""
+ms from the move (the old address removed): disconn. = Chromium's ICE state first
+disconnected / failed; restart = the page calls restartIce(); PATCH = its restart PATCH
+(If-Match: *) sent; 200 = its answer; checked = the server's new pair nominated (the answer
+- 25 ms link + the session's ice_restart_checks_ms); audible = the first audible sample after
+the answer (tap: above -45 dBFS as Chromium plays it); PATCH→aud, checks→aud = audible -
+PATCH, - checked; silence = from the last audible sample before the answer to audible (no
+move: speech's own longest pause after 2 s in); say = how the long say ended in the page;
+restarts = the session's ice_restarts; POSTs = WHEP POSTs (1: the same session throughout);
+pc = the page's last peer state; session = its stats URL still answers."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     print()
     print(LEGEND)
-    report.print_table("Per run (ms from the move)", ("run", *COLUMNS), rows, left=(0, 9, 12, 13))
+    report.print_table("Per run (ms from the move)", ("run", *COLUMNS), rows, left=(0, 10, 13, 14))
     return 0
 
 
