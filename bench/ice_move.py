@@ -182,11 +182,11 @@ def figures(r: dict[str, Any]) -> dict[str, float | None | str]:
     t0, edges = r["moved"], r["edges"]
     bad = [t for t, _, state in r["ice"] if t > t0 and state in ("disconnected", "failed")]
     called = [t for t, kind, _ in r["ice"] if t > t0 and kind == "restartIce"]
-    restarts = (f for f in r["fetches"] if f["ifMatch"] == "*" and f["sent"] > t0)
-    patch: dict[str, Any] = next(restarts, {})
-    sent, answered = patch.get("sent"), patch.get("answered")
+    restarts = [f for f in r["fetches"] if f["ifMatch"] == "*" and f["sent"] > t0] or [{}]
+    sent, answered = restarts[0].get("sent"), restarts[0].get("answered")
+    last = restarts[-1].get("answered")  # the session's ice_restart_checks_ms is the last one's
     checks_ms = r["stats"].get("ice_restart_checks_ms")
-    checked = answered - LINK.delay_ms + checks_ms if answered and checks_ms is not None else None
+    checked = last - LINK.delay_ms + checks_ms if last and checks_ms is not None else None
     if not r["move"]:  # speech's own longest pause after the time of the move
         start, end = max(pauses(edges, t0), key=lambda g: g[1] - g[0], default=(None, None))
     else:  # the detection takes seconds: what plays after the answer came by the new path
@@ -209,13 +209,13 @@ COLUMNS: Final = ("disconn.", "restart", "PATCH", "200", "checked", "audible", "
 LEGEND: Final = """\
 ms from the move (the old address removed): disconn. = Chromium's ICE state first
 disconnected / failed; restart = the page calls restartIce(); PATCH = its restart PATCH
-(If-Match: *) sent; 200 = its answer; checked = the server's new pair nominated (the answer
-- 25 ms link + the session's ice_restart_checks_ms); audible = the first audible sample after
-the answer (tap: above -45 dBFS as Chromium plays it); PATCH→aud, checks→aud = audible -
-PATCH, - checked; silence = from the last audible sample before the answer to audible (no
-move: speech's own longest pause after 2 s in); say = how the long say ended in the page;
-restarts = the session's ice_restarts; POSTs = WHEP POSTs (1: the same session throughout);
-pc = the page's last peer state; session = its stats URL still answers."""
+(If-Match: *) sent; 200 = its answer; checked = the server's new pair nominated (the last
+restart's answer - 25 ms link + the session's ice_restart_checks_ms); audible = the first
+audible sample after the answer (tap: above -45 dBFS as Chromium plays it); PATCH→aud,
+checks→aud = audible - PATCH, - checked; silence = from the last audible sample before the
+answer to audible (no move: speech's own longest pause after 2 s in); say = how the long say
+ended in the page; restarts = the session's ice_restarts; POSTs = WHEP POSTs (1: the same
+session throughout); pc = the page's last peer state; session = its stats URL answers."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ const STATS_INTERVAL_MS = 1000;
 const RESTART_AFTER_DISCONNECTED_MS = 2000; // a path that stays 'disconnected' this long is restarted
 const RESTART_AFTER_STALL_MS = 1000;     // speech playing, yet no audio packet this long: the path is gone
 const STALL_CHECK_MS = 250;
+const STALL_RESTART_GRACE_MS = 2000;     // then a restart's new path may take this long (Chromium gathers on the new network first)
 const MAX_RESTARTS_UNCONNECTED = 3;         // restarts in a row that did not reconnect, then give up
 const TRICKLE_TYPE = 'application/trickle-ice-sdpfrag';
 
@@ -236,7 +237,7 @@ function watchStalls(peer) {
       if (received > packets && packets >= 0) restartsUnconnected = 0; // audio flows: reconnected
       [packets, since] = [received, now];
     } else if (now - since >= RESTART_AFTER_STALL_MS && pc === peer) {
-      since = now;
+      since = now + STALL_RESTART_GRACE_MS; // a second restart would supersede the first one's checks
       restartIce(peer, `no audio for ${RESTART_AFTER_STALL_MS} ms while speech plays`);
     }
   }, STALL_CHECK_MS);
