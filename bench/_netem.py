@@ -32,6 +32,8 @@ import numpy as np
 
 CLIENT_ADDRESS: Final = "10.203.0.1"
 SERVER_ADDRESS: Final = "10.203.0.2"
+CLIENT_NETWORK: Final = "10.203.0.0/24"
+"""Where a moved client's addresses come from (``Link.move_client``)."""
 TUNSETIFF: Final = 0x400454CA
 IFF_TUN: Final = 0x0001
 IFF_NO_PI: Final = 0x1000
@@ -175,6 +177,7 @@ class Link:
         tag = f"vmsl{os.getpid()}"
         self.client_ns, self.server_ns = f"{tag}c", f"{tag}s"
         self.fds: list[int] = []
+        self.client_address = CLIENT_ADDRESS
 
     @contextlib.contextmanager
     def up(self) -> Iterator[Link]:
@@ -199,6 +202,23 @@ class Link:
                 os.close(fd)
             for ns in (self.client_ns, self.server_ns):
                 subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+    def move_client(self, address: str) -> None:
+        """The client's address changes to ``address`` (in CLIENT_NETWORK), as a phone's
+        does from Wi-Fi to cellular: the new one is added, then the old one removed, so
+        sockets bound to it are dead (sends fail; what comes to it is dropped). The server
+        namespace routes all of CLIENT_NETWORK to its TUN device, so replies find the new
+        address through the same relay."""
+        ip("-n", self.server_ns, "route", "replace", CLIENT_NETWORK, "dev", self.server_ns)
+        # not "peer SERVER_ADDRESS" as well: with the old address's prefix, the new one would
+        # be its secondary, and go with it
+        ip("-n", self.client_ns, "addr", "add", f"{address}/32", "dev", self.client_ns)
+        first = self.client_address == CLIENT_ADDRESS
+        old = [CLIENT_ADDRESS, "peer", SERVER_ADDRESS] if first else [f"{self.client_address}/32"]
+        ip("-n", self.client_ns, "addr", "del", *old, "dev", self.client_ns)
+        ip("-n", self.client_ns, "route", "replace", SERVER_ADDRESS, "dev", self.client_ns, "src",
+           address)  # fmt: skip
+        self.client_address = address
 
     @contextlib.contextmanager
     def relay(self, condition: Condition, realised: dict[str, Any]) -> Iterator[None]:

@@ -5,6 +5,9 @@ const GATHER_TIMEOUT_MS = 1500;
 const MAX_LOG_ENTRIES = 200;
 const STATS_INTERVAL_MS = 1000;
 const RESTART_AFTER_DISCONNECTED_MS = 2000; // a path that stays 'disconnected' this long is restarted
+const RESTART_AFTER_STALL_MS = 1000;     // speech playing, yet no audio packet this long: the path is gone
+const STALL_CHECK_MS = 250;
+const STALL_RESTART_GRACE_MS = 2000;     // then a restart's new path may take this long (Chromium gathers on the new network first)
 const MAX_RESTARTS_UNCONNECTED = 3;         // restarts in a row that did not reconnect, then give up
 const TRICKLE_TYPE = 'application/trickle-ice-sdpfrag';
 
@@ -25,6 +28,7 @@ let sessionEtag = null; // its ETag: the current ICE generation, sent as If-Matc
 let statsTimer = null;
 let sayCount = 0;
 const outstanding = new Map(); // say id -> performance.now() of the Speak click
+const playing = new Set();     // ids between speech.started and speech.done / cancelled
 const ttfa = { last: null, sum: 0, count: 0 }; // time to first audio, ms
 let lastRtp = null;     // previous inbound-rtp sample, for the bitrate
 let lastRtt = null;     // seconds, from the selected ICE candidate pair
@@ -172,15 +176,18 @@ async function renegotiateIce(peer) {
   restarting = true;
   const url = sessionUrl;
   try {
+    // listening from before setLocalDescription: until the restart's gathering starts,
+    // iceGatheringState still reads the last generation's 'complete'
+    const gathered = waitForRestartGathering(peer);
     await peer.setLocalDescription(await peer.createOffer());
-    await waitForGathering(peer);
+    const complete = await gathered;
     const sdp = peer.localDescription.sdp;
     const { ufrag, pwd } = iceCredentials(sdp);
     const firstSection = sdp.split(/\r?\nm=/)[1] ?? '';
     const mid = firstSection.match(/^a=mid:(\S+)/m)?.[1] ?? '0';
     const candidates = [...new Set(sdp.split(/\r?\n/).filter((l) => l.startsWith('a=candidate:')))];
     const body = [`a=ice-ufrag:${ufrag}`, `a=ice-pwd:${pwd}`, `a=mid:${mid}`, ...candidates,
-      ...(peer.iceGatheringState === 'complete' ? ['a=end-of-candidates'] : [])].join('\r\n') + '\r\n';
+      ...(complete ? ['a=end-of-candidates'] : [])].join('\r\n') + '\r\n';
     log('ice', `restart: PATCH ${new URL(url).pathname} (If-Match: *, ${candidates.length} candidates)`);
     const response = await fetch(url, {
       method: 'PATCH', headers: { 'Content-Type': TRICKLE_TYPE, 'If-Match': '*', ...sessionAuth }, body,
@@ -211,6 +218,31 @@ function restartIce(peer, why) {
   peer.restartIce(); // fires negotiationneeded, answered by renegotiateIce
 }
 
+// A path that died mid-speech. Chromium takes about 7 s to call it 'disconnected' (measured by
+// bench/ice_move.py), but while the server speaks it sends 50 packets a second (with DTX, one
+// every 400 ms in pauses): none for RESTART_AFTER_STALL_MS says as much. Only while speech
+// plays: an idle session sends nothing. A needless restart costs one PATCH; the old path
+// carries audio until the new one is nominated.
+function watchStalls(peer) {
+  let packets = -1;
+  let since = performance.now();
+  const timer = setInterval(async () => {
+    if (pc !== peer) return clearInterval(timer);
+    let received = packets;
+    (await peer.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && (s.kind ?? s.mediaType) === 'audio') received = s.packetsReceived;
+    });
+    const now = performance.now();
+    if (received !== packets || playing.size === 0) {
+      if (received > packets && packets >= 0) restartsUnconnected = 0; // audio flows: reconnected
+      [packets, since] = [received, now];
+    } else if (now - since >= RESTART_AFTER_STALL_MS && pc === peer) {
+      since = now + STALL_RESTART_GRACE_MS; // a second restart would supersede the first one's checks
+      restartIce(peer, `no audio for ${RESTART_AFTER_STALL_MS} ms while speech plays`);
+    }
+  }, STALL_CHECK_MS);
+}
+
 function waitForGathering(peer) {
   return new Promise((resolve) => {
     if (peer.iceGatheringState === 'complete') return resolve();
@@ -218,6 +250,31 @@ function waitForGathering(peer) {
     const check = () => { if (peer.iceGatheringState === 'complete') done(); };
     const timer = setTimeout(done, GATHER_TIMEOUT_MS);
     peer.addEventListener('icegatheringstatechange', check);
+  });
+}
+
+// A restart's gathering, as far as the PATCH needs it: resolves with true once it went
+// 'gathering' then 'complete', with false at its first candidate (Chromium takes about 1 s
+// more to complete; the audio is off meanwhile) or at the timeout; the candidates still to
+// come are trickled. Ending a restart's candidates with the last generation's 'complete'
+// would tell the server there are none.
+function waitForRestartGathering(peer) {
+  return new Promise((resolve) => {
+    let started = false;
+    const done = (complete) => {
+      clearTimeout(timer);
+      peer.removeEventListener('icegatheringstatechange', check);
+      peer.removeEventListener('icecandidate', found);
+      resolve(complete);
+    };
+    const check = () => {
+      if (peer.iceGatheringState === 'gathering') started = true;
+      else if (started && peer.iceGatheringState === 'complete') done(true);
+    };
+    const found = ({ candidate }) => { if (candidate?.candidate) done(false); };
+    const timer = setTimeout(() => done(false), GATHER_TIMEOUT_MS);
+    peer.addEventListener('icegatheringstatechange', check);
+    peer.addEventListener('icecandidate', found);
   });
 }
 
@@ -311,6 +368,7 @@ async function connect() {
     await peer.setRemoteDescription({ type: 'answer', sdp: answer });
     flushLate(peer);
     startStats();
+    watchStalls(peer);
   } catch (err) {
     if (!current()) return;
     logProblem('connect', { message: err.message, solution: 'is the server running? check its log' });
@@ -324,6 +382,7 @@ function teardown() {
   [pc, channel, sessionUrl, sessionEtag] = [null, null, null, null];
   restartsUnconnected = 0;
   outstanding.clear();
+  playing.clear();
   ui.audio.srcObject = null;
   render();
 }
@@ -354,6 +413,7 @@ function openChannel(dc) {
     if (channel !== dc) return;
     log('channel', 'closed by the server', 'warn');
     outstanding.clear();
+    playing.clear();
     render();
   };
   dc.onmessage = (event) => {
@@ -370,6 +430,8 @@ function onServerEvent(event) {
   const show = (v) => (Array.isArray(v) ? v.map((p) => p.identity ?? JSON.stringify(p)).join(',')
     : v !== null && typeof v === 'object' ? JSON.stringify(v) : v);
   const details = Object.entries(event).filter(([k]) => k !== 'type').map(([k, v]) => `${k}=${show(v)}`).join(' ');
+  if (type === 'speech.started') playing.add(id);
+  else if (type === 'speech.done' || type === 'speech.cancelled' || type === 'error') playing.delete(id);
   if (type === 'speech.started') {
     const clicked = outstanding.get(id);
     if (clicked !== undefined) {

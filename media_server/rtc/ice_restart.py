@@ -294,8 +294,13 @@ class IceRestart:
 
     @staticmethod
     def _nominated_anew(connection: Any, previous: dict[int, Any]) -> bool:
-        """Every component has a nominated pair of the new generation."""
-        for component in connection._components:
+        """Every component nominated before has a nominated pair of the new generation.
+
+        ``previous``'s components, not the connection's: aioice drops a component from
+        those when end-of-candidates comes before any candidate for it (as from a client
+        that trickles a restart's candidates after it), and over none the restart would
+        count as complete at once, its checks as taking no time."""
+        for component in previous:
             pair = connection._nominated.get(component)
             if pair is None or pair is previous.get(component) or not pair.nominated:
                 return False

@@ -23,6 +23,7 @@ from media_server.rtc.ice_restart import (
     PAIR_ATTRIBUTES,
     TRANSPORT_ATTRIBUTES,
     IceCredentials,
+    IceRestart,
     missing_internals,
 )
 
@@ -133,3 +134,19 @@ def test_credentials_are_checked_as_rfc_8839_says() -> None:
             IceCredentials(ufrag, pwd).check()
     one, two = IceCredentials.generate(), IceCredentials.generate()
     assert one != two and len(one.ufrag) >= 4 and len(one.pwd) >= 22
+
+
+async def test_a_restart_ended_without_candidates_is_not_complete_at_once(
+    connected: tuple[RTCPeerConnection, RTCPeerConnection],
+) -> None:
+    """End-of-candidates before any candidate of the new generation: aioice drops the
+    component, and the restart must still wait for a new nominated pair (it used to
+    count as complete at once, its checks as 0 ms: the web client sent just that)."""
+    _, answerer = connected
+    restart = IceRestart(ice_transport(answerer), "test")
+    await restart.begin(IceCredentials.generate())
+    await answerer.addIceCandidate(None)  # type: ignore[arg-type]  # aiortc: end-of-candidates
+    await asyncio.sleep(0.2)
+    assert ice_transport(answerer)._connection._components == set()  # what aioice does
+    assert (restart.completed, restart.last_checks_s, restart.running) == (0, None, True)
+    await restart.close()
