@@ -57,6 +57,7 @@ class PeerClient(abc.ABC):
             max_remote_candidates=settings.max_remote_candidates,
             red=settings.red_max_distance > 0,
         )
+        self.peer.on_restart_settled = self._path_restored
         self.adaptor = AudioNetworkAdaptor(
             settings.opus, settings.red_max_distance, adaptive=settings.audio_adaptation
         )
@@ -113,7 +114,17 @@ class PeerClient(abc.ABC):
         """Apply a WHEP ICE-restart ``PATCH`` body; returns the answer fragment (see
         :meth:`PeerSession.restart_ice`). A refused one leaves the session as it was,
         and a restart whose checks never succeed ends nothing by itself."""
-        return await self.peer.restart_ice(fragment)
+        answer = await self.peer.restart_ice(fragment)
+        self._path_lost()
+        return answer
+
+    def _path_lost(self) -> None:  # noqa: B027 - an optional hook
+        """An ICE restart began: the client's old path is dead (what was sent on it
+        lately never arrived) until :meth:`_path_restored`."""
+
+    def _path_restored(self, completed: bool) -> None:  # noqa: B027 - an optional hook
+        """The restart's checks ended: a new path (``completed``), or consent on the old
+        one decides."""
 
     @abc.abstractmethod
     async def _run_media(self) -> None:

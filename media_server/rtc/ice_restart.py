@@ -40,6 +40,7 @@ import asyncio
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -180,6 +181,8 @@ class IceRestart:
         self._starting = asyncio.Lock()
         """Two restarts asked for at once start one after the other."""
         self._closed = False
+        self.on_settled: Callable[[bool], None] | None = None
+        """Told when a restart's checks end: True with a new pair, False on timeout."""
         self.completed = 0
         self.failed = 0
         self.last_checks_s: float | None = None
@@ -260,6 +263,7 @@ class IceRestart:
 
     async def _run(self, connection: Any, previous: dict[int, Any], started: float) -> None:
         loop = asyncio.get_running_loop()
+        completed = False
         try:
             async with asyncio.timeout(self._timeout_s):
                 retriggered: set[int] = set()
@@ -277,6 +281,7 @@ class IceRestart:
                 self._timeout_s,
             )
         else:
+            completed = True
             self.completed += 1
             self.last_checks_s = loop.time() - started
             logger.info(
@@ -291,6 +296,8 @@ class IceRestart:
                     pair.task.cancel()
         if not connection._closing and connection._query_consent_task is None:
             connection._query_consent_task = loop.create_task(connection.query_consent())
+        if self.on_settled is not None:
+            self.on_settled(completed)
 
     @staticmethod
     def _nominated_anew(connection: Any, previous: dict[int, Any]) -> bool:

@@ -128,6 +128,10 @@ def _ignore_state(state: str) -> None:
     """What a closed peer does with a late state change."""
 
 
+def _ignore_settled(completed: bool) -> None:
+    """What a peer nobody listens to does when a restart's checks end."""
+
+
 class PeerSession:
     """Owns one ``RTCPeerConnection``.
 
@@ -153,6 +157,8 @@ class PeerSession:
         self._max_remote_candidates = max_remote_candidates
         self._on_message = on_message
         self._on_state = on_state
+        self.on_restart_settled: Callable[[bool], None] = _ignore_settled
+        """Told when an ICE restart's checks end (True: audio has a path again)."""
         config = RTCConfiguration(
             iceServers=[
                 RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
@@ -309,6 +315,9 @@ class PeerSession:
         self._remote_candidates |= candidates.keys
         return await self._add_candidates(list(candidates.new), candidates.end)
 
+    def _restart_settled(self, completed: bool) -> None:
+        self.on_restart_settled(completed)
+
     async def restart_ice(self, sdpfrag: str) -> str:
         """Restart ICE with the client's new credentials and candidates in ``sdpfrag``;
         returns the answer fragment: the server's new credentials and its candidates.
@@ -330,6 +339,7 @@ class PeerSession:
         if self._ice_restart is None:
             try:
                 self._ice_restart = IceRestart.of(self.pc, self.label, self.ice_restart_timeout_s)
+                self._ice_restart.on_settled = self._restart_settled
             except RestartUnsupported as exc:
                 raise IceRestartUnsupported(
                     f"ICE restart is not available for this session: {exc}",
@@ -441,5 +451,6 @@ class PeerSession:
         # the owner's callbacks point back at it: drop them, so nothing is cyclic
         self._on_message = _ignore_message
         self._on_state = _ignore_state
+        self.on_restart_settled = _ignore_settled
         if closed_cleanly:
             await release_peer(self.pc, busy=list(self._trickling))

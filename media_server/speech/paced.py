@@ -12,6 +12,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -44,6 +45,8 @@ FIRST_SLICE_MS: Final = 80
 
 80 ms of engine audio is :data:`START_FRAMES` frames once the resampler's delay
 is taken off: one short worker hop starts the utterance."""
+MAX_REWIND_FRAMES: Final = 150
+"""Played frames kept for :meth:`PacedSpeech.hold` to send again (3 s)."""
 T = TypeVar("T")
 
 
@@ -89,6 +92,11 @@ class PacedSpeech:
         """Encoded frames queued in every utterance, not yet played."""
         self._task: asyncio.Task[None] | None = None
         self.underruns = 0
+        self._held = False
+        self._played: deque[bytes] = deque(maxlen=MAX_REWIND_FRAMES)
+        """The head utterance's last frames sent, for :meth:`hold` to send again."""
+        self._played_of: Utterance | None = None
+        self.rewound_frames = 0
 
     # -- control (event loop) -------------------------------------------------
 
@@ -136,6 +144,33 @@ class PacedSpeech:
             utterance.packets.clear()
         self._space.set()
 
+    def hold(self, rewind_frames: int) -> None:
+        """Stop playing (silence goes out) until :meth:`release`, and put the last
+        ``rewind_frames`` frames of the utterance playing back in front of it.
+
+        For a listener whose path died (an ICE restart): what was sent since it moved
+        never arrived, and what is played meanwhile would not either. Only the
+        utterance playing now is rewound (an earlier one's ``speech.done`` is out).
+        """
+        self._held = True
+        utterance = self.queue.head
+        if utterance is None or utterance is not self._played_of or utterance.cancelled:
+            return
+        count = min(rewind_frames, len(self._played), utterance.frames_played)
+        for _ in range(count):
+            utterance.packets.appendleft(self._played.pop())
+        utterance.frames_played -= count
+        self._buffered += count
+        self.rewound_frames += count
+
+    def release(self) -> None:
+        """Play again after :meth:`hold`."""
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
     async def aclose(self) -> None:
         self.queue.close()
         self._buffered = 0
@@ -146,6 +181,8 @@ class PacedSpeech:
     # -- playout (called by the pacer once per tick) --------------------------
 
     def next_payload(self, pts: int) -> bytes | None:
+        if self._held:
+            return None
         while (utterance := self.queue.head) is not None:
             if not utterance.started and not utterance.ready_to_start:
                 return None
@@ -156,6 +193,10 @@ class PacedSpeech:
                     self.queue.started(utterance, pts)
                 utterance.frames_played += 1
                 utterance.end_pts = pts + FRAME_SAMPLES
+                if utterance is not self._played_of:
+                    self._played.clear()
+                    self._played_of = utterance
+                self._played.append(payload)
                 if self._buffered <= MAX_FRAMES_AHEAD - REFILL_FRAMES and not self._space.is_set():
                     self._space.set()
                 return payload

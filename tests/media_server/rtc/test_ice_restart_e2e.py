@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from media_server.audio.frames import FRAME_SAMPLES
+from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
 from media_server.rtc.client import PeerClient
 from signaling.keys import MEDIA_KEY
 from tests.ice_mover import (
@@ -128,6 +128,8 @@ async def test_a_listener_that_changes_address_keeps_its_session(
     assert connection._nominated[1].remote_addr[1] == new_port != old_port
     assert connection._query_consent_task is not None and not connection._query_consent_task.done()
 
+    # what went into the dead path was sent again: the second before the restart
+    assert session.stats()["rewound_frames"] >= 0.9 * OUTAGE_S * 1000 / FRAME_MS
     # the queue survived: s1 ends, s2 is spoken, over the same data channel
     assert (await listener.next_event("speech.done"))["id"] == "s1"
     started = await listener.next_event("speech.started")

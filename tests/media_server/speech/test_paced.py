@@ -421,3 +421,27 @@ async def test_speech_started_carries_server_times_since_the_message_arrived() -
     assert server_ms["first_packet"] <= server_ms["sent"]
     assert "timings" not in events[0]  # the absolute stamps stay behind VMS_DEBUG_TIMINGS
     await speaker.aclose()
+
+
+async def test_hold_replays_what_a_dead_path_swallowed_and_plays_nothing_meanwhile() -> None:
+    engine = ScriptedEngine(chunk_s=0.2, chunks=5)  # 1 s: 50 frames
+    speaker, events = make(engine)
+    speaker.queue.say(req("one"), "a")
+    await wait_buffered(speaker, 50)
+    played = await play(speaker, 30)
+    sent = [p for p in played if p is not None]
+    speaker.hold(rewind_frames=10)  # the last 10 frames never arrived
+    assert speaker.held and speaker.rewound_frames == 10
+    assert await play(speaker, 5) == [None] * 5  # silence while the path is checked
+    speaker.release()
+    rest = [p for p in await play(speaker, 60) if p is not None]
+    assert rest[:10] == sent[-10:]  # sent again, in order, then the rest
+    assert len(sent) + len(rest) == 50 + 10
+    done = [e for e in events if e["type"] == "speech.done"]
+    assert done and done[0]["duration_ms"] == 1000  # the whole utterance, once
+    assert speaker.underruns == 0
+    # nothing to rewind between utterances: an utterance done is not played again
+    speaker.hold(rewind_frames=10)
+    assert speaker.rewound_frames == 10
+    speaker.release()
+    await speaker.aclose()
