@@ -45,6 +45,7 @@ from media_server.rtc.ice_restart import (
     RestartRefused,
     RestartUnsupported,
 )
+from media_server.rtc.offer import MAX_MEDIA_SECTIONS, check_offer
 from media_server.rtc.red import answer_with_red, offered_red
 from media_server.rtc.rtp_writer import RtpWriter
 from media_server.rtc.sctp import quicken_retransmission
@@ -56,9 +57,6 @@ logger = logging.getLogger(__name__)
 MAX_UNSENT_MESSAGES: Final = 64
 """Events kept for a data channel that is not open yet (RTP may start before it)."""
 
-MAX_MEDIA_SECTIONS: Final = 8
-"""``m=`` sections an offer may have: a client needs two (audio, data channel)."""
-
 MAX_PAST_ICE_GENERATIONS: Final = 16
 """Remote ufrags replaced by restarts that are remembered, so their late trickle is stale."""
 
@@ -66,9 +64,6 @@ DEFAULT_MAX_REMOTE_CANDIDATES: Final = 32
 """Remote ICE candidates one session takes (see ``Settings.max_remote_candidates``)."""
 
 
-_MID = re.compile(r"^a=mid:(\S+)\s*$", re.MULTILINE)
-_BUNDLE = re.compile(r"^a=group:BUNDLE(.*)$", re.MULTILINE)
-_MEDIA = re.compile(r"^m=(\w+) ", re.MULTILINE)
 _CANDIDATE_LINE = re.compile(r"^a=candidate:(.*)$", re.MULTILINE)
 _RESTART_SOLUTION: Final = (
     "send the new a=ice-ufrag and a=ice-pwd lines of the offer made with "
@@ -78,38 +73,6 @@ _CANDIDATE_SOLUTION: Final = (
     "send each candidate as an 'a=candidate:' line as RFC 8839 defines it, "
     "the way RTCPeerConnection's icecandidate event gives it"
 )
-
-
-def check_offer(sdp: str) -> None:
-    """Cheap structural checks before any WebRTC work is done."""
-    if not sdp.lstrip().startswith("v=0"):
-        raise OfferError("the body is not an SDP offer", "send the offer SDP, starting with 'v=0'")
-    kinds = _MEDIA.findall(sdp)
-    if len(kinds) > MAX_MEDIA_SECTIONS:
-        raise OfferError(
-            f"the offer has {len(kinds)} media sections, at most {MAX_MEDIA_SECTIONS} are taken",
-            "offer one recvonly audio transceiver and one data channel",
-        )
-    if "audio" not in kinds:
-        raise OfferError(
-            "the offer has no audio section",
-            "add a recvonly audio transceiver before creating the offer",
-        )
-    mids = _MID.findall(sdp)
-    if len(set(mids)) != len(mids):
-        raise OfferError(
-            "two media sections of the offer share one a=mid",
-            "send the unmodified offer SDP from RTCPeerConnection.createOffer()",
-        )
-    for group in _BUNDLE.findall(sdp):
-        # aiortc bundles onto the transport of the group's first mid; an unknown one
-        # would leave the other sections with no transport at all
-        unknown = [mid for mid in group.split() if mid not in mids]
-        if unknown:
-            raise OfferError(
-                f"a=group:BUNDLE names media sections the offer lacks: {' '.join(unknown)[:100]}",
-                "send the unmodified offer SDP from RTCPeerConnection.createOffer()",
-            )
 
 
 def _candidate(line: str) -> tuple[RTCIceCandidate, CandidateKey]:

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from media_server.config import Settings
 from media_server.rooms.tokens import Role, TokenSigner
-from media_server.rtc.peer import MAX_MEDIA_SECTIONS
+from media_server.rtc.offer import MAX_MEDIA_SECTIONS
 from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
 from tests.signaling.test_whep_http import assert_json_error
