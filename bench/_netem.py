@@ -167,6 +167,17 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
+def link_or_skip(stack: contextlib.ExitStack, bench: str) -> Link | None:
+    """A :class:`Link` brought up on ``stack`` (taken down on SIGTERM too), or None, said in
+    one line, where this machine has no namespaces or TUN devices for it."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the link's cleanup runs
+    try:
+        return stack.enter_context(Link().up())
+    except (subprocess.CalledProcessError, OSError) as e:
+        print(f"{bench} skipped: no network namespace or TUN device here ({e})")
+        return None
+
+
 class Link:
     """Namespaces ``vmsl<pid>c`` (client, CLIENT_ADDRESS) and ``vmsl<pid>s`` (server,
     SERVER_ADDRESS), each with lo and a point-to-point TUN device; inside ``with`` this

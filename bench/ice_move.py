@@ -26,8 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any, Final
@@ -36,7 +34,7 @@ import aiohttp
 
 from bench import _report as report
 from bench import browser, lossy
-from bench._netem import SERVER_ADDRESS, Condition, Link
+from bench._netem import SERVER_ADDRESS, Condition, Link, link_or_skip
 from tests.browser_check import CHROMIUM, CHROMIUM_ARGS, _connect, _log_entries, _wait_for_event
 
 LINK: Final = Condition(delay_ms=25.0, jitter_ms=0.0)
@@ -227,13 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench.ice_move skipped: {why}")
         return 0
     runs = args.runs or (1 if args.quick else 3)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the link's cleanup runs
     rows = []
     with contextlib.ExitStack() as stack:
-        try:
-            link = stack.enter_context(Link().up())
-        except (subprocess.CalledProcessError, OSError) as e:
-            print(f"bench.ice_move skipped: no network namespace or TUN device here ({e})")
+        link = link_or_skip(stack, "bench.ice_move")
+        if link is None:
             return 0
         report.print_machine(("playwright", "aiortc", "aioice"), browser.chromium_version())
         print(f"Link: {LINK.describe()}; {len(TEXT.split())} words; move {MOVE_AFTER_S:g} s "

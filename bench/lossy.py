@@ -38,8 +38,6 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any, Final
@@ -48,7 +46,7 @@ import numpy as np
 
 from bench import _report as report
 from bench import browser, seams
-from bench._netem import SERVER_ADDRESS, Condition, Link
+from bench._netem import SERVER_ADDRESS, Condition, link_or_skip
 from tests.browser_check import CHROMIUM
 
 TEXT: Final = " ".join(browser.HARVARD[1:6])  # 41 words, about 12 s of speech
@@ -184,13 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     conditions = args.conditions or (QUICK_CONDITIONS if args.quick else tuple(CONDITIONS))
     servers = args.servers or (QUICK_SERVERS if args.quick else tuple(SERVERS))
     pinned = len(os.sched_getaffinity(0)) >= 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the link's cleanup runs
     results = {}
     with contextlib.ExitStack() as stack:
-        try:
-            link = stack.enter_context(Link().up())
-        except (subprocess.CalledProcessError, OSError) as e:
-            print(f"bench.lossy skipped: no network namespace or TUN device here ({e})")
+        link = link_or_skip(stack, "bench.lossy")
+        if link is None:
             return 0
         packages = ("playwright", "aiortc", "av", "piper-tts", "faster-whisper")
         report.print_machine(packages, browser.chromium_version())
