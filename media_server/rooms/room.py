@@ -94,10 +94,9 @@ class Room:
         self.synthesis = synthesis
         self.clock = clock
         self.fanout = FanOut()
-        self._encoder = StreamEncoder(settings.opus)
         self.speech = PacedSpeech(
             synthesis,
-            self._encoder,
+            StreamEncoder(settings.opus),
             self.broadcast,
             encode_executor=encode_executor,
             encode_budget=encode_budget,
@@ -120,7 +119,7 @@ class Room:
     def links_changed(self) -> None:
         """A listener's link (or the set of listeners) changed: the one encoder codes for
         the listener that needs the most protection; RED stays per listener."""
-        self._encoder.target = merged(
+        self.speech.encoder.target = merged(
             [
                 listener.adaptor.decision
                 for listener in self.listeners.values()

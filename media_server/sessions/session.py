@@ -57,10 +57,9 @@ class VoiceSession(PeerClient):
     ) -> None:
         super().__init__(session_id, settings, clock, request_close)
         self._talker = Talker(None, voice_id, settings, clock)
-        self._encoder = StreamEncoder(settings.opus)
         self.speech = PacedSpeech(
             synthesis,
-            self._encoder,
+            StreamEncoder(settings.opus),
             self.send_event,
             encode_executor=encode_executor,
             encode_budget=encode_budget,
@@ -92,7 +91,7 @@ class VoiceSession(PeerClient):
         await self.speech.aclose()
 
     def _link_changed(self, decision: AudioDecision) -> None:
-        self._encoder.target = decision.coding
+        self.speech.encoder.target = decision.coding
 
     def _path_lost(self) -> None:
         """Hold speech while the new path is checked, and send again what the client

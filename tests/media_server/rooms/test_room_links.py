@@ -45,7 +45,7 @@ async def test_the_lossy_listener_gets_red_and_the_room_codes_with_fec_for_it(
         await until_link(by_name["train"].stats, lambda link: link["red_distance"] == 2)
         clean_link = await until_link(by_name["fibre"].stats, lambda link: link["reports"] > 0)
         assert clean_link["red_distance"] == 0 and not clean_link["inband_fec"]
-        target = room._encoder.target
+        target = room.speech.encoder.target
         assert target is not None and target.inband_fec and target.expected_loss_pct >= 5
 
         marks = len(clean.packets), len(lossy.packets)
@@ -54,14 +54,14 @@ async def test_the_lossy_listener_gets_red_and_the_room_codes_with_fec_for_it(
         await lossy.until("speech.done")
         assert clean.payload_types(marks[0]) == {clean.opus_pt}
         assert lossy.payload_types(marks[1]) == {RED_PT}
-        encoder = room._encoder.current
+        encoder = room.speech.encoder.current
         assert encoder is not None and encoder.get(encoder.ctl.get_inband_fec) == 1
 
         # the lossy listener leaves: the room codes for the clean one again
         await lossy.pc.close()
         train = next(k for k, v in room.listeners.items() if v.identity == "train")
         assert await registry.remove_listener("hall", train)  # as its DELETE would
-        target = room._encoder.target
+        target = room.speech.encoder.target
         assert target is not None and not target.inband_fec
     finally:
         await clean.pc.close()

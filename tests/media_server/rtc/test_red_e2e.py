@@ -109,7 +109,7 @@ async def test_a_lossy_link_gets_red_and_fec_from_its_own_reports(
         peer.channel.send('{"type": "say", "text": "Hello over a lossy link.", "id": "l1"}')
         await peer.until("speech.done")
         assert peer.payload_types(since) == {RED_PT}
-        encoder = session._encoder.current
+        encoder = session.speech.encoder.current
         assert encoder is not None and encoder.get(encoder.ctl.get_inband_fec) == 1
         assert encoder.get(encoder.ctl.get_packet_loss_perc) == link["expected_loss_pct"]
     finally:
