@@ -19,6 +19,7 @@ from synthesis.errors import (
     Unsupported,
 )
 from synthesis.factory import available_engines, create_engine
+from synthesis.observer import SynthesisObserver, SynthesisOutcome, SynthesisReport
 from synthesis.request import (
     Mode,
     ReferenceAudio,
@@ -57,6 +58,9 @@ __all__ = [
     "parse_request",
     "SynthesisError",
     "SynthesisStream",
+    "SynthesisObserver",
+    "SynthesisOutcome",
+    "SynthesisReport",
     "VoiceInfo",
     "available_engines",
     "create_engine",

@@ -14,6 +14,7 @@ from typing import Final
 
 from synthesis.base import Engine
 from synthesis.errors import ServerBusy
+from synthesis.observer import SynthesisObserver
 from synthesis.request import SynthesisRequest
 from synthesis.stream import CHUNK_TIMEOUT_S, SynthesisStream
 from synthesis.waiters import WaitQueue
@@ -111,10 +112,12 @@ class SynthesisService:
         urgent_initializer: Callable[[], object] | None = None,
         http_slots: int | None = None,
         queue_timeout_s: float = QUEUE_TIMEOUT_S,
+        observer: SynthesisObserver | None = None,
     ) -> None:
         """``thread_initializer`` runs first in every background thread (e.g. to lower
         its priority below the event loop's), ``urgent_initializer`` in every thread
-        that synthesises first chunks. ``http_slots`` None: :func:`default_http_slots`."""
+        that synthesises first chunks. ``http_slots`` None: :func:`default_http_slots`.
+        ``observer`` is told what the engine did for each stream (the server's metrics)."""
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         if http_slots is None:
@@ -126,6 +129,7 @@ class SynthesisService:
         self.http_slots = http_slots
         self._chunk_timeout_s = chunk_timeout_s
         self.queue_timeout_s = queue_timeout_s
+        self._observer = observer
         self._urgent = concurrent.futures.ThreadPoolExecutor(
             max_concurrent,
             thread_name_prefix=f"synthesis-{engine.name}-first",
@@ -230,6 +234,7 @@ class SynthesisService:
             chunk_timeout_s=self._chunk_timeout_s,
             on_finished=functools.partial(self._release, caller),
             reacquire=functools.partial(self._acquire, owner, True) if parks else None,
+            observer=self._observer,
         )
 
     def _release(self, caller: Caller) -> None:

@@ -7,11 +7,13 @@ import concurrent.futures
 import itertools
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Final
 
 from synthesis.base import Engine
 from synthesis.errors import SynthesisError, SynthesisTimeout
+from synthesis.observer import SynthesisObserver, SynthesisOutcome, SynthesisReport
 from synthesis.request import SynthesisRequest
 from synthesis.types import AudioChunk
 
@@ -51,6 +53,50 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+class _EngineMeter:
+    """What the engine did for one stream, written by whichever worker thread runs it
+    (one at a time, handed over through the executor) and read on the loop once none does."""
+
+    __slots__ = ("started", "first_chunk_s", "compute_s", "audio_s", "outcome")
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        """``perf_counter`` when the worker thread called the engine."""
+        self.first_chunk_s: float | None = None
+        self.compute_s = 0.0
+        self.audio_s = 0.0
+        self.outcome: SynthesisOutcome | None = None
+        """Set by the worker when the engine ended or raised; None: it was cancelled."""
+
+
+class _MeteredChunks:
+    """The engine's chunks, timing only the engine's own ``next()``: a worker waiting for
+    the reader, or a stream parked without a slot, costs no compute time."""
+
+    __slots__ = ("_chunks", "_meter")
+
+    def __init__(self, chunks: Iterator[AudioChunk], meter: _EngineMeter) -> None:
+        self._chunks = chunks
+        self._meter = meter
+
+    def __iter__(self) -> Iterator[AudioChunk]:
+        return self
+
+    def __next__(self) -> AudioChunk:
+        meter = self._meter
+        began = time.perf_counter()
+        try:
+            chunk = next(self._chunks)
+        finally:
+            ended = time.perf_counter()
+            meter.compute_s += ended - began
+        if chunk.pcm.size:
+            if meter.first_chunk_s is None and meter.started is not None:
+                meter.first_chunk_s = ended - meter.started
+            meter.audio_s += chunk.pcm.size / chunk.sample_rate_hz
+        return chunk
+
+
 class SynthesisStream:
     """One utterance being synthesised off the event loop.
 
@@ -68,6 +114,10 @@ class SynthesisStream:
     once it has taken what was queued, awaits ``reacquire`` (a slot, in fair order)
     and resumes it. A long utterance so holds a slot while it synthesises, not while
     its audio plays.
+
+    ``observer`` gets one :class:`~synthesis.observer.SynthesisReport` on the loop once
+    no thread works for the stream any more (done, cancelled or failed), if the engine
+    was ever called.
     """
 
     def __init__(
@@ -81,6 +131,7 @@ class SynthesisStream:
         chunk_timeout_s: float = CHUNK_TIMEOUT_S,
         on_finished: Callable[[], None] | None = None,
         reacquire: Callable[[], Awaitable[None]] | None = None,
+        observer: SynthesisObserver | None = None,
     ) -> None:
         self._engine = engine
         self._request = request
@@ -100,6 +151,9 @@ class SynthesisStream:
         self._done = False
         self._chunk_timeout_s = chunk_timeout_s
         self._on_finished = on_finished
+        self._observer = observer
+        self._meter = _EngineMeter()
+        self._timed_out = False
 
     def _finished(self, _: object = None) -> None:
         self._let_go()
@@ -116,7 +170,30 @@ class SynthesisStream:
         self._loop = loop = asyncio.get_running_loop()
         self._worker = loop.create_future()
         self._worker.add_done_callback(self._finished)
+        self._worker.add_done_callback(self._report)
         self._submit(self._executor, self._run)
+
+    def _report(self, _: object = None) -> None:
+        """On the loop, once no thread works for the stream: tell the observer."""
+        meter = self._meter
+        if self._observer is None or meter.started is None:
+            return
+        if self._timed_out:
+            outcome = SynthesisOutcome.FAILED
+        else:
+            outcome = meter.outcome or SynthesisOutcome.CANCELLED
+        report = SynthesisReport(
+            self._engine.name,
+            self._request.mode,
+            meter.first_chunk_s,
+            meter.compute_s,
+            meter.audio_s,
+            outcome,
+        )
+        try:
+            self._observer.synthesised(report)
+        except Exception:  # a figure lost, never the stream
+            logger.exception("synthesis observer failed")
 
     def _submit(self, executor: concurrent.futures.Executor | None, *args: Any) -> None:
         """Run ``args`` in ``executor`` (None: the loop's default); a refusal (the
@@ -158,12 +235,19 @@ class SynthesisStream:
 
     def _run(self) -> None:
         handed_off = False
+        meter = self._meter
         try:
-            chunks = iter(self._engine.synthesize(self._request, self._cancel))
+            meter.started = began = time.perf_counter()
+            try:  # an engine may work before its first chunk is asked for
+                raw = iter(self._engine.synthesize(self._request, self._cancel))
+            finally:
+                meter.compute_s += time.perf_counter() - began
+            chunks = _MeteredChunks(raw, meter)
             if self._rest_executor is not None:
                 for _ in range(URGENT_CHUNKS):
                     chunk = next(chunks, _END)
                     if isinstance(chunk, _End):
+                        self._ended()
                         self._put(_END)
                         return
                     if self._cancel.is_set() or not self._put(chunk):
@@ -173,6 +257,7 @@ class SynthesisStream:
                 return
             self._drain(chunks)
         except BaseException as exc:  # delivered to the reader, not lost in the thread
+            meter.outcome = SynthesisOutcome.FAILED
             if not self._cancel.is_set():
                 self._put(exc)
         finally:
@@ -184,6 +269,7 @@ class SynthesisStream:
         try:
             parked = self._drain(chunks, pending)
         except BaseException as exc:
+            self._meter.outcome = SynthesisOutcome.FAILED
             if not self._cancel.is_set():
                 self._put(exc)
         finally:
@@ -207,8 +293,14 @@ class SynthesisStream:
                 return True
             if not self._put(chunk):
                 return False
+        self._ended()
         self._put(_END)
         return False
+
+    def _ended(self) -> None:
+        """The engine's generator ended: done, unless it stopped because it was cancelled."""
+        if not self._cancel.is_set():
+            self._meter.outcome = SynthesisOutcome.DONE
 
     def _park(self, chunks: Iterator[AudioChunk], chunk: AudioChunk) -> None:
         """On the loop: the worker let go; give the slot back until the reader needs more."""
@@ -248,6 +340,7 @@ class SynthesisStream:
                     item = await self._queue.get()
         except TimeoutError:
             self._done = True
+            self._timed_out = True
             self._cancel.set()
             logger.error(
                 "engine %r produced nothing for %.1f s: request abandoned",
