@@ -1,7 +1,18 @@
 """What the server tells Prometheus: counters and histograms observed where things
 happen, gauges read from the server's state at scrape time."""
 
+from media_server.telemetry.api import FirstByte, SocketMeter, TtsApi
+from media_server.telemetry.engine import EngineObserver
 from media_server.telemetry.load import LoadCollector, LoadSnapshot
 from media_server.telemetry.metrics import ServerMetrics, SpeechKind
 
-__all__ = ["LoadCollector", "LoadSnapshot", "ServerMetrics", "SpeechKind"]
+__all__ = [
+    "EngineObserver",
+    "FirstByte",
+    "LoadCollector",
+    "LoadSnapshot",
+    "ServerMetrics",
+    "SocketMeter",
+    "SpeechKind",
+    "TtsApi",
+]
