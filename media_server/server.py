@@ -34,7 +34,13 @@ from media_server.sessions.session import VoiceSession
 from media_server.speech.talker import Talker
 from media_server.speech.unpaced import Transport, UnpacedSpeech
 from media_server.tasks import cancel_and_wait
-from media_server.telemetry import LoadCollector, LoadSnapshot, ServerMetrics
+from media_server.telemetry import (
+    EngineObserver,
+    LoadCollector,
+    LoadSnapshot,
+    ServerMetrics,
+    SocketMeter,
+)
 from synthesis import Engine, InvalidRequest, ServerBusy, SynthesisService, create_engine
 
 logger = logging.getLogger(__name__)
@@ -121,6 +127,7 @@ class MediaServer:
             thread_initializer=lower_thread_priority,
             urgent_initializer=urgent,
             queue_timeout_s=settings.synthesis_queue_timeout_s,
+            observer=EngineObserver(self.metrics),
         )
         # Earliest deadline first: the stream whose encoded audio runs out soonest.
         self._encode_pool = DeadlineExecutor(
@@ -270,6 +277,7 @@ class MediaServer:
             Talker(None, None, settings, self.clock),
             max_queued=settings.max_queued_utterances,
             hold=hold,
+            meter=SocketMeter(self.metrics, fmt),
         )
 
     # -- rooms --------------------------------------------------------------------

@@ -14,6 +14,8 @@ from typing import Final
 from aiohttp import web
 
 from media_server import IceRestartRefused, IceRestartUnsupported, StaleIceCredentials
+from media_server.telemetry.api import TtsApi, count_refusal, count_tts_request
+from signaling.keys import MEDIA_KEY, TTS_FORMAT_KEY
 from synthesis.errors import (
     ClientError,
     ClientLimit,
@@ -123,12 +125,15 @@ async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Render client errors, and turn aiohttp's own plain-text errors (unknown route, wrong
-    method) into JSON ones."""
+    method) into JSON ones. Every answer's status is counted here (:func:`_observe`)."""
     try:
-        return await handler(request)
+        response = await handler(request)
     except ClientError as exc:
-        raise http_error(exc) from None
+        error = http_error(exc)
+        _observe(request, error.status, exc)
+        raise error from None
     except web.HTTPException as exc:
+        _observe(request, exc.status)
         if exc.status < 400 or exc.content_type == "application/json":
             raise
         raise json_error(
@@ -140,9 +145,25 @@ async def error_middleware(
         ) from None
     except Exception:
         logger.exception("unhandled error in %s %s", request.method, request.path)
+        _observe(request, 500)
         raise json_error(
             500,
             "internal_error",
             "the server failed to handle the request",
             "retry; if it keeps failing, report it with the server log",
         ) from None
+    _observe(request, response.status)
+    return response
+
+
+def _observe(request: web.Request, status: int, exc: ClientError | None = None) -> None:
+    """The one place HTTP answers are counted: ``refusals`` (503/429 by code) for every
+    route, and ``tts_requests`` for ``POST /tts`` with its final status."""
+    media = request.app.get(MEDIA_KEY)
+    if media is None:  # not started (or failed to)
+        return
+    if exc is not None:
+        count_refusal(media.metrics, exc)
+    resource = request.match_info.route.resource
+    if request.method == "POST" and resource is not None and resource.canonical == "/tts":
+        count_tts_request(media.metrics, TtsApi.HTTP, request.get(TTS_FORMAT_KEY), str(status))

@@ -10,3 +10,5 @@ from signaling.quotas import ClientQuotas
 SETTINGS_KEY = web.AppKey("settings", Settings)
 MEDIA_KEY = web.AppKey("media_server", MediaServer)
 QUOTAS_KEY = web.AppKey("client_quotas", ClientQuotas)
+TTS_FORMAT_KEY = web.RequestKey("tts_format", str)
+"""A ``POST /tts`` request's audio format, once the route accepted it (a metrics label)."""

@@ -25,6 +25,7 @@ from media_server.speech.protocol import ClientMessage
 from media_server.speech.queue import Utterance, UtteranceQueue
 from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.api import SocketMeter
 from synthesis import ClientError, SynthesisRequest, SynthesisService
 from synthesis.service import Caller
 
@@ -84,6 +85,7 @@ class UnpacedSpeech:
     through the queue like on a paced stream; this sink stops by cancelling the send of
     the utterance being spoken. ``hold`` is entered around each utterance's synthesis
     (a per-client quota; refused with a :class:`ClientError`, sent as an error event).
+    ``meter`` counts each utterance's end and first audio, and every refusal.
     """
 
     def __init__(
@@ -96,8 +98,10 @@ class UnpacedSpeech:
         *,
         max_queued: int = 16,
         hold: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+        meter: SocketMeter | None = None,
     ) -> None:
         self._service = service
+        self._meter = meter
         self._fmt = fmt
         self._opus = opus
         self._transport = transport
@@ -128,13 +132,18 @@ class UnpacedSpeech:
         try:
             self.talker.apply(message, self.queue, self._service.engine, cancel_everyone=True)
         except ClientError as exc:
-            self._queue_event(ErrorEvent.of(exc))
+            self._refused(exc)
         await self._flush()
 
     async def report(self, exc: ClientError) -> None:
         """An ``error`` event for something refused before it was a message."""
-        self._queue_event(ErrorEvent.of(exc))
+        self._refused(exc)
         await self._flush()
+
+    def _refused(self, exc: ClientError) -> None:
+        if self._meter is not None:
+            self._meter.refused(exc)
+        self._queue_event(ErrorEvent.of(exc))
 
     def _queue_event(self, event: Event) -> None:
         # Events from sync code (the queue) go out in order with the next flush.
@@ -148,6 +157,9 @@ class UnpacedSpeech:
                 self._gone = True
 
     def _stop_speaking(self, cancelled: list[Utterance]) -> None:
+        if self._meter is not None:
+            for _ in cancelled:
+                self._meter.ended(cancelled=True)
         if self._speaking is not None and self._speaking[0] in cancelled:
             self._speaking[1].cancel()
 
@@ -169,6 +181,8 @@ class UnpacedSpeech:
                 self._speaking = None
             utterance.produced = True
             if not utterance.cancelled:
+                if self._meter is not None and not utterance.failed:
+                    self._meter.ended(cancelled=False)
                 self.queue.finished(utterance)
             await self._flush()
 
@@ -178,6 +192,8 @@ class UnpacedSpeech:
             with held:
                 await self._synthesise(utterance)
         except ClientError as exc:
+            if self._meter is not None and not utterance.cancelled:
+                self._meter.refused(exc)
             self.queue.failed(utterance, exc)
         except ConnectionError:
             self._gone = True
@@ -188,9 +204,12 @@ class UnpacedSpeech:
         formatter: AudioFormatter = create_formatter(self._fmt, rate, self._opus)
         loop = asyncio.get_running_loop()
         audio = speech_pcm(self._service, utterance.request, _pieces(utterance))
+        first_byte = (
+            None if self._meter is None else self._meter.first_byte(utterance.timings.received_ms)
+        )
         try:
             async for pcm in audio:
-                data = await loop.run_in_executor(None, formatter.feed, pcm)
+                encoded = data = await loop.run_in_executor(None, formatter.feed, pcm)
                 if not utterance.started:
                     self.queue.started(utterance)
                     await self._flush()
@@ -199,10 +218,14 @@ class UnpacedSpeech:
                 utterance.source_samples += int(pcm.size)
                 if data:
                     await self._transport.send(data)
+                if encoded and first_byte is not None:
+                    first_byte.sent()
             if utterance.started:
                 tail = await loop.run_in_executor(None, formatter.finish)
                 if tail:
                     await self._transport.send(tail)
+                    if first_byte is not None:
+                        first_byte.sent()
         finally:
             await audio.aclose()
 

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import re
+import time
 from collections.abc import Awaitable
 from typing import Any, Final
 
@@ -15,10 +16,11 @@ from aiohttp import web
 from media_server.audio.containers import AudioFormatter, create_formatter, http_opus
 from media_server.speech.protocol import JsonTooDeep, loads_json
 from media_server.speech.unpaced import one_piece, speech_pcm
+from media_server.telemetry import FirstByte, TtsApi
 from signaling.access import client_address
 from signaling.body import read_body
 from signaling.errors import UnsupportedMediaType
-from signaling.keys import MEDIA_KEY, QUOTAS_KEY, SETTINGS_KEY
+from signaling.keys import MEDIA_KEY, QUOTAS_KEY, SETTINGS_KEY, TTS_FORMAT_KEY
 from signaling.quotas import Quota
 from synthesis import (
     ClientError,
@@ -89,19 +91,22 @@ async def parse_checked(request: web.Request, data: dict[str, Any]) -> Synthesis
 
 @routes.post("/tts")
 async def tts(request: web.Request) -> web.StreamResponse:
+    received_s = time.monotonic()
     data = await read_json(request)
     fmt = data.pop("format", None) or request.query.get("format", "pcm")
     if fmt not in FORMATS:
         raise InvalidRequest(
             None, f"'format': {fmt!r} is not a format", f"use one of: {', '.join(FORMATS)}"
         )
+    request[TTS_FORMAT_KEY] = fmt  # the error middleware counts the answer by format
+    first_byte = FirstByte.of(request.app[MEDIA_KEY].metrics, TtsApi.HTTP, fmt, received_s)
     parsed = await parse_checked(request, data)
     service = request.app[MEDIA_KEY].synthesis
     settings = request.app[SETTINGS_KEY]
     formatter = create_formatter(fmt, service.engine.sample_rate_hz, http_opus(settings.opus))
     with contextlib.ExitStack() as held:
         held.enter_context(request.app[QUOTAS_KEY].hold(Quota.SYNTHESIS, client_address(request)))
-        return await synthesise_response(request, parsed, fmt, formatter)
+        return await synthesise_response(request, parsed, fmt, formatter, first_byte)
 
 
 class ClientGone(ConnectionError):
@@ -147,23 +152,37 @@ async def within_write_timeout(step: Awaitable[object], timeout_s: float) -> Non
 
 
 async def write_audio(
-    request: web.Request, response: web.StreamResponse, data: bytes, timeout_s: float
+    request: web.Request,
+    response: web.StreamResponse,
+    data: bytes,
+    timeout_s: float,
+    first_byte: FirstByte | None = None,
 ) -> None:
+    """Write ``data``; ``first_byte`` (when ``data`` carries audio) is told once the
+    first slice has been written."""
     view = memoryview(data)
     for start in range(0, len(view), WRITE_SLICE_BYTES):
         check_connected(request)
         piece = view[start : start + WRITE_SLICE_BYTES]
         await within_write_timeout(response.write(piece), timeout_s)
+        if first_byte is not None:
+            first_byte.sent()
 
 
 async def synthesise_response(
-    request: web.Request, parsed: SynthesisRequest, fmt: str, formatter: AudioFormatter
+    request: web.Request,
+    parsed: SynthesisRequest,
+    fmt: str,
+    formatter: AudioFormatter,
+    first_byte: FirstByte | None = None,
 ) -> web.StreamResponse:
     """Synthesise ``parsed`` into the answer, streamed or whole.
 
     Synthesis stops (and gives its slot back) as soon as the client is gone or
     takes no audio for ``http_write_timeout_s``: that is logged at INFO, and the
-    connection is dropped.
+    connection is dropped. ``first_byte`` is told when the first write that carries
+    audio (not only a container's header) has been handed to the connection: with
+    ``stream: false``, the first slice of the whole body.
     """
     service = request.app[MEDIA_KEY].synthesis
     timeout_s = request.app[SETTINGS_KEY].http_write_timeout_s
@@ -175,29 +194,33 @@ async def synthesise_response(
         # Wait for the first chunk before answering, so a refused or failed
         # request still gets a proper status and JSON error.
         first = await anext(audio, None)
-        body = formatter.header()
+        header = body = formatter.header()
         if first is not None:
             body += await loop.run_in_executor(None, formatter.feed, first)
         if parsed.stream:
             response = web.StreamResponse(headers=headers)
             await within_write_timeout(response.prepare(request), timeout_s)
-            await write_audio(request, response, body, timeout_s)
+            audio_in_body = len(body) > len(header)
+            await write_audio(
+                request, response, body, timeout_s, first_byte if audio_in_body else None
+            )
         async for pcm in audio:
             check_connected(request)
             data = await loop.run_in_executor(None, formatter.feed, pcm)
             if response is None:
                 body += data
             else:
-                await write_audio(request, response, data, timeout_s)
+                await write_audio(request, response, data, timeout_s, first_byte)
         tail = await loop.run_in_executor(None, formatter.finish)
         if response is None:
             body += tail
             response = web.StreamResponse(headers=headers)
             response.content_length = len(body)
             await within_write_timeout(response.prepare(request), timeout_s)
-            await write_audio(request, response, body, timeout_s)
+            heard = first_byte if first is not None else None
+            await write_audio(request, response, body, timeout_s, heard)
         else:
-            await write_audio(request, response, tail, timeout_s)
+            await write_audio(request, response, tail, timeout_s, first_byte)
         await within_write_timeout(response.write_eof(), timeout_s)
         return response
     except ClientGone as exc:
