@@ -48,6 +48,14 @@ class SynthesisReport:
 
 
 class SynthesisObserver(Protocol):
-    """Told of every stream that ran, on the event loop, once its worker let go for good."""
+    """Told of every stream that ran, on the event loop, once its worker let go for good;
+    and of every live request refused after waiting for a slot."""
 
     def synthesised(self, report: SynthesisReport) -> None: ...
+
+    def refused(self, engine: str, code: str) -> None:
+        """A live request (a session's or room's utterance) waited its queue timeout
+        and was refused with ``code``: its client hears of it only as an ``error``
+        event, never through HTTP, so this is where it is counted. HTTP callers'
+        refusals are raised at once and counted where they are answered."""
+        ...

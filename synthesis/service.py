@@ -212,9 +212,12 @@ class SynthesisService:
                 self._release(Caller.LIVE)  # granted just as the wait ended: pass it on
             if isinstance(exc, TimeoutError):
                 self._refused_total += 1
-                raise EngineBusy(
+                busy = EngineBusy(
                     self.engine.name, self.max_concurrent, waited_s=self.queue_timeout_s
-                ) from None
+                )
+                if self._observer is not None:
+                    self._observer.refused(self.engine.name, busy.code)
+                raise busy from None
             raise
         finally:
             self._wait_max_ms = max(self._wait_max_ms, (time.monotonic() - started) * 1000)

@@ -1,4 +1,5 @@
-"""EngineObserver: the server's side of the synthesis seam, engine latency and RTF."""
+"""EngineObserver: the server's side of the synthesis seam: engine latency, RTF, and the
+live requests the engine refused."""
 
 from __future__ import annotations
 
@@ -30,3 +31,6 @@ class EngineObserver:
         rtf = report.real_time_factor
         if rtf is not None and report.outcome is not SynthesisOutcome.FAILED:
             self._metrics.engine_rtf.labels(engine=engine, mode=mode).observe(rtf)
+
+    def refused(self, engine: str, code: str) -> None:
+        self._metrics.refusals.labels(reason=code).inc()

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from synthesis import (
+    EngineBusy,
     Mode,
     SynthesisError,
     SynthesisOutcome,
@@ -17,6 +18,7 @@ from synthesis import (
     SynthesisService,
     SynthesisStream,
 )
+from synthesis.service import Caller
 from synthesis.testing import ScriptedEngine
 
 REQUEST = SynthesisRequest(text="text")
@@ -27,8 +29,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.reports: list[SynthesisReport] = []
+        self.refusals: list[tuple[str, str]] = []
         self.threads: list[int] = []
         self.told = asyncio.Event()
+
+    def refused(self, engine: str, code: str) -> None:
+        self.refusals.append((engine, code))
 
     def synthesised(self, report: SynthesisReport) -> None:
         self.reports.append(report)
@@ -142,6 +148,29 @@ async def test_a_broken_observer_never_breaks_the_stream() -> None:
         def synthesised(self, report: SynthesisReport) -> None:
             raise RuntimeError("observer bug")
 
+        def refused(self, engine: str, code: str) -> None:
+            raise AssertionError("nothing was refused")
+
     stream = SynthesisStream(ScriptedEngine(chunks=2), REQUEST, observer=Broken())
     assert len([chunk async for chunk in stream]) == 2
     await stream.aclose()
+
+
+async def test_only_a_live_request_refused_after_its_wait_is_reported() -> None:
+    """HTTP callers are refused at once and counted where they are answered; a live
+    request's refusal reaches its client only as an event, so the service reports it."""
+    engine = ScriptedEngine(chunks=100, chunk_s=0.1, delay_s=0.01)
+    recorder = Recorder()
+    service = SynthesisService(engine, 1, observer=recorder, queue_timeout_s=0.1)
+    try:
+        holder = await service.open(REQUEST, owner="a")
+        await holder.__anext__()
+        with pytest.raises(EngineBusy):
+            service.stream(REQUEST, Caller.HTTP)
+        assert recorder.refusals == []
+        with pytest.raises(EngineBusy):
+            await service.open(REQUEST, owner="b")
+        assert recorder.refusals == [("scripted", "engine_busy")]
+        await holder.aclose()
+    finally:
+        service.close()
