@@ -127,10 +127,17 @@ class UnpacedSpeech:
 
     # -- control ----------------------------------------------------------------------
 
-    async def handle(self, message: ClientMessage) -> None:
-        """Act on a client message; a refused one is an ``error`` event (the stream stays)."""
+    async def handle(self, message: ClientMessage, received_ms: float | None = None) -> None:
+        """Act on a client message (``received_ms``: when it arrived, default now); a
+        refused one is an ``error`` event (the stream stays)."""
         try:
-            self.talker.apply(message, self.queue, self._service.engine, cancel_everyone=True)
+            self.talker.apply(
+                message,
+                self.queue,
+                self._service.engine,
+                cancel_everyone=True,
+                received_ms=received_ms,
+            )
         except ClientError as exc:
             self._refused(exc)
         await self._flush()

@@ -12,6 +12,7 @@ from aiohttp import WSMsgType, web
 
 from media_server.speech.events import SocketReady
 from media_server.speech.protocol import ClientMessage, binary_refused, parse_client_message
+from media_server.speech.queue import monotonic_ms
 from media_server.speech.talker import Talker
 from signaling.access import client_address, ws_protocols
 from signaling.body import message_refused
@@ -90,6 +91,7 @@ async def tts_ws(request: web.Request) -> web.WebSocketResponse:
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
+                received_ms = monotonic_ms()  # before parsing: first-byte time counts it
                 refused = message_refused(request, len(msg.data))
                 if refused is not None:
                     await speaker.report(refused)
@@ -99,7 +101,7 @@ async def tts_ws(request: web.Request) -> web.WebSocketResponse:
                 except ClientError as exc:
                     await speaker.report(exc)
                 else:
-                    await speaker.handle(message)
+                    await speaker.handle(message, received_ms)
             elif msg.type == WSMsgType.BINARY:
                 await speaker.report(binary_refused())
     finally:
