@@ -104,8 +104,17 @@ async def test_tts_work_moves_the_api_and_engine_metrics(client: TestClient) -> 
         await until(lambda: quotas.held(Quota.SYNTHESIS, "127.0.0.1") == 0)
         await ws.send_json({"type": "say", "text": "My turn now.", "id": "b"})
         assert (await ws_until(ws, "speech.done"))["id"] == "b"
+        await ws.send_json({"type": "say", "text": PARAGRAPH, "id": "c"})
+        assert (await ws_until(ws, "speech.started"))["id"] == "c"
+        await ws.send_json({"type": "cancel"})
+        assert (await ws_until(ws, "speech.cancelled"))["id"] == "c"
 
-    after = await scrape_when(client, lambda s: s.get(tts("http", "pcm", "200")) == 2)
+    labels = "{engine=piper,mode=sft}"
+    engine_count = f"vms_engine_first_chunk_seconds_count{labels}"
+    # the cancelled stream reports once its worker has let go, after speech.cancelled
+    after = await scrape_when(
+        client, lambda s: s.get(tts("http", "pcm", "200")) == 2 and s.get(engine_count, 0) >= 5
+    )
     # one count per request, by format and final status
     assert after[tts("http", "pcm", "200")] == 2
     assert after[tts("http", "wav", "200")] == 1
@@ -114,7 +123,8 @@ async def test_tts_work_moves_the_api_and_engine_metrics(client: TestClient) -> 
     assert after[tts("http", "pcm", "429")] == 1
     assert after[tts("ws", "pcm", "too_many_synthesis")] == 1
     assert after[tts("ws", "pcm", "ok")] == 1
-    assert sum(v for k, v in after.items() if k.startswith("vms_tts_requests_total")) == 8
+    assert after[tts("ws", "pcm", "cancelled")] == 1
+    assert sum(v for k, v in after.items() if k.startswith("vms_tts_requests_total")) == 9
     # the quota refused twice: once over HTTP, once on the socket
     assert after["vms_refusals_total{reason=too_many_synthesis}"] == 2
     assert sum(v for k, v in after.items() if k.startswith("vms_refusals_total")) == 2
@@ -123,15 +133,14 @@ async def test_tts_work_moves_the_api_and_engine_metrics(client: TestClient) -> 
     first = "vms_tts_request_to_first_byte_seconds"
     assert after[f"{first}_count{{api=http,format=pcm}}"] == 2
     assert after[f"{first}_count{{api=http,format=wav}}"] == 1
-    assert after[f"{first}_count{{api=ws,format=pcm}}"] == 1
+    assert after[f"{first}_count{{api=ws,format=pcm}}"] == 2
     assert after[f"{first}_sum{{api=http,format=pcm}}"] > 0
     assert after[f"{first}_sum{{api=ws,format=pcm}}"] > 0
 
-    # the engine: four syntheses ran (the refused ones never reached it)
-    labels = "{engine=piper,mode=sft}"
-    assert after[f"vms_engine_first_chunk_seconds_count{labels}"] >= 4
+    # the engine: five syntheses ran (the refused ones never reached it)
+    assert after[engine_count] >= 5
     assert after[f"vms_engine_first_chunk_seconds_sum{labels}"] > 0
-    assert after[f"vms_engine_real_time_factor_count{labels}"] >= 4
+    assert after[f"vms_engine_real_time_factor_count{labels}"] >= 5
     assert after[f"vms_engine_real_time_factor_sum{labels}"] > 0
 
 
