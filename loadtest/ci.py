@@ -46,8 +46,8 @@ EXPECTED_ENTRIES: Final = (
     ("POST", "/tts (whole stream)"),
     ("TTFA", "/tts first audio"),
     ("WS", "/tts/ws connect"),
-    ("WS", "/tts/ws utterance"),
     ("TTFA", "/tts/ws first audio"),
+    ("WS", "/tts/ws utterance"),
 )
 """Every entry the locustfile records: a run that lacks one did not test it."""
 
@@ -120,6 +120,9 @@ def problems(exit_code: int, entries: Sequence[Entry], users: Iterable[str] = ()
 
 
 def summary(entries: Sequence[Entry]) -> str:
+    """A table of ``entries``, in the order of :data:`EXPECTED_ENTRIES`, the total last."""
+    order = {key: i for i, key in enumerate(EXPECTED_ENTRIES)}
+    entries = sorted(entries, key=lambda e: order.get((e.kind, e.name), len(order)))
     lines = [
         f"{'type':<6} {'name':<22} {'reqs':>5} {'fails':>5} {'avg ms':>7} {'p50 ms':>7} "
         f"{'p95 ms':>7} {'max ms':>7}"
