@@ -137,7 +137,8 @@ class HttpTtsUser(HttpUser):
                         )
                     received += len(chunk)
             except Exception as exc:  # a reset or cut stream is this request's failure
-                resp.failure(f"stream broken after {received} bytes: {exc!r}")
+                # (no byte count in the message: Locust groups failures by it)
+                resp.failure(f"stream broken: {exc!r}")
                 return
             finally:
                 resp.request_meta["response_time"] = elapsed_ms(start)
@@ -145,13 +146,13 @@ class HttpTtsUser(HttpUser):
             if received == 0:
                 resp.failure("200 with no audio")
             elif received % 2:
-                resp.failure(f"{received} bytes is not whole 16-bit samples")
+                resp.failure("an odd byte count: not whole 16-bit samples")
             else:
                 resp.success()
 
 
-class UtteranceFailed(Exception):
-    """The server refused the ``say`` or the utterance broke off."""
+class SocketFailure(Exception):
+    """The upgrade was refused, or the server refused the ``say`` or broke it off."""
 
 
 class WsTtsUser(User):
@@ -195,6 +196,11 @@ class WsTtsUser(User):
             ws = websocket.create_connection(
                 self.ws_url(), timeout=STREAM_TIMEOUT_S, subprotocols=protocols
             )
+        except websocket.WebSocketBadStatusException as exc:  # the server's JSON error
+            body = exc.resp_body if isinstance(exc.resp_body, bytes) else b""
+            refused = SocketFailure(f"HTTP {exc.status_code} {error_text(body)}")
+            self.report(WS_CONNECT_NAME, start, 0, refused)
+            return
         except Exception as exc:
             self.report(WS_CONNECT_NAME, start, 0, exc)
             return
@@ -202,7 +208,7 @@ class WsTtsUser(User):
             try:
                 ready = json.loads(ws.recv())
                 if ready.get("type") != "ready":
-                    raise UtteranceFailed(f"expected 'ready', got {ready}")
+                    raise SocketFailure(f"expected 'ready', got {ready}")
             except Exception as exc:
                 self.report(WS_CONNECT_NAME, start, 0, exc)
                 return
@@ -226,17 +232,17 @@ class WsTtsUser(User):
                     received += len(message)
                     continue
                 if not message:  # websocket-client's answer to a close frame
-                    raise UtteranceFailed(f"closed after {received} bytes")
+                    raise SocketFailure("closed before speech.done")
                 event = json.loads(message)
                 kind = event.get("type")
                 if kind == "speech.done" and event.get("id") == utterance_id:
                     break
                 if kind in ("error", "speech.cancelled"):
-                    raise UtteranceFailed(
+                    raise SocketFailure(
                         f"{kind} {event.get('error', '')}: {event.get('message', '')}".strip()
                     )
             if received == 0:
-                raise UtteranceFailed("speech.done with no audio")
+                raise SocketFailure("speech.done with no audio")
         except Exception as exc:
             self.report(WS_UTTERANCE_NAME, start, received, exc)
             return
