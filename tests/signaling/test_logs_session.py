@@ -1,7 +1,9 @@
-"""A real WHEP session's JSON log lines carry its id, from its own code and its tasks."""
+"""Real WHEP sessions' and room listeners' JSON log lines carry their ids, from their own
+code and from their tasks."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -12,8 +14,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from media_server.rooms.tokens import Role, TokenSigner
 from signaling.keys import MEDIA_KEY
 from signaling.log_format import log_handler
+from tests.conftest import loopback_settings
+from tests.ice_mover import connected_listener, restart, session_of, wait_nominated
 from tests.whep_client import WhepClient
 
 
@@ -102,3 +107,58 @@ async def test_utterance_lines_carry_the_session_and_utterance_ids(
         ("utterance.cancelled", "u-cut"),
     } <= seen
     assert all(r["session"] == session_id and r["level"] == "DEBUG" for r in lines)
+
+
+ROOM_SECRET = "room-secret-for-log-tests"
+
+
+@pytest.mark.parametrize("settings", [loopback_settings(token_secret=ROOM_SECRET)])
+async def test_room_listener_lines_carry_room_and_listener(
+    client: TestClient, http: aiohttp.ClientSession, json_log: io.StringIO
+) -> None:
+    token = TokenSigner(ROOM_SECRET.encode()).issue("hall", Role.LISTENER, "ears")
+    whep = WhepClient(str(client.make_url("")).rstrip("/"))
+    await whep.connect(http, path="/rooms/hall/whep", headers={"Authorization": f"Bearer {token}"})
+    assert whep.location is not None
+    listener_id = whep.location.rsplit("/", 1)[-1]
+    await whep.close(http)
+    assert not client.app[MEDIA_KEY].rooms.rooms
+
+    records = parsed(json_log)
+    by_event = events(records)
+    assert by_event["room.created"]["room"] == "hall"
+    for name in ("room.joined", "room.left"):
+        line = by_event[name]
+        assert (line["room"], line["listener"], line["identity"]) == ("hall", listener_id, "ears")
+        assert line["role"] == "listener"
+    assert by_event["room.left"]["reason"] == "left"
+    assert by_event["room.closed"]["room"] == "hall"
+    connected = [
+        r
+        for r in records
+        if r["logger"] == "media_server.rtc.peer" and "connection connected" in r["message"]
+    ]
+    assert connected and all((r["room"], r["listener"]) == ("hall", listener_id) for r in connected)
+
+
+@pytest.mark.loopback
+async def test_an_ice_restart_logs_with_the_session_id(
+    client: TestClient, http: aiohttp.ClientSession, json_log: io.StringIO
+) -> None:
+    """A restart comes in on a request (no session bound there) and runs its checks in a
+    task of its own: both log with the id bound where the session was created."""
+    async with connected_listener(client, http) as peer:
+        session = session_of(client, peer)
+        move = await restart(peer, http)
+        assert move.status == 200, move.answer
+        await wait_nominated(peer, move)
+        async with asyncio.timeout(10):
+            while session.peer.ice_restarts is None or not session.peer.ice_restarts.completed:
+                await asyncio.sleep(0.01)
+    ours = [
+        r
+        for r in parsed(json_log)
+        if r.get("event", "").startswith("ice.restart") and session.client_id in r["message"]
+    ]
+    assert {r["event"] for r in ours} == {"ice.restart", "ice.restart.completed"}
+    assert all(r["session"] == session.client_id for r in ours)
