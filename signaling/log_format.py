@@ -113,7 +113,7 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = self._redact(record.exc_text)
         if record.stack_info:
             entry["stack"] = self._redact(self.formatStack(record.stack_info))
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return json.dumps(entry, default=str)
 
 
 def log_handler(

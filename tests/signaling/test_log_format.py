@@ -13,9 +13,15 @@ from typing import Any
 import pytest
 
 from media_server.config import ConfigError, Settings, settings_from_env
-from media_server.log_context import current_log_ids, log_context
+from media_server.log_context import LogContextFilter, current_log_ids, log_context
 from signaling.__main__ import main
-from signaling.log_format import REDACTED, Redactor, log_handler
+from signaling.log_format import (
+    REDACTED,
+    JsonFormatter,
+    Redactor,
+    configure_logging,
+    log_handler,
+)
 
 RFC3339_MS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 TOKEN = "op-token-0123456789abcdef"
@@ -167,3 +173,25 @@ def test_cli_refuses_an_unknown_log_format(capsys: pytest.CaptureFixture[str]) -
 def test_unknown_format_is_refused_by_the_handler() -> None:
     with pytest.raises(ValueError, match="json"):
         log_handler("yaml")
+
+
+def test_json_lines_are_ascii_whatever_they_hold(as_json: Captured) -> None:
+    as_json.logger.info("café 🎙", extra={"identity": "Zoë"})
+    (line,) = as_json.lines()
+    assert line.isascii()
+    record = json.loads(line)
+    assert (record["message"], record["identity"]) == ("café 🎙", "Zoë")
+
+
+def test_configure_logging_replaces_the_root_handlers() -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging("warning", "json")
+        (handler,) = root.handlers
+        assert root.level == logging.WARNING
+        assert isinstance(handler.formatter, JsonFormatter)
+        assert any(isinstance(f, LogContextFilter) for f in handler.filters)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
