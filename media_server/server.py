@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import gc
+import importlib.metadata
 import logging
 from collections.abc import Callable, Collection
 from typing import Any
@@ -33,9 +34,17 @@ from media_server.sessions.session import VoiceSession
 from media_server.speech.talker import Talker
 from media_server.speech.unpaced import Transport, UnpacedSpeech
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry import LoadCollector, LoadSnapshot, ServerMetrics
 from synthesis import Engine, InvalidRequest, ServerBusy, SynthesisService, create_engine
 
 logger = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("voice-media-server")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class RoomsDisabled(ServerBusy):
@@ -78,6 +87,10 @@ class MediaServer:
         self._trimmer: HeapTrimmer | None = None
         self._collector: CollectionScheduler | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.metrics = ServerMetrics()
+        """What ``GET /metrics`` exposes: observed where things happen, gauges from
+        :meth:`load` at scrape time."""
+        self.metrics.registry.register(LoadCollector(self.load))
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -99,6 +112,7 @@ class MediaServer:
                     loader, create_engine, settings.engine
                 )
         self._engine = engine
+        self.metrics.build.info({"version": _version(), "engine": engine.name})
         self._synthesis = SynthesisService(
             engine,
             settings.synthesis_slots,
@@ -310,6 +324,29 @@ class MediaServer:
             "sessions": self.sessions.start_stats_window(),
             "rooms": self.rooms.start_stats_window(),
         }
+
+    def load(self) -> LoadSnapshot:
+        """How loaded the server is now (the gauges of ``GET /metrics``)."""
+        if self._budget is None or self._synthesis is None:
+            return LoadSnapshot(sessions=0, max_sessions=self.settings.max_sessions, rooms=0)
+        participants: dict[str, int] = {}
+        for room in self.rooms.rooms.values():
+            for member in room.roster():
+                participants[member["role"]] = participants.get(member["role"], 0) + 1
+        synthesis = self.synthesis.stats()
+        return LoadSnapshot(
+            sessions=len(self.sessions),
+            max_sessions=self.settings.max_sessions,
+            rooms=len(self.rooms.rooms),
+            room_participants=participants,
+            speaking_streams=self._budget.active_streams,
+            synthesis_slots=synthesis.max_concurrent,
+            synthesis_slots_busy=synthesis.running,
+            synthesis_queued=synthesis.waiting,
+            encode_load_cores=self._budget.load_cores,
+            encode_budget_cores=self._budget.budget_cores,
+            opus_complexity=self._budget.complexity,
+        )
 
     def health(self) -> dict[str, object]:
         return {"status": "ok", "engine": self.engine.name, "sessions": len(self.sessions)}

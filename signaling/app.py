@@ -94,6 +94,14 @@ async def stats_window(request: web.Request) -> web.Response:
     return web.json_response(request.app[MEDIA_KEY].start_stats_window())
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format (the operator token guards it, see signaling/guard.py)."""
+    body, content_type = request.app[MEDIA_KEY].metrics.exposition()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
 def create_app(
     settings: Settings, engine: Engine | None = None, clock: Clock | None = None
 ) -> web.Application:
@@ -122,6 +130,7 @@ def create_app(
     app.router.add_get("/healthz", health)
     app.router.add_get("/stats", stats)
     app.router.add_post("/stats/window", stats_window)
+    app.router.add_get("/metrics", metrics)
     app.router.add_routes(whep.routes)
     app.router.add_routes(tts.routes)
     app.router.add_routes(tts_socket.routes)

@@ -19,6 +19,7 @@ OPERATOR_ROUTES: Final = frozenset(
         ("GET", "/tts/ws"),
         ("POST", "/voices"),
         ("POST", "/stats/window"),
+        ("GET", "/metrics"),
     }
 )
 """What costs the server work for a client it cannot tell apart from any other: the

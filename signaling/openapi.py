@@ -271,6 +271,19 @@ SPEC: dict[str, Any] = {
                 "security": OPERATOR,
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text format; docs/operations.md lists them)",
+                "responses": {
+                    "200": {
+                        "description": "Counters, histograms and gauges",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401),
+                },
+                "security": OPERATOR,
+            }
+        },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}},
     },
     "components": {
