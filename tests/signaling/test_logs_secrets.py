@@ -34,6 +34,8 @@ async def exercise(url: str, port: int, join_bot: str, join_listener: str) -> No
         ):
             async with http.get(f"{url}/stats{query}", headers=headers) as resp:
                 await resp.read()
+        async with http.get(f"{url}/metrics", headers=operator) as resp:
+            assert resp.status == 200
         whep = WhepClient(url)
         await whep.connect(http, headers=operator)  # a 1:1 session, DELETE with the token
         await whep.close(http)
