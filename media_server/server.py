@@ -158,6 +158,13 @@ class MediaServer:
             loop.create_task(self._collector.run(), name="gc-scheduler"),
         ]
         self._freeze_startup_objects()
+        logger.info(
+            "server started: engine %s, %d synthesis slots, %d encode threads",
+            engine.name,
+            settings.synthesis_slots,
+            settings.encode_thread_count,
+            extra={"event": "server.started", "engine": engine.name},
+        )
 
     async def aclose(self) -> None:
         gc.unfreeze()
@@ -177,6 +184,7 @@ class MediaServer:
             self._engine.close()
         if self._owned_clock is not None:
             self._owned_clock.close()
+        logger.info("server stopped", extra={"event": "server.stopped"})
 
     @staticmethod
     def _freeze_startup_objects() -> None:

@@ -14,6 +14,7 @@ from media_server.audio.encoder import StreamEncoder
 from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.link.adaptor import AudioDecision, merged
+from media_server.log_context import log_context
 from media_server.playout.pacer import Pacer
 from media_server.playout.stats import LATENESS_WINDOW_FRAMES, PacingStats
 from media_server.rooms.fanout import FanOut
@@ -176,25 +177,30 @@ class Room:
         (:meth:`SessionRegistry.create <media_server.sessions.registry.SessionRegistry.create>`)."""
         self._check_capacity()
         listener_id = secrets.token_urlsafe(12)
-        listener = ListenerSession(listener_id, self, claims, request_close)
+        with log_context(room=self.name, listener=listener_id):  # for its tasks' log lines
+            listener = ListenerSession(listener_id, self, claims, request_close)
         listener.client = client
         listener.credential = credential
         self.listeners[listener_id] = listener
         try:
-            answer = await listener.start(offer_sdp)
+            with log_context(**listener.log_ids):
+                answer = await listener.start(offer_sdp)
         except BaseException:
             self.listeners.pop(listener_id, None)
             await listener.aclose()
             raise
         self._announce(ParticipantJoined, listener.identity, claims.role)
+        self._log_member("joined", listener_id, listener.identity, claims.role)
         return listener, answer
 
-    async def remove_listener(self, listener_id: str) -> bool:
+    async def remove_listener(self, listener_id: str, reason: str = "left") -> bool:
         listener = self.listeners.pop(listener_id, None)
         if listener is None:
             return False
-        await listener.aclose()
+        with log_context(**listener.log_ids):
+            await listener.aclose()
         self._announce(ParticipantLeft, listener.identity, listener.claims.role)
+        self._log_member("left", listener_id, listener.identity, listener.claims.role, reason)
         return True
 
     def add_bot(self, bot: Member) -> str:
@@ -202,6 +208,7 @@ class Room:
         member_id = secrets.token_urlsafe(12)
         self._announce(ParticipantJoined, bot.identity, Role.BOT)  # to the others
         self.bots[member_id] = bot
+        self._log_member("joined", member_id, bot.identity, Role.BOT)
         return member_id
 
     def remove_bot(self, member_id: str) -> None:
@@ -209,6 +216,31 @@ class Room:
         if bot is not None:
             self.speech.queue.cancel(bot.identity, everyone=False)
             self._announce(ParticipantLeft, bot.identity, Role.BOT)
+            self._log_member("left", member_id, bot.identity, Role.BOT, "bot disconnected")
+
+    def _log_member(
+        self, what: str, member_id: str, identity: str, role: Role, reason: str | None = None
+    ) -> None:
+        """``room.joined`` / ``room.left``: the member's id is its listener id (WHEP) or
+        a bot's id in this room; the identity comes from its join token."""
+        logger.info(
+            "%s %s (%s) %s room %s%s (%d participants)",
+            role.value,
+            member_id,
+            identity,
+            what,
+            self.name,
+            "" if reason is None else f": {reason}",
+            self.participants,
+            extra={
+                "event": f"room.{what}",
+                "room": self.name,
+                "listener" if role is not Role.BOT else "member": member_id,
+                "identity": identity,
+                "role": role.value,
+                **({} if reason is None else {"reason": reason}),
+            },
+        )
 
     # -- events -------------------------------------------------------------------
 
@@ -240,7 +272,7 @@ class Room:
         self.closed = True
         await cancel_and_wait(self._pacer_task)
         for listener_id in list(self.listeners):
-            await self.remove_listener(listener_id)
+            await self.remove_listener(listener_id, "room closed")
         await self.speech.aclose()
 
 

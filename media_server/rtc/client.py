@@ -11,6 +11,7 @@ from typing import Any, Final, Protocol
 from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.link.adaptor import AudioDecision, AudioNetworkAdaptor
+from media_server.log_context import current_log_ids, log_context
 from media_server.rtc.peer import PeerSession
 from media_server.rtc.reports import ReportReader
 from media_server.rtc.track import EncodedAudioTrack
@@ -48,6 +49,9 @@ class PeerClient(abc.ABC):
         self._settings = settings
         self._clock = clock
         self._request_close = request_close
+        self.log_ids = current_log_ids()
+        """The log ids bound where it was created (its session, or room and listener),
+        bound again for work that starts elsewhere (an ICE restart from a request)."""
         self.track = EncodedAudioTrack()
         self.peer = PeerSession(
             client_id,
@@ -114,8 +118,9 @@ class PeerClient(abc.ABC):
         """Apply a WHEP ICE-restart ``PATCH`` body; returns the answer fragment (see
         :meth:`PeerSession.restart_ice`). A refused one leaves the session as it was,
         and a restart whose checks never succeed ends nothing by itself."""
-        answer = await self.peer.restart_ice(fragment)
-        self._path_lost()
+        with log_context(**self.log_ids):  # its log lines and checks task carry the ids
+            answer = await self.peer.restart_ice(fragment)
+            self._path_lost()
         return answer
 
     def _path_lost(self) -> None:  # noqa: B027 - an optional hook

@@ -12,6 +12,7 @@ from media_server.audio.budget import EncodeBudget
 from media_server.audio.opus import encode_silence
 from media_server.clock import Clock, MonotonicClock
 from media_server.config import Settings
+from media_server.log_context import log_context
 from media_server.playout.ticker import Ticker
 from media_server.sessions.session import VoiceSession
 from media_server.tasks import cancel_and_wait
@@ -144,6 +145,25 @@ class SessionRegistry:
         if client is not None and limit and self.unconnected(client) >= limit:
             raise ClientSessionLimit(limit)
         session_id = secrets.token_urlsafe(12)
+        with log_context(session=session_id):  # its tasks (and what they log) keep the id
+            session, answer = await self._start(session_id, offer_sdp, voice_id, client, credential)
+        self._sessions[session_id] = session
+        logger.info(
+            "session %s created (%d live)",
+            session_id,
+            len(self._sessions),
+            extra={"event": "session.created", "session": session_id},
+        )
+        return session, answer
+
+    async def _start(
+        self,
+        session_id: str,
+        offer_sdp: str,
+        voice_id: str | None,
+        client: str | None,
+        credential: bytes | None,
+    ) -> tuple[VoiceSession, str]:
         session = VoiceSession(
             session_id,
             self.settings,
@@ -174,8 +194,6 @@ class SessionRegistry:
                     self._creating[client] = left
                 else:
                     del self._creating[client]
-        self._sessions[session_id] = session
-        logger.info("session %s created (%d live)", session_id, len(self._sessions))
         return session, answer
 
     def request_close(self, session_id: str, reason: str) -> None:
@@ -186,9 +204,16 @@ class SessionRegistry:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
-        await session.aclose()
+        with log_context(session=session_id):
+            await session.aclose()
         self.closed_total += 1
-        logger.info("session %s closed: %s (%d live)", session_id, reason, len(self._sessions))
+        logger.info(
+            "session %s closed: %s (%d live)",
+            session_id,
+            reason,
+            len(self._sessions),
+            extra={"event": "session.closed", "session": session_id, "reason": reason},
+        )
         return True
 
     async def _reap(self) -> None:

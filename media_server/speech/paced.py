@@ -239,7 +239,12 @@ class PacedSpeech:
             try:
                 await self._produce(utterance)
             except ClientError as exc:
-                logger.warning("synthesis of %s failed: %s", utterance.utterance_id, exc)
+                logger.warning(
+                    "synthesis of %s failed: %s",
+                    utterance.utterance_id,
+                    exc,
+                    extra={"event": "utterance.failed", "utterance": utterance.utterance_id},
+                )
                 self.queue.failed(utterance, exc)
             finally:
                 utterance.produced = True

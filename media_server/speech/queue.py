@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from media_server.audio.frames import FRAME_MS
+from media_server.log_context import current_log_ids
 from media_server.speech.events import (
     ErrorEvent,
     Event,
@@ -27,6 +29,8 @@ from media_server.speech.events import (
 )
 from synthesis import ClientError, SynthesisRequest
 from synthesis.text import TextAccumulator
+
+logger = logging.getLogger(__name__)
 
 START_FRAMES: Final = 3
 """A paced utterance starts playing once this many frames are encoded (or all of it is,
@@ -196,6 +200,8 @@ class UtteranceQueue:
         self._wakeup = asyncio.Event()
         self._next_id = 0
         self._speaking = False
+        self._log_ids = current_log_ids()
+        """Ids of the session or room that made it: its cursor runs in the shared ticker."""
 
     def __iter__(self) -> Iterator[Utterance]:
         return iter(self._queue)
@@ -306,6 +312,7 @@ class UtteranceQueue:
             utterance.text_arrived.set()
         self._changed()
         for utterance in cancelled:
+            self._log(utterance, "cancelled")
             self._on_event(
                 SpeechCancelled(
                     utterance.utterance_id,
@@ -331,6 +338,24 @@ class UtteranceQueue:
         self._changed()
         # the hooks are the sink's bound methods: dropped, so no cycle outlives the close
         self._on_cancelled = self._on_speaking = None
+
+    def _log(self, utterance: Utterance, what: str) -> None:
+        """``utterance.started`` / ``done`` / ``cancelled`` at DEBUG: one line each per
+        utterance is more than an operator needs at INFO on a busy server (the client
+        gets them as events; session and room lines show who was there)."""
+        logger.debug(
+            "utterance %s %s (%d ms played)",
+            utterance.utterance_id,
+            what,
+            utterance.played_ms,
+            extra={
+                **self._log_ids,
+                "event": f"utterance.{what}",
+                "utterance": utterance.utterance_id,
+                "played_ms": utterance.played_ms,
+                **({} if utterance.owner is None else {"owner": utterance.owner}),
+            },
+        )
 
     # -- producer side ----------------------------------------------------------------
 
@@ -360,6 +385,7 @@ class UtteranceQueue:
         utterance.first_pts = stream_ts
         utterance.timings.first_sent_ms = monotonic_ms()
         timings = utterance.timings
+        self._log(utterance, "started")
         self._on_event(
             SpeechStarted(
                 utterance.utterance_id,
@@ -378,6 +404,7 @@ class UtteranceQueue:
             self._changed()
         if utterance.failed and not utterance.started:
             return
+        self._log(utterance, "done")
         self._on_event(
             SpeechDone(
                 utterance.utterance_id,
