@@ -23,6 +23,7 @@ from media_server.rooms.tokens import Claims, Role, TokenSigner
 from media_server.rtc.ice import restrict_host_addresses
 from media_server.runtime.collector import CollectionScheduler
 from media_server.runtime.heap import HeapTrimmer, glibc_malloc_trim
+from media_server.runtime.loop_lag import LoopLagProbe
 from media_server.runtime.priority import (
     encode_thread_priority,
     lower_thread_priority,
@@ -139,6 +140,7 @@ class MediaServer:
             "clock": self.clock,
             "encode_executor": self._encode_pool,
             "encode_budget": self._budget,
+            "metrics": self.metrics,
         }
         self._sessions = SessionRegistry(settings, self._synthesis, **shared)
         self._sessions.start()
@@ -156,6 +158,9 @@ class MediaServer:
         self._tasks = [
             loop.create_task(self._trimmer.run(), name="heap-trimmer"),
             loop.create_task(self._collector.run(), name="gc-scheduler"),
+            loop.create_task(
+                LoopLagProbe(self.clock, self.metrics.loop_lag).run(), name="loop-lag-probe"
+            ),
         ]
         self._freeze_startup_objects()
 
@@ -270,6 +275,7 @@ class MediaServer:
             Talker(None, None, settings, self.clock),
             max_queued=settings.max_queued_utterances,
             hold=hold,
+            metrics=self.metrics,
         )
 
     # -- rooms --------------------------------------------------------------------

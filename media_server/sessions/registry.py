@@ -15,6 +15,7 @@ from media_server.config import Settings
 from media_server.playout.ticker import Ticker
 from media_server.sessions.session import VoiceSession
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.metrics import ServerMetrics
 from synthesis import SynthesisService
 from synthesis.errors import ClientLimit, NotFound, ServerBusy
 
@@ -78,9 +79,11 @@ class SessionRegistry:
         clock: Clock | None = None,
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.synthesis = synthesis
+        self._metrics = metrics
         self._clock = clock or MonotonicClock()
         self._encode_executor = encode_executor
         self._encode_budget = encode_budget
@@ -155,6 +158,7 @@ class SessionRegistry:
             encode_executor=self._encode_executor,
             encode_budget=self._encode_budget,
             ticker=self.ticker,
+            metrics=self._metrics,
         )
         session.client = client
         session.credential = credential
@@ -175,6 +179,8 @@ class SessionRegistry:
                 else:
                     del self._creating[client]
         self._sessions[session_id] = session
+        if self._metrics is not None:
+            self._metrics.sessions_started.inc()
         logger.info("session %s created (%d live)", session_id, len(self._sessions))
         return session, answer
 
@@ -188,6 +194,8 @@ class SessionRegistry:
             return False
         await session.aclose()
         self.closed_total += 1
+        if self._metrics is not None:
+            self._metrics.sessions_closed.inc()
         logger.info("session %s closed: %s (%d live)", session_id, reason, len(self._sessions))
         return True
 
