@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from media_server.config import Settings
 from media_server.rooms.tokens import Role, TokenSigner
 from tests.conftest import loopback_settings
+from tests.ice_mover import connected_listener, restart, wait_nominated
 from tests.media_server.telemetry.scrape import Samples, scrape
 from tests.whep_client import WhepClient
 
@@ -146,3 +147,31 @@ async def test_a_room_moves_its_metrics(client: TestClient, http: aiohttp.Client
     assert samples["vms_rooms{}"] == 0
     assert samples["vms_room_participants{role=listener}"] == 0
     assert samples["vms_sessions_started_total{}"] == 0  # a listener is not a 1:1 session
+
+
+@pytest.mark.timeout(60)
+async def test_an_ice_restart_is_counted(client: TestClient, http: aiohttp.ClientSession) -> None:
+    async with connected_listener(client, http) as peer:
+        assert (await scrape(client))["vms_ice_restarts_total{}"] == 0
+        move = await restart(peer, http)
+        assert move.status == 200, move.answer
+        await wait_nominated(peer, move)
+        assert (await scrape(client))["vms_ice_restarts_total{}"] == 1
+
+
+@pytest.mark.timeout(60)
+async def test_a_socket_counts_its_utterances_without_rtp(client: TestClient) -> None:
+    async with client.ws_connect("/tts/ws") as ws:
+        assert (await ws.receive_json())["type"] == "ready"
+        await ws.send_json({"type": "say", "text": SHORT[0], "id": "a"})
+        async with asyncio.timeout(20):
+            while True:
+                message = await ws.receive()
+                if message.type is aiohttp.WSMsgType.TEXT:
+                    if json.loads(message.data)["type"] == "speech.done":
+                        break
+    samples = await scrape(client)
+    assert samples["vms_utterances_started_total{kind=socket}"] == 1
+    assert samples["vms_utterances_done_total{kind=socket}"] == 1
+    assert samples["vms_text_to_first_rtp_seconds_count{kind=socket}"] == 0  # no RTP
+    assert samples[f"vms_utterances_started_total{{{SESSION}}}"] == 0
