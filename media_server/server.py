@@ -327,7 +327,9 @@ class MediaServer:
         """How loaded the server is now (the gauges of ``GET /metrics``)."""
         if self._budget is None or self._synthesis is None:
             return LoadSnapshot(sessions=0, max_sessions=self.settings.max_sessions, rooms=0)
-        participants: dict[str, int] = {}
+        # every role, 0 included: a series that vanished with the last room would leave
+        # an alert on it without data instead of at 0
+        participants: dict[str, int] = {role.value: 0 for role in Role}
         for room in self.rooms.rooms.values():
             for member in room.roster():
                 participants[member["role"]] = participants.get(member["role"], 0) + 1

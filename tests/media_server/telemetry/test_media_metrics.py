@@ -129,6 +129,7 @@ async def test_a_room_moves_its_metrics(client: TestClient, http: aiohttp.Client
         assert samples["vms_rooms{}"] == 1
         assert samples["vms_room_participants{role=listener}"] == 1
         assert samples["vms_room_participants{role=bot}"] == 1
+        assert samples.get("vms_room_participants{role=speaker}") == 0
         await bot.send_json({"type": "say", "text": SHORT[1], "id": "hi"})
         await bot_event(bot, "speech.started")
         assert (await scrape(client))["vms_speaking_streams{}"] == 1
@@ -145,7 +146,8 @@ async def test_a_room_moves_its_metrics(client: TestClient, http: aiohttp.Client
     await listener.close(http)
     samples = await scrape(client)
     assert samples["vms_rooms{}"] == 0
-    assert samples["vms_room_participants{role=listener}"] == 0
+    roles = ("bot", "listener", "speaker")
+    assert [samples.get(f"vms_room_participants{{role={role}}}") for role in roles] == [0, 0, 0]
     assert samples["vms_sessions_started_total{}"] == 0  # a listener is not a 1:1 session
 
 
