@@ -63,8 +63,8 @@ class AudioDecision:
     bitrate_bps: int
     dtx: bool
     congested: bool = False
-    """The report's round-trip time or jitter said queues are building (a label of
-    ``vms_link_decisions_total``; DTX alone cannot say it, the operator may set it)."""
+    """The report's round-trip time or jitter showed queues building. Said apart from
+    ``dtx``, which the operator may also have turned on for a clean link."""
 
     @property
     def coding(self) -> CodingTarget:
