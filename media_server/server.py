@@ -23,6 +23,7 @@ from media_server.rooms.tokens import Claims, Role, TokenSigner
 from media_server.rtc.ice import restrict_host_addresses
 from media_server.runtime.collector import CollectionScheduler
 from media_server.runtime.heap import HeapTrimmer, glibc_malloc_trim
+from media_server.runtime.loop_lag import LoopLagProbe
 from media_server.runtime.priority import (
     encode_thread_priority,
     lower_thread_priority,
@@ -139,6 +140,7 @@ class MediaServer:
             "clock": self.clock,
             "encode_executor": self._encode_pool,
             "encode_budget": self._budget,
+            "metrics": self.metrics,
         }
         self._sessions = SessionRegistry(settings, self._synthesis, **shared)
         self._sessions.start()
@@ -156,6 +158,9 @@ class MediaServer:
         self._tasks = [
             loop.create_task(self._trimmer.run(), name="heap-trimmer"),
             loop.create_task(self._collector.run(), name="gc-scheduler"),
+            loop.create_task(
+                LoopLagProbe(self.clock, self.metrics.loop_lag).run(), name="loop-lag-probe"
+            ),
         ]
         self._freeze_startup_objects()
         logger.info(
@@ -278,6 +283,7 @@ class MediaServer:
             Talker(None, None, settings, self.clock),
             max_queued=settings.max_queued_utterances,
             hold=hold,
+            metrics=self.metrics,
         )
 
     # -- rooms --------------------------------------------------------------------
@@ -329,7 +335,9 @@ class MediaServer:
         """How loaded the server is now (the gauges of ``GET /metrics``)."""
         if self._budget is None or self._synthesis is None:
             return LoadSnapshot(sessions=0, max_sessions=self.settings.max_sessions, rooms=0)
-        participants: dict[str, int] = {}
+        # every role, 0 included: a series that vanished with the last room would leave
+        # an alert on it without data instead of at 0
+        participants: dict[str, int] = {role.value: 0 for role in Role}
         for room in self.rooms.rooms.values():
             for member in room.roster():
                 participants[member["role"]] = participants.get(member["role"], 0) + 1

@@ -17,6 +17,7 @@ from media_server.rooms.room import RETRY_AFTER_S, ListenerSession, Room
 from media_server.rooms.tokens import Claims
 from media_server.sessions.registry import ClientSessionLimit, SessionNotFound
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.metrics import ServerMetrics
 from synthesis import SynthesisService
 from synthesis.errors import ServerBusy
 
@@ -51,9 +52,11 @@ class RoomRegistry:
         clock: Clock | None = None,
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self._synthesis = synthesis
+        self._metrics = metrics
         self._clock = clock or MonotonicClock()
         self._encode_executor = encode_executor
         self._encode_budget = encode_budget
@@ -80,6 +83,7 @@ class RoomRegistry:
                 self._silence,
                 encode_executor=self._encode_executor,
                 encode_budget=self._encode_budget,
+                metrics=self._metrics,
             )
             room.start()
         self.rooms[name] = room

@@ -34,6 +34,7 @@ from media_server.speech.protocol import (
 )
 from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.metrics import ServerMetrics, SpeechKind
 from synthesis import SynthesisService
 from synthesis.errors import ClientError, Forbidden, ServerBusy
 
@@ -89,8 +90,11 @@ class Room:
         *,
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.name = name
+        self.metrics = metrics
+        """Shared with its listeners' peers (RTCP, link decisions, ICE restarts)."""
         self.settings = settings
         self.synthesis = synthesis
         self.clock = clock
@@ -103,6 +107,8 @@ class Room:
             encode_budget=encode_budget,
             max_queued=settings.max_queued_utterances,
             debug_timings=settings.debug_timings,
+            metrics=metrics,
+            kind=SpeechKind.ROOM,
         )
         # the fan-out writes each listener's packet in turn: the last one's wait is kept too
         self.pacer = Pacer(
@@ -111,6 +117,7 @@ class Room:
             clock,
             silence_payload,
             stats=PacingStats(send_window=LATENESS_WINDOW_FRAMES),
+            metrics=metrics,
         )
         self.listeners: dict[str, ListenerSession] = {}
         self.bots: dict[str, Member] = {}
@@ -291,7 +298,9 @@ class ListenerSession(PeerClient):
         claims: Claims,
         request_close: Callable[[str, str], None],
     ) -> None:
-        super().__init__(listener_id, room.settings, room.clock, request_close)
+        super().__init__(
+            listener_id, room.settings, room.clock, request_close, metrics=room.metrics
+        )
         self.room = room
         self.claims = claims
         self.talker = Talker(claims.identity, claims.voice, room.settings, room.clock)

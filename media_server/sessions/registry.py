@@ -16,6 +16,7 @@ from media_server.log_context import log_context
 from media_server.playout.ticker import Ticker
 from media_server.sessions.session import VoiceSession
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.metrics import ServerMetrics
 from synthesis import SynthesisService
 from synthesis.errors import ClientLimit, NotFound, ServerBusy
 
@@ -79,9 +80,11 @@ class SessionRegistry:
         clock: Clock | None = None,
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.synthesis = synthesis
+        self._metrics = metrics
         self._clock = clock or MonotonicClock()
         self._encode_executor = encode_executor
         self._encode_budget = encode_budget
@@ -148,6 +151,8 @@ class SessionRegistry:
         with log_context(session=session_id):  # its tasks (and what they log) keep the id
             session, answer = await self._start(session_id, offer_sdp, voice_id, client, credential)
         self._sessions[session_id] = session
+        if self._metrics is not None:
+            self._metrics.sessions_started.inc()
         logger.info(
             "session %s created (%d live)",
             session_id,
@@ -175,6 +180,7 @@ class SessionRegistry:
             encode_executor=self._encode_executor,
             encode_budget=self._encode_budget,
             ticker=self.ticker,
+            metrics=self._metrics,
         )
         session.client = client
         session.credential = credential
@@ -207,6 +213,8 @@ class SessionRegistry:
         with log_context(session=session_id):
             await session.aclose()
         self.closed_total += 1
+        if self._metrics is not None:
+            self._metrics.sessions_closed.inc()
         logger.info(
             "session %s closed: %s (%d live)",
             session_id,

@@ -27,6 +27,7 @@ from media_server.speech.events import (
     SpeechQueued,
     SpeechStarted,
 )
+from media_server.speech.meter import UtteranceMeter
 from synthesis import ClientError, SynthesisRequest
 from synthesis.text import TextAccumulator
 
@@ -177,7 +178,9 @@ class UtteranceQueue:
 
     ``on_cancelled`` lets the sink stop what it was doing for the utterances a
     ``cancel`` removed (drop encoded frames, stop a send); ``on_speaking`` is told when
-    the queue turns non-empty or empty.
+    the queue turns non-empty or empty. ``meter`` is observed with each
+    ``speech.started``, ``speech.done`` and ``speech.cancelled`` (not for a closed stream's
+    silent drop).
     """
 
     def __init__(
@@ -188,8 +191,10 @@ class UtteranceQueue:
         debug_timings: bool = False,
         on_cancelled: Callable[[list[Utterance]], None] | None = None,
         on_speaking: Callable[[bool], None] | None = None,
+        meter: UtteranceMeter | None = None,
     ) -> None:
         self._on_event = on_event
+        self._meter = meter
         self.max_queued = max_queued
         self._debug_timings = debug_timings
         """``speech.started`` carries the utterance's :class:`UtteranceTimings`."""
@@ -311,7 +316,11 @@ class UtteranceQueue:
             utterance.cancelled = True
             utterance.text_arrived.set()
         self._changed()
+        meter = self._meter
         for utterance in cancelled:
+            if meter is not None:
+                meter.cancelled.inc()
+                meter.cancelled_played.observe(utterance.played_ms / 1000)
             self._log(utterance, "cancelled")
             self._on_event(
                 SpeechCancelled(
@@ -330,6 +339,7 @@ class UtteranceQueue:
     def close(self) -> None:
         """Drop everything silently: a closed stream tells nobody (and holds no owner)."""
         self._on_event = _drop_event
+        self._meter = None
         for utterance in self._queue:
             utterance.cancelled = True
             utterance.text_arrived.set()
@@ -383,8 +393,13 @@ class UtteranceQueue:
         """Its first audio left: ``speech.started``."""
         utterance.started = True
         utterance.first_pts = stream_ts
-        utterance.timings.first_sent_ms = monotonic_ms()
+        sent_ms = utterance.timings.first_sent_ms = monotonic_ms()
         timings = utterance.timings
+        meter = self._meter
+        if meter is not None:
+            meter.started.inc()
+            if meter.first_rtp is not None and timings.received_ms is not None:
+                meter.first_rtp.observe((sent_ms - timings.received_ms) / 1000)
         self._log(utterance, "started")
         self._on_event(
             SpeechStarted(
@@ -404,6 +419,8 @@ class UtteranceQueue:
             self._changed()
         if utterance.failed and not utterance.started:
             return
+        if self._meter is not None:
+            self._meter.done.inc()
         self._log(utterance, "done")
         self._on_event(
             SpeechDone(

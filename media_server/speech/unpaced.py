@@ -21,10 +21,12 @@ import numpy.typing as npt
 from media_server.audio.containers import AudioFormatter, create_formatter
 from media_server.audio.opus import OpusSettings
 from media_server.speech.events import ErrorEvent, Event
+from media_server.speech.meter import UtteranceMeter
 from media_server.speech.protocol import ClientMessage
 from media_server.speech.queue import Utterance, UtteranceQueue
 from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.metrics import ServerMetrics, SpeechKind
 from synthesis import ClientError, SynthesisRequest, SynthesisService
 from synthesis.service import Caller
 
@@ -84,6 +86,7 @@ class UnpacedSpeech:
     through the queue like on a paced stream; this sink stops by cancelling the send of
     the utterance being spoken. ``hold`` is entered around each utterance's synthesis
     (a per-client quota; refused with a :class:`ClientError`, sent as an error event).
+    With ``metrics``, its utterances are counted as ``kind="socket"``.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class UnpacedSpeech:
         *,
         max_queued: int = 16,
         hold: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self._service = service
         self._fmt = fmt
@@ -107,6 +111,7 @@ class UnpacedSpeech:
             self._queue_event,
             max_queued=max_queued,
             on_cancelled=self._stop_speaking,
+            meter=None if metrics is None else UtteranceMeter.of(metrics, SpeechKind.SOCKET),
         )
         self._pending: deque[Event] = deque()
         self._speaking: tuple[Utterance, asyncio.Task[None]] | None = None
