@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import weakref
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -16,6 +17,7 @@ from media_server.audio.containers import http_opus
 from media_server.audio.executor import DeadlineExecutor
 from media_server.clock import Clock, PreciseClock
 from media_server.config import Settings
+from media_server.drain import Drain, DrainSummary
 from media_server.rooms.registry import RoomRegistry
 from media_server.rooms.room import ListenerSession, Room
 from media_server.rooms.tokens import Claims, Role, TokenSigner
@@ -78,6 +80,9 @@ class MediaServer:
         self._trimmer: HeapTrimmer | None = None
         self._collector: CollectionScheduler | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._drain = Drain(self.clock)
+        self._streams: weakref.WeakSet[UnpacedSpeech] = weakref.WeakSet()
+        """``/tts/ws`` speakers, for the drain to wait on (a closed one is empty)."""
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -125,6 +130,7 @@ class MediaServer:
             "clock": self.clock,
             "encode_executor": self._encode_pool,
             "encode_budget": self._budget,
+            "admit": self._drain.admit,
         }
         self._sessions = SessionRegistry(settings, self._synthesis, **shared)
         self._sessions.start()
@@ -248,14 +254,49 @@ class MediaServer:
         """A ``/tts/ws`` stream: its own utterance queue, spoken as fast as synthesis
         goes (not started: the caller starts and closes it)."""
         settings = self.settings
-        return UnpacedSpeech(
+        speech = UnpacedSpeech(
             self.synthesis,
             fmt,
             http_opus(settings.opus),
             transport,
-            Talker(None, None, settings, self.clock),
+            Talker(None, None, settings, self.clock, admit=self._drain.admit),
             max_queued=settings.max_queued_utterances,
             hold=hold,
+        )
+        self._streams.add(speech)
+        return speech
+
+    # -- draining -------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._drain.draining
+
+    def admit(self) -> None:
+        """Raise ``ServerDraining`` (503, ``draining``) once the server is draining: every
+        new session, room member, ``/tts`` request and socket asks first."""
+        self._drain.admit()
+
+    def tts_request(self) -> contextlib.AbstractContextManager[None]:
+        """Around one ``POST /tts``: refused while draining, and waited for by :meth:`drain`."""
+        return self._drain.request()
+
+    async def drain(self, timeout_s: float) -> DrainSummary:
+        """Refuse new work, then wait up to ``timeout_s`` until every session's, room's and
+        ``/tts/ws`` socket's speech has played out and no ``/tts`` request is running.
+
+        Sessions stay open: :meth:`aclose` ends them after.
+        """
+        members = len(self.sessions) + sum(r.participants for r in self.rooms.rooms.values())
+        logger.info("draining: %d sessions and room members, up to %g s", members, timeout_s)
+        return await self._drain.wait(timeout_s, self._utterances, members)
+
+    def _utterances(self) -> int:
+        """Utterances queued or playing anywhere."""
+        return (
+            sum(s.speech.pending for s in self.sessions.sessions())
+            + sum(r.speech.pending for r in self.rooms.rooms.values())
+            + sum(s.queue.pending for s in self._streams)
         )
 
     # -- rooms --------------------------------------------------------------------

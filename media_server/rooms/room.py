@@ -88,8 +88,11 @@ class Room:
         *,
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self.admit = admit
+        """Every member's :class:`Talker` asks it before opening an utterance (drain)."""
         self.settings = settings
         self.synthesis = synthesis
         self.clock = clock
@@ -262,7 +265,9 @@ class ListenerSession(PeerClient):
         super().__init__(listener_id, room.settings, room.clock, request_close)
         self.room = room
         self.claims = claims
-        self.talker = Talker(claims.identity, claims.voice, room.settings, room.clock)
+        self.talker = Talker(
+            claims.identity, claims.voice, room.settings, room.clock, admit=room.admit
+        )
 
     @property
     def identity(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+from collections.abc import Callable
 from typing import Any, Final
 
 from media_server.audio.budget import EncodeBudget
@@ -54,9 +55,10 @@ class VoiceSession(PeerClient):
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
         ticker: Ticker | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(session_id, settings, clock, request_close)
-        self._talker = Talker(None, voice_id, settings, clock)
+        self._talker = Talker(None, voice_id, settings, clock, admit=admit)
         self.speech = PacedSpeech(
             synthesis,
             StreamEncoder(settings.opus),
