@@ -24,11 +24,12 @@ from signaling.keys import MEDIA_KEY
 
 logger = logging.getLogger(__name__)
 
-SHUTDOWN_TIMEOUT_S: Final = 1.0
+SHUTDOWN_TIMEOUT_S: Final = 0.5
 """After the drain, HTTP requests still running (a ``/tts`` client that stopped reading,
-an open ``/tts/ws`` socket) get this long to end before aiohttp cancels them. aiohttp
-waits it twice (once more after cancelling), so a drain of ``drain_timeout_s`` ends the
-process within that plus about 2 s plus the media server's close."""
+an open ``/tts/ws`` socket) get this long to end before aiohttp cancels them. Short: the
+drain has already waited for what was worth waiting for. aiohttp waits it twice (once
+more after cancelling), so the process ends about 1 s after the drain, plus the media
+server's close and what is left of a sentence the engine is synthesising."""
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 
 

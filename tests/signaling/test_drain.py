@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from media_server.audio.frames import FRAME_MS
 from media_server.drain import DrainSummary
 from signaling.keys import MEDIA_KEY
+from tests.conftest import loopback_settings
 from tests.whep_client import WhepClient
 
 SDP = {"Content-Type": "application/sdp"}
@@ -156,3 +157,12 @@ async def test_a_socket_finishes_its_utterance_and_is_refused_a_new_one(
     heard_ms = 1000 * audio_bytes / 2 / ready["sample_rate_hz"]  # 16-bit PCM
     assert heard_ms > 2000
     assert abs(heard_ms - events[-1]["source_duration_ms"]) < 1
+
+
+@pytest.mark.parametrize("settings", [loopback_settings(api_token="operator-token-0123456789")])
+async def test_readyz_and_healthz_need_no_token(client: TestClient, offer: str) -> None:
+    assert (await client.post("/whep", data=offer, headers=SDP)).status == 401
+    assert (await client.get("/readyz")).status == 200
+    await start_drain(client, 0)
+    await assert_draining(await client.get("/readyz"))
+    assert (await client.get("/healthz")).status == 200

@@ -31,8 +31,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parents[2]
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it takes a well earned nap."
 CLOSING_BOUND_S = 6.0
-"""After the drain: aiohttp's two 1 s shutdown waits, the media server's close and the
-interpreter's exit, with room for a loaded machine."""
+"""After the drain: aiohttp's two 0.5 s shutdown waits, the media server's close and the
+interpreter's exit (which waits for a sentence being synthesised), with room for
+a loaded machine."""
 
 
 @asynccontextmanager
