@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from media_server.audio.frames import FRAME_MS
 from media_server.drain import DrainSummary
+from media_server.rooms.tokens import Role, TokenSigner
 from signaling.keys import MEDIA_KEY
 from tests.conftest import loopback_settings
 from tests.whep_client import WhepClient
@@ -166,3 +167,45 @@ async def test_readyz_and_healthz_need_no_token(client: TestClient, offer: str) 
     await start_drain(client, 0)
     await assert_draining(await client.get("/readyz"))
     assert (await client.get("/healthz")).status == 200
+
+
+ROOM_SECRET = "room-test-secret-0123456789"
+
+
+@pytest.mark.slow  # the room plays the sentence in real time
+@pytest.mark.parametrize("settings", [loopback_settings(token_secret=ROOM_SECRET)])
+async def test_a_room_finishes_its_sentence_and_refuses_new_members(
+    client: TestClient, offer: str
+) -> None:
+    signer = TokenSigner(ROOM_SECRET.encode())
+    async with client.ws_connect(
+        f"/rooms/hall/bot?token={signer.issue('hall', Role.BOT, 'b1')}"
+    ) as bot:
+        assert (await bot.receive_json())["type"] == "ready"
+        await bot.send_json({"type": "say", "text": "Good evening, everyone.", "id": "r1"})
+        events = [await bot.receive_json()]
+        while events[-1]["type"] != "speech.started":
+            events.append(await bot.receive_json())
+        drain = start_drain(client)
+        await until_draining(client)
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect(f"/rooms/hall/bot?token={signer.issue('hall', Role.BOT, 'b2')}")
+        assert refused.value.status == 503
+        bearer = signer.issue("hall", Role.LISTENER, "l1")
+        await assert_draining(
+            await client.post(
+                "/rooms/hall/whep",
+                data=offer,
+                headers={**SDP, "Authorization": f"Bearer {bearer}"},
+            )
+        )
+        await bot.send_json({"type": "say", "text": "No.", "id": "r2"})
+        async with asyncio.timeout(20):
+            while events[-1]["type"] != "speech.done":
+                events.append(await bot.receive_json())
+        summary = await drain
+    kinds = [(e["type"], e.get("id"), e.get("error")) for e in events]
+    assert ("error", None, "draining") in kinds
+    assert kinds[-1] == ("speech.done", "r1", None)
+    assert "speech.cancelled" not in [kind for kind, _, _ in kinds]
+    assert summary.clean and summary.sessions == 1
