@@ -117,7 +117,7 @@ class Settings:
     one message) is cut off and its synthesis stopped."""
     drain_timeout_s: float = 8.0
     """On SIGTERM, speech already queued may play this long before sessions are closed
-    (new work gets ``503`` ``draining``). With about 1-2 s of closing after it, 8 s fits
+    (new work gets ``503`` ``draining``). With about 1 s of closing after it, 8 s fits
     the 10 s a container runtime waits before SIGKILL; raise both together."""
     debug_timings: bool = False
     """``speech.started`` carries ``timings``: when the utterance's text arrived and

@@ -20,7 +20,7 @@ from synthesis.errors import ServerBusy
 logger = logging.getLogger(__name__)
 
 DRAIN_POLL_S: Final = 0.05
-"""How often the drain looks whether speech is still playing: a utterance ends on a
+"""How often the drain looks whether speech is still playing: an utterance ends on a
 20 ms pacer tick, so a short poll costs nothing and keeps the queues free of hooks."""
 DRAIN_SETTLE_S: Final = 0.25
 """After the last utterance left the pacer, this long for its final frames and its
