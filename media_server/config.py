@@ -120,6 +120,10 @@ class Settings:
     http_write_timeout_s: float = 10.0
     """A ``/tts`` or ``/tts/ws`` client that takes no audio for this long (64 KiB, or
     one message) is cut off and its synthesis stopped."""
+    drain_timeout_s: float = 8.0
+    """On SIGTERM, speech already queued may play this long before sessions are closed
+    (new work gets ``503`` ``draining``). With about 1 s of closing after it, 8 s fits
+    the 10 s a container runtime waits before SIGKILL; raise both together."""
     debug_timings: bool = False
     """``speech.started`` carries ``timings``: when the utterance's text arrived and
     each stage reached its first output, in ms of this machine's ``time.monotonic()``
@@ -171,6 +175,8 @@ class Settings:
             raise ConfigError(f"red_max_distance must be 0..{MAX_RED_DISTANCE}")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+        if not 0 <= self.drain_timeout_s < float("inf"):  # also refuses NaN
+            raise ConfigError("drain_timeout_s must be 0 (no drain) or positive, and finite")
         if not -20 <= self.loop_nice <= 19:
             raise ConfigError("loop_nice must be -20..19")
         for name in (

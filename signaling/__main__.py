@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Final
-
-from aiohttp import web
 
 from media_server.config import LOG_FORMATS, ConfigError, settings_from_env
 from signaling.access import exposure_error
-from signaling.access_log import RedactingAccessLogger
-from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
+from signaling.app import create_app
 from signaling.log_format import configure_logging
-
-SHUTDOWN_TIMEOUT_S: Final = 3.0
-"""On SIGTERM/SIGINT, requests still running (a streamed ``/tts``, a ``/tts/ws`` socket)
-get this long to end before aiohttp cancels them (its default waits 60 s). aiohttp
-waits it twice (once more after cancelling a request's body), so the server exits
-within about 6 s plus cleanup: inside the 10 s a container runtime waits before SIGKILL."""
+from signaling.runner import run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,15 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if refusal is not None:
         print(f"configuration error: {refusal}", file=sys.stderr)  # noqa: T201
         return 2
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        keepalive_timeout=KEEPALIVE_TIMEOUT_S,
-        access_log_class=RedactingAccessLogger,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-    )
-    return 0
+    return run(create_app(settings), settings)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import re
+from collections.abc import Callable
 from typing import Final
 
 from media_server.audio.budget import EncodeBudget
@@ -53,8 +54,11 @@ class RoomRegistry:
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
         metrics: ServerMetrics | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._admit = admit
+        """Asked before anyone joins a room and before a member opens an utterance (drain)."""
         self._synthesis = synthesis
         self._metrics = metrics
         self._clock = clock or MonotonicClock()
@@ -69,6 +73,8 @@ class RoomRegistry:
         self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="room-reaper")
 
     def get_or_create(self, name: str) -> Room:
+        if self._admit is not None:
+            self._admit()
         room = self.rooms.get(name)
         if room is not None:
             return room
@@ -84,6 +90,7 @@ class RoomRegistry:
                 encode_executor=self._encode_executor,
                 encode_budget=self._encode_budget,
                 metrics=self._metrics,
+                admit=self._admit,
             )
             room.start()
         self.rooms[name] = room

@@ -91,10 +91,13 @@ class Room:
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
         metrics: ServerMetrics | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.metrics = metrics
         """Shared with its listeners' peers (RTCP, link decisions, ICE restarts)."""
+        self.admit = admit
+        """Every member's :class:`Talker` asks it before opening an utterance (drain)."""
         self.settings = settings
         self.synthesis = synthesis
         self.clock = clock
@@ -303,7 +306,9 @@ class ListenerSession(PeerClient):
         )
         self.room = room
         self.claims = claims
-        self.talker = Talker(claims.identity, claims.voice, room.settings, room.clock)
+        self.talker = Talker(
+            claims.identity, claims.voice, room.settings, room.clock, admit=room.admit
+        )
 
     @property
     def identity(self) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Final
 
 from media_server.audio.budget import EncodeBudget
@@ -81,8 +82,11 @@ class SessionRegistry:
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
         metrics: ServerMetrics | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._admit = admit
+        """Asked before a session is created and before it opens an utterance (drain)."""
         self.synthesis = synthesis
         self._metrics = metrics
         self._clock = clock or MonotonicClock()
@@ -142,6 +146,8 @@ class SessionRegistry:
         ``max_pending_sessions_per_client`` sessions that have not connected.
         ``credential`` is kept on the session for signaling to check later.
         """
+        if self._admit is not None:
+            self._admit()
         if len(self._sessions) + self._pending >= self.settings.max_sessions:
             raise SessionLimitReached(self.settings.max_sessions)
         limit = self.settings.max_pending_sessions_per_client
@@ -181,6 +187,7 @@ class SessionRegistry:
             encode_budget=self._encode_budget,
             ticker=self.ticker,
             metrics=self._metrics,
+            admit=self._admit,
         )
         session.client = client
         session.credential = credential

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+from collections.abc import Callable
 from typing import Any, Final
 
 from media_server.audio.budget import EncodeBudget
@@ -56,9 +57,10 @@ class VoiceSession(PeerClient):
         encode_budget: EncodeBudget | None = None,
         ticker: Ticker | None = None,
         metrics: ServerMetrics | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(session_id, settings, clock, request_close, metrics=metrics)
-        self._talker = Talker(None, voice_id, settings, clock)
+        self._talker = Talker(None, voice_id, settings, clock, admit=admit)
         self.speech = PacedSpeech(
             synthesis,
             StreamEncoder(settings.opus),

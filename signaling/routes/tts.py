@@ -89,6 +89,11 @@ async def parse_checked(request: web.Request, data: dict[str, Any]) -> Synthesis
 
 @routes.post("/tts")
 async def tts(request: web.Request) -> web.StreamResponse:
+    with request.app[MEDIA_KEY].tts_request():  # refused, or waited for, while draining
+        return await _tts(request)
+
+
+async def _tts(request: web.Request) -> web.StreamResponse:
     data = await read_json(request)
     fmt = data.pop("format", None) or request.query.get("format", "pcm")
     if fmt not in FORMATS:
