@@ -15,6 +15,9 @@ from media_server.link.adaptor import MAX_RED_DISTANCE
 API_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 """What an operator token may be: long, and safe in a header or a WebSocket subprotocol."""
 
+LOG_FORMATS = ("text", "json")
+"""``log_format``: lines for a terminal, or one JSON object per line for a log shipper."""
+
 MAX_DEFAULT_ENCODE_WORKERS = 4
 """Encode threads when ``encode_workers`` is not set and more CPUs are available."""
 MAX_DEFAULT_SYNTHESIS_WORKERS = 4
@@ -37,6 +40,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     engine: str = "piper"
+    log_format: str = "text"
+    """``text`` or ``json`` (one object per line on stderr; see docs/operations-logs.md)."""
     ice_servers: tuple[IceServer, ...] = ()
     """STUN/TURN servers for the server's peer connections; none by default."""
     ice_host_addresses: tuple[str, ...] = ()
@@ -73,9 +78,9 @@ class Settings:
     this often (:mod:`media_server.runtime.collector`); 0 leaves CPython's own schedule."""
     synthesis_chunk_timeout_s: float = 30.0
     """An engine silent this long has hung: that request fails with ``timeout``."""
-    token_secret: str | None = None
+    token_secret: str | None = field(default=None, repr=False)
     """HMAC secret for room join tokens (at least 16 bytes); rooms are off without it."""
-    api_token: str | None = None
+    api_token: str | None = field(default=None, repr=False)
     """The operator token (``Authorization: Bearer``): when set, 1:1 WHEP, ``/tts``,
     ``/tts/ws``, ``POST /voices`` and the detail of ``/stats`` need it."""
     allow_anonymous: bool = False
@@ -115,6 +120,10 @@ class Settings:
     http_write_timeout_s: float = 10.0
     """A ``/tts`` or ``/tts/ws`` client that takes no audio for this long (64 KiB, or
     one message) is cut off and its synthesis stopped."""
+    drain_timeout_s: float = 8.0
+    """On SIGTERM, speech already queued may play this long before sessions are closed
+    (new work gets ``503`` ``draining``). With about 1 s of closing after it, 8 s fits
+    the 10 s a container runtime waits before SIGKILL; raise both together."""
     debug_timings: bool = False
     """``speech.started`` carries ``timings``: when the utterance's text arrived and
     each stage reached its first output, in ms of this machine's ``time.monotonic()``
@@ -164,6 +173,10 @@ class Settings:
             raise ConfigError("token_secret must be at least 16 bytes")
         if not 0 <= self.red_max_distance <= MAX_RED_DISTANCE:
             raise ConfigError(f"red_max_distance must be 0..{MAX_RED_DISTANCE}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+        if not 0 <= self.drain_timeout_s < float("inf"):  # also refuses NaN
+            raise ConfigError("drain_timeout_s must be 0 (no drain) or positive, and finite")
         if not -20 <= self.loop_nice <= 19:
             raise ConfigError("loop_nice must be -20..19")
         for name in (

@@ -9,6 +9,7 @@ import dataclasses
 import gc
 import importlib.metadata
 import logging
+import weakref
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -17,12 +18,14 @@ from media_server.audio.containers import http_opus
 from media_server.audio.executor import DeadlineExecutor
 from media_server.clock import Clock, PreciseClock
 from media_server.config import Settings
+from media_server.drain import Drain, DrainSummary
 from media_server.rooms.registry import RoomRegistry
 from media_server.rooms.room import ListenerSession, Room
 from media_server.rooms.tokens import Claims, Role, TokenSigner
 from media_server.rtc.ice import restrict_host_addresses
 from media_server.runtime.collector import CollectionScheduler
 from media_server.runtime.heap import HeapTrimmer, glibc_malloc_trim
+from media_server.runtime.loop_lag import LoopLagProbe
 from media_server.runtime.priority import (
     encode_thread_priority,
     lower_thread_priority,
@@ -34,13 +37,7 @@ from media_server.sessions.session import VoiceSession
 from media_server.speech.talker import Talker
 from media_server.speech.unpaced import Transport, UnpacedSpeech
 from media_server.tasks import cancel_and_wait
-from media_server.telemetry import (
-    EngineObserver,
-    LoadCollector,
-    LoadSnapshot,
-    ServerMetrics,
-    SocketMeter,
-)
+from media_server.telemetry import EngineObserver, LoadCollector, LoadSnapshot, ServerMetrics
 from synthesis import Engine, InvalidRequest, ServerBusy, SynthesisService, create_engine
 
 logger = logging.getLogger(__name__)
@@ -94,9 +91,10 @@ class MediaServer:
         self._collector: CollectionScheduler | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics = ServerMetrics()
-        """What ``GET /metrics`` exposes: observed where things happen, gauges from
-        :meth:`load` at scrape time."""
-        self.metrics.registry.register(LoadCollector(self.load))
+        """What ``GET /metrics`` exposes (:meth:`metrics_exposition`)."""
+        self._drain = Drain(self.clock)
+        self._streams: weakref.WeakSet[UnpacedSpeech] = weakref.WeakSet()
+        """``/tts/ws`` speakers, for the drain to wait on (a closed one is empty)."""
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -146,6 +144,8 @@ class MediaServer:
             "clock": self.clock,
             "encode_executor": self._encode_pool,
             "encode_budget": self._budget,
+            "metrics": self.metrics,
+            "admit": self._drain.admit,
         }
         self._sessions = SessionRegistry(settings, self._synthesis, **shared)
         self._sessions.start()
@@ -163,8 +163,18 @@ class MediaServer:
         self._tasks = [
             loop.create_task(self._trimmer.run(), name="heap-trimmer"),
             loop.create_task(self._collector.run(), name="gc-scheduler"),
+            loop.create_task(
+                LoopLagProbe(self.clock, self.metrics.loop_lag).run(), name="loop-lag-probe"
+            ),
         ]
         self._freeze_startup_objects()
+        logger.info(
+            "server started: engine %s, %d synthesis slots, %d encode threads",
+            engine.name,
+            settings.synthesis_slots,
+            settings.encode_thread_count,
+            extra={"event": "server.started", "engine": engine.name},
+        )
 
     async def aclose(self) -> None:
         gc.unfreeze()
@@ -184,6 +194,7 @@ class MediaServer:
             self._engine.close()
         if self._owned_clock is not None:
             self._owned_clock.close()
+        logger.info("server stopped", extra={"event": "server.stopped"})
 
     @staticmethod
     def _freeze_startup_objects() -> None:
@@ -269,15 +280,50 @@ class MediaServer:
         """A ``/tts/ws`` stream: its own utterance queue, spoken as fast as synthesis
         goes (not started: the caller starts and closes it)."""
         settings = self.settings
-        return UnpacedSpeech(
+        speech = UnpacedSpeech(
             self.synthesis,
             fmt,
             http_opus(settings.opus),
             transport,
-            Talker(None, None, settings, self.clock),
+            Talker(None, None, settings, self.clock, admit=self._drain.admit),
             max_queued=settings.max_queued_utterances,
             hold=hold,
-            meter=SocketMeter(self.metrics, fmt),
+            metrics=self.metrics,
+        )
+        self._streams.add(speech)
+        return speech
+
+    # -- draining -------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._drain.draining
+
+    def admit(self) -> None:
+        """Raise ``ServerDraining`` (503, ``draining``) once the server is draining: every
+        new session, room member, ``/tts`` request and socket asks first."""
+        self._drain.admit()
+
+    def tts_request(self) -> contextlib.AbstractContextManager[None]:
+        """Around one ``POST /tts``: refused while draining, and waited for by :meth:`drain`."""
+        return self._drain.request()
+
+    async def drain(self, timeout_s: float) -> DrainSummary:
+        """Refuse new work, then wait up to ``timeout_s`` until every session's, room's and
+        ``/tts/ws`` socket's speech has played out and no ``/tts`` request is running.
+
+        Sessions stay open: :meth:`aclose` ends them after.
+        """
+        members = len(self.sessions) + sum(r.participants for r in self.rooms.rooms.values())
+        logger.info("draining: %d sessions and room members, up to %g s", members, timeout_s)
+        return await self._drain.wait(timeout_s, self._utterances, members)
+
+    def _utterances(self) -> int:
+        """Utterances queued or playing anywhere."""
+        return (
+            sum(s.speech.pending for s in self.sessions.sessions())
+            + sum(r.speech.pending for r in self.rooms.rooms.values())
+            + sum(s.queue.pending for s in self._streams)
         )
 
     # -- rooms --------------------------------------------------------------------
@@ -325,11 +371,21 @@ class MediaServer:
             "rooms": self.rooms.start_stats_window(),
         }
 
+    async def metrics_exposition(self) -> tuple[bytes, str]:
+        """``GET /metrics``: counters and histograms observed where things happen, and
+        gauges from one :meth:`load` taken here, on the loop (the state it reads is the
+        loop's); rendered in a worker thread, since a render takes milliseconds and
+        reads ``/proc``."""
+        load = self.load()
+        return await asyncio.to_thread(self.metrics.exposition, LoadCollector(lambda: load))
+
     def load(self) -> LoadSnapshot:
         """How loaded the server is now (the gauges of ``GET /metrics``)."""
         if self._budget is None or self._synthesis is None:
             return LoadSnapshot(sessions=0, max_sessions=self.settings.max_sessions, rooms=0)
-        participants: dict[str, int] = {}
+        # every role, 0 included: a series that vanished with the last room would leave
+        # an alert on it without data instead of at 0
+        participants: dict[str, int] = {role.value: 0 for role in Role}
         for room in self.rooms.rooms.values():
             for member in room.roster():
                 participants[member["role"]] = participants.get(member["role"], 0) + 1
@@ -346,6 +402,7 @@ class MediaServer:
             encode_load_cores=self._budget.load_cores,
             encode_budget_cores=self._budget.budget_cores,
             opus_complexity=self._budget.complexity,
+            draining=self.draining,
         )
 
     def health(self) -> dict[str, object]:

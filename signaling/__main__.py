@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from typing import Final
 
-from aiohttp import web
-
-from media_server.config import ConfigError, settings_from_env
+from media_server.config import LOG_FORMATS, ConfigError, settings_from_env
 from signaling.access import exposure_error
-from signaling.access_log import RedactingAccessLogger
-from signaling.app import KEEPALIVE_TIMEOUT_S, create_app
-
-SHUTDOWN_TIMEOUT_S: Final = 3.0
-"""On SIGTERM/SIGINT, requests still running (a streamed ``/tts``, a ``/tts/ws`` socket)
-get this long to end before aiohttp cancels them (its default waits 60 s). aiohttp
-waits it twice (once more after cancelling a request's body), so the server exits
-within about 6 s plus cleanup: inside the 10 s a container runtime waits before SIGKILL."""
+from signaling.app import create_app
+from signaling.log_format import configure_logging
+from signaling.runner import run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,10 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         help="serve clients without a token on a non-loopback address (VMS_ALLOW_ANONYMOUS)",
     )
     parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text, or json: one object per line on stderr (VMS_LOG_FORMAT, default text)",
     )
+    args = parser.parse_args(argv)
     try:
         settings = settings_from_env().with_overrides(
             host=args.host,
@@ -60,23 +53,19 @@ def main(argv: list[str] | None = None) -> int:
             ice_host_addresses=tuple(args.ice_host_address) if args.ice_host_address else None,
             api_token=args.api_token,
             allow_anonymous=args.allow_anonymous,
+            log_format=args.log_format,
         )
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
         return 2
+    configure_logging(
+        args.log_level, settings.log_format, secrets=(settings.api_token, settings.token_secret)
+    )
     refusal = exposure_error(settings)
     if refusal is not None:
         print(f"configuration error: {refusal}", file=sys.stderr)  # noqa: T201
         return 2
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        keepalive_timeout=KEEPALIVE_TIMEOUT_S,
-        access_log_class=RedactingAccessLogger,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-    )
-    return 0
+    return run(create_app(settings), settings)
 
 
 if __name__ == "__main__":

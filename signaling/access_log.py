@@ -22,19 +22,31 @@ def redacted_path(request: web.BaseRequest) -> str:
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
-    """One line per request, like aiohttp's default, but never with a token in it."""
+    """One line per request, like aiohttp's default, but never with a token in it; its
+    parts are fields too (``event=http.access``), for the JSON log format."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         version = request.version
+        path = redacted_path(request)
+        fields = {
+            "event": "http.access",
+            "method": request.method,
+            "path": path,
+            "status": response.status,
+            "size": response.body_length,
+            "duration_ms": round(time * 1000, 1),
+            "remote": request.remote,
+        }
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %d %.3fs "%s"',
             request.remote or "-",
             request.method,
-            redacted_path(request),
+            path,
             version.major,
             version.minor,
             response.status,
             response.body_length,
             time,
             request.headers.get("User-Agent", "-"),
+            extra=fields,
         )

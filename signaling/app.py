@@ -81,6 +81,13 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(request.app[MEDIA_KEY].health())
 
 
+async def ready(request: web.Request) -> web.Response:
+    """Readiness for a load balancer: ``503`` ``draining`` once shutdown has begun, while
+    the sessions already here finish (``/healthz`` stays the liveness check)."""
+    request.app[MEDIA_KEY].admit()
+    return web.json_response({"status": "ready"})
+
+
 async def stats(request: web.Request) -> web.Response:
     """Server figures; who is connected only for the operator (see MediaServer.stats)."""
     body = request.app[MEDIA_KEY].stats(detail=is_operator(request))
@@ -96,7 +103,7 @@ async def stats_window(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format (the operator token guards it, see signaling/guard.py)."""
-    body, content_type = request.app[MEDIA_KEY].metrics.exposition()
+    body, content_type = await request.app[MEDIA_KEY].metrics_exposition()
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response
@@ -128,6 +135,7 @@ def create_app(
     app.cleanup_ctx.append(media_ctx)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
     app.router.add_get("/stats", stats)
     app.router.add_post("/stats/window", stats_window)
     app.router.add_get("/metrics", metrics)

@@ -156,14 +156,19 @@ async def error_middleware(
     return response
 
 
+_PROBES: Final = frozenset({"/readyz"})
+"""Routes whose 503 answers a question (is the server draining?) and refuses no work."""
+
+
 def _observe(request: web.Request, status: int, exc: ClientError | None = None) -> None:
     """The one place HTTP answers are counted: ``refusals`` (503/429 by code) for every
-    route, and ``tts_requests`` for ``POST /tts`` with its final status."""
+    route but probes, and ``tts_requests`` for ``POST /tts`` with its final status."""
     media = request.app.get(MEDIA_KEY)
     if media is None:  # not started (or failed to)
         return
-    if exc is not None:
-        count_refusal(media.metrics, exc)
     resource = request.match_info.route.resource
-    if request.method == "POST" and resource is not None and resource.canonical == "/tts":
+    path = None if resource is None else resource.canonical
+    if exc is not None and path not in _PROBES:
+        count_refusal(media.metrics, exc)
+    if request.method == "POST" and path == "/tts":
         count_tts_request(media.metrics, TtsApi.HTTP, request.get(TTS_FORMAT_KEY), str(status))

@@ -29,7 +29,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         422: "The engine cannot do this (e.g. zero_shot on piper); ICE restart unsupported",
         428: "If-Match is missing (WHEP: the ETag to trickle, * to restart ICE)",
         429: "This client is over one of its per-client bounds; see Retry-After",
-        503: "Limit reached; see Retry-After",
+        503: "Limit reached, or the server is draining (error 'draining'); see Retry-After",
         504: "The engine produced no audio in time",
     }
     return {
@@ -227,7 +227,7 @@ SPEC: dict[str, Any] = {
                 ],
                 "responses": {
                     "101": {"description": "Switching protocols"},
-                    **_errors(400, 401, 403, 429),
+                    **_errors(400, 401, 403, 429, 503),
                 },
                 "security": OPERATOR,
             }
@@ -285,6 +285,12 @@ SPEC: dict[str, Any] = {
             }
         },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}},
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: 503 'draining' once SIGTERM has started the drain",
+                "responses": {"200": {"description": "Ready"}, **_errors(503)},
+            }
+        },
     },
     "components": {
         "securitySchemes": {

@@ -62,6 +62,9 @@ class AudioDecision:
     expected_loss_pct: int
     bitrate_bps: int
     dtx: bool
+    congested: bool = False
+    """The report's round-trip time or jitter showed queues building. Said apart from
+    ``dtx``, which the operator may also have turned on for a clean link."""
 
     @property
     def coding(self) -> CodingTarget:
@@ -150,6 +153,7 @@ class AudioNetworkAdaptor:
             ),
             bitrate_bps=bitrate,
             dtx=congested,
+            congested=congested,
         )
 
     def _red_distance(self, loss: float) -> int:

@@ -8,6 +8,7 @@ from typing import Final, Protocol
 from media_server.audio.frames import FRAME_S, FRAME_SAMPLES, OutgoingFrame
 from media_server.clock import Clock
 from media_server.playout.stats import PacingStats, UnderrunCounter
+from media_server.telemetry.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ class Pacer:
     frames are sent at once and older ticks are skipped (their RTP timestamps
     too, so timestamps keep tracking the clock). While the source is idle the
     pacer sends the silence packet, so RTP timestamps stay continuous, and
-    speech that arrives while idle goes out on the very next tick.
+    speech that arrives while idle goes out on the very next tick. With ``metrics``,
+    every frame's lateness, skipped ticks and catch-up frames are observed there too.
     """
 
     def __init__(
@@ -45,7 +47,9 @@ class Pacer:
         *,
         max_catch_up_frames: int = MAX_CATCH_UP_FRAMES,
         stats: PacingStats | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._source = source
         self._sink = sink
         self._clock = clock
@@ -90,12 +94,19 @@ class Pacer:
             self.stats.skipped_frames += skip
             logger.debug("pacer stalled: skipped %d ticks", skip)
             deadline = self.tick_deadline(self._tick)
+            if self._metrics is not None:
+                self._metrics.skipped_ticks.inc(skip)
         payload = self._source.next_payload(self._pts)
         speech = payload is not None
         self._sink.send(
             OutgoingFrame(payload if payload is not None else self._silence, self._pts, speech)
         )
-        self.stats.record(max(0.0, now - deadline), speech)
+        lateness_s = max(0.0, now - deadline)
+        self.stats.record(lateness_s, speech)
+        if self._metrics is not None:
+            self._metrics.frame_lateness.observe(lateness_s)
+            if overdue > 0:  # a whole tick late: the next frame follows back to back
+                self._metrics.catch_up_frames.inc()
         if self.stats.tracks_send:
             self.stats.record_send(max(0.0, self._clock.now() - deadline))
         self._tick += 1

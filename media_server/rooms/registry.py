@@ -6,16 +6,19 @@ import asyncio
 import concurrent.futures
 import logging
 import re
+from collections.abc import Callable
 from typing import Final
 
 from media_server.audio.budget import EncodeBudget
 from media_server.audio.opus import encode_silence
 from media_server.clock import Clock, MonotonicClock
 from media_server.config import Settings
+from media_server.log_context import log_context
 from media_server.rooms.room import RETRY_AFTER_S, ListenerSession, Room
 from media_server.rooms.tokens import Claims
 from media_server.sessions.registry import ClientSessionLimit, SessionNotFound
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.metrics import ServerMetrics
 from synthesis import SynthesisService
 from synthesis.errors import ServerBusy
 
@@ -50,9 +53,14 @@ class RoomRegistry:
         clock: Clock | None = None,
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
+        metrics: ServerMetrics | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._admit = admit
+        """Asked before anyone joins a room and before a member opens an utterance (drain)."""
         self._synthesis = synthesis
+        self._metrics = metrics
         self._clock = clock or MonotonicClock()
         self._encode_executor = encode_executor
         self._encode_budget = encode_budget
@@ -65,23 +73,33 @@ class RoomRegistry:
         self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="room-reaper")
 
     def get_or_create(self, name: str) -> Room:
+        if self._admit is not None:
+            self._admit()
         room = self.rooms.get(name)
         if room is not None:
             return room
         if len(self.rooms) >= self.settings.max_rooms:
             raise RoomLimitReached(self.settings.max_rooms)
-        room = Room(
-            name,
-            self.settings,
-            self._synthesis,
-            self._clock,
-            self._silence,
-            encode_executor=self._encode_executor,
-            encode_budget=self._encode_budget,
-        )
-        room.start()
+        with log_context(room=name):  # its pacer and speaker tasks keep the name
+            room = Room(
+                name,
+                self.settings,
+                self._synthesis,
+                self._clock,
+                self._silence,
+                encode_executor=self._encode_executor,
+                encode_budget=self._encode_budget,
+                metrics=self._metrics,
+                admit=self._admit,
+            )
+            room.start()
         self.rooms[name] = room
-        logger.info("room %s created (%d rooms)", name, len(self.rooms))
+        logger.info(
+            "room %s created (%d rooms)",
+            name,
+            len(self.rooms),
+            extra={"event": "room.created", "room": name},
+        )
         return room
 
     def start_stats_window(self) -> int:
@@ -143,9 +161,9 @@ class RoomRegistry:
     def stats(self) -> list[dict[str, object]]:
         return [room.stats() for room in self.rooms.values()]
 
-    async def remove_listener(self, room_name: str, listener_id: str) -> bool:
+    async def remove_listener(self, room_name: str, listener_id: str, reason: str = "left") -> bool:
         room = self.rooms.get(room_name)
-        if room is None or not await room.remove_listener(listener_id):
+        if room is None or not await room.remove_listener(listener_id, reason):
             return False
         await self.close_if_empty(room)
         return True
@@ -154,14 +172,18 @@ class RoomRegistry:
         if room.empty and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             await room.aclose()
-            logger.info("room %s closed (%d rooms)", room.name, len(self.rooms))
+            logger.info(
+                "room %s closed (%d rooms)",
+                room.name,
+                len(self.rooms),
+                extra={"event": "room.closed", "room": room.name},
+            )
 
     async def _reap(self) -> None:
         while True:
             room_name, listener_id, reason = await self._to_close.get()
             try:
-                if await self.remove_listener(room_name, listener_id):
-                    logger.info("listener %s left %s: %s", listener_id, room_name, reason)
+                await self.remove_listener(room_name, listener_id, reason)  # logs room.left
             except Exception:
                 logger.exception("closing listener %s failed", listener_id)
 

@@ -14,6 +14,7 @@ from media_server.audio.encoder import StreamEncoder
 from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.link.adaptor import AudioDecision, merged
+from media_server.log_context import log_context
 from media_server.playout.pacer import Pacer
 from media_server.playout.stats import LATENESS_WINDOW_FRAMES, PacingStats
 from media_server.rooms.fanout import FanOut
@@ -33,6 +34,7 @@ from media_server.speech.protocol import (
 )
 from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.metrics import ServerMetrics, SpeechKind
 from synthesis import SynthesisService
 from synthesis.errors import ClientError, Forbidden, ServerBusy
 
@@ -88,8 +90,14 @@ class Room:
         *,
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
+        metrics: ServerMetrics | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self.metrics = metrics
+        """Shared with its listeners' peers (RTCP, link decisions, ICE restarts)."""
+        self.admit = admit
+        """Every member's :class:`Talker` asks it before opening an utterance (drain)."""
         self.settings = settings
         self.synthesis = synthesis
         self.clock = clock
@@ -102,6 +110,8 @@ class Room:
             encode_budget=encode_budget,
             max_queued=settings.max_queued_utterances,
             debug_timings=settings.debug_timings,
+            metrics=metrics,
+            kind=SpeechKind.ROOM,
         )
         # the fan-out writes each listener's packet in turn: the last one's wait is kept too
         self.pacer = Pacer(
@@ -110,6 +120,7 @@ class Room:
             clock,
             silence_payload,
             stats=PacingStats(send_window=LATENESS_WINDOW_FRAMES),
+            metrics=metrics,
         )
         self.listeners: dict[str, ListenerSession] = {}
         self.bots: dict[str, Member] = {}
@@ -176,25 +187,30 @@ class Room:
         (:meth:`SessionRegistry.create <media_server.sessions.registry.SessionRegistry.create>`)."""
         self._check_capacity()
         listener_id = secrets.token_urlsafe(12)
-        listener = ListenerSession(listener_id, self, claims, request_close)
+        with log_context(room=self.name, listener=listener_id):  # for its tasks' log lines
+            listener = ListenerSession(listener_id, self, claims, request_close)
         listener.client = client
         listener.credential = credential
         self.listeners[listener_id] = listener
         try:
-            answer = await listener.start(offer_sdp)
+            with log_context(**listener.log_ids):
+                answer = await listener.start(offer_sdp)
         except BaseException:
             self.listeners.pop(listener_id, None)
             await listener.aclose()
             raise
         self._announce(ParticipantJoined, listener.identity, claims.role)
+        self._log_member("joined", listener_id, listener.identity, claims.role)
         return listener, answer
 
-    async def remove_listener(self, listener_id: str) -> bool:
+    async def remove_listener(self, listener_id: str, reason: str = "left") -> bool:
         listener = self.listeners.pop(listener_id, None)
         if listener is None:
             return False
-        await listener.aclose()
+        with log_context(**listener.log_ids):
+            await listener.aclose()
         self._announce(ParticipantLeft, listener.identity, listener.claims.role)
+        self._log_member("left", listener_id, listener.identity, listener.claims.role, reason)
         return True
 
     def add_bot(self, bot: Member) -> str:
@@ -202,6 +218,7 @@ class Room:
         member_id = secrets.token_urlsafe(12)
         self._announce(ParticipantJoined, bot.identity, Role.BOT)  # to the others
         self.bots[member_id] = bot
+        self._log_member("joined", member_id, bot.identity, Role.BOT)
         return member_id
 
     def remove_bot(self, member_id: str) -> None:
@@ -209,6 +226,31 @@ class Room:
         if bot is not None:
             self.speech.queue.cancel(bot.identity, everyone=False)
             self._announce(ParticipantLeft, bot.identity, Role.BOT)
+            self._log_member("left", member_id, bot.identity, Role.BOT, "bot disconnected")
+
+    def _log_member(
+        self, what: str, member_id: str, identity: str, role: Role, reason: str | None = None
+    ) -> None:
+        """``room.joined`` / ``room.left``: the member's id is its listener id (WHEP) or
+        a bot's id in this room; the identity comes from its join token."""
+        logger.info(
+            "%s %s (%s) %s room %s%s (%d participants)",
+            role.value,
+            member_id,
+            identity,
+            what,
+            self.name,
+            "" if reason is None else f": {reason}",
+            self.participants,
+            extra={
+                "event": f"room.{what}",
+                "room": self.name,
+                "listener" if role is not Role.BOT else "member": member_id,
+                "identity": identity,
+                "role": role.value,
+                **({} if reason is None else {"reason": reason}),
+            },
+        )
 
     # -- events -------------------------------------------------------------------
 
@@ -240,7 +282,7 @@ class Room:
         self.closed = True
         await cancel_and_wait(self._pacer_task)
         for listener_id in list(self.listeners):
-            await self.remove_listener(listener_id)
+            await self.remove_listener(listener_id, "room closed")
         await self.speech.aclose()
 
 
@@ -259,10 +301,14 @@ class ListenerSession(PeerClient):
         claims: Claims,
         request_close: Callable[[str, str], None],
     ) -> None:
-        super().__init__(listener_id, room.settings, room.clock, request_close)
+        super().__init__(
+            listener_id, room.settings, room.clock, request_close, metrics=room.metrics
+        )
         self.room = room
         self.claims = claims
-        self.talker = Talker(claims.identity, claims.voice, room.settings, room.clock)
+        self.talker = Talker(
+            claims.identity, claims.voice, room.settings, room.clock, admit=room.admit
+        )
 
     @property
     def identity(self) -> str:

@@ -10,11 +10,13 @@ from typing import Any, Final, Protocol
 
 from media_server.clock import Clock
 from media_server.config import Settings
-from media_server.link.adaptor import AudioDecision, AudioNetworkAdaptor
+from media_server.link.adaptor import AudioDecision, AudioNetworkAdaptor, LinkReport
+from media_server.log_context import current_log_ids, log_context
 from media_server.rtc.peer import PeerSession
 from media_server.rtc.reports import ReportReader
 from media_server.rtc.track import EncodedAudioTrack
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.metrics import ServerMetrics
 
 
 class OutgoingEvent(Protocol):
@@ -38,16 +40,27 @@ class PeerClient(abc.ABC):
     the tasks it spawns; :meth:`aclose` cancels and awaits them and closes the
     peer. Asks its owner to close it (``request_close(client_id, reason)``) when
     the peer fails or closes, stays ``disconnected`` past the grace period, a
-    task crashes, or it never connects.
+    task crashes, or it never connects. With ``metrics``, each new RTCP receiver report,
+    each change of the link adaptor's decision and each ICE restart is observed.
     """
 
     def __init__(
-        self, client_id: str, settings: Settings, clock: Clock, request_close: CloseRequest
+        self,
+        client_id: str,
+        settings: Settings,
+        clock: Clock,
+        request_close: CloseRequest,
+        *,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.client_id = client_id
+        self._metrics = metrics
         self._settings = settings
         self._clock = clock
         self._request_close = request_close
+        self.log_ids = current_log_ids()
+        """The log ids bound where it was created (its session, or room and listener),
+        bound again for work that starts elsewhere (an ICE restart from a request)."""
         self.track = EncodedAudioTrack()
         self.peer = PeerSession(
             client_id,
@@ -114,8 +127,11 @@ class PeerClient(abc.ABC):
         """Apply a WHEP ICE-restart ``PATCH`` body; returns the answer fragment (see
         :meth:`PeerSession.restart_ice`). A refused one leaves the session as it was,
         and a restart whose checks never succeed ends nothing by itself."""
-        answer = await self.peer.restart_ice(fragment)
-        self._path_lost()
+        with log_context(**self.log_ids):  # its log lines and checks task carry the ids
+            answer = await self.peer.restart_ice(fragment)
+            if self._metrics is not None:
+                self._metrics.ice_restarts.inc()
+            self._path_lost()
         return answer
 
     def _path_lost(self) -> None:  # noqa: B027 - an optional hook
@@ -152,14 +168,37 @@ class PeerClient(abc.ABC):
             report = await reader.read()
             if report is None:
                 continue
+            self._observe_report(report)
             before = self.adaptor.decision
             decision = self.adaptor.update(report)
             if decision is not before:
                 logger.debug("%s(%s) link: %s", type(self).__name__, self.client_id, decision)
+                self._observe_decision(decision)
                 writer = self.track.writer
                 if writer is not None:
                     writer.red_distance = decision.red_distance
                 self._link_changed(decision)
+
+    def _observe_report(self, report: LinkReport) -> None:
+        """A report not seen before (the reader gives each once): into the histograms."""
+        metrics = self._metrics
+        if metrics is None:
+            return
+        metrics.fraction_lost.observe(min(1.0, max(0.0, report.fraction_lost)))
+        metrics.jitter.observe(report.jitter_ms / 1000)
+        if report.rtt_ms is not None:
+            metrics.rtt.observe(report.rtt_ms / 1000)
+
+    def _observe_decision(self, decision: AudioDecision) -> None:
+        metrics = self._metrics
+        if metrics is None:
+            return
+        metrics.link_decisions.labels(
+            red_distance=str(decision.red_distance),
+            fec=str(decision.inband_fec).lower(),
+            congested=str(decision.congested).lower(),
+        ).inc()
+        metrics.target_bitrate.observe(decision.bitrate_bps)
 
     def _link_changed(self, decision: AudioDecision) -> None:  # noqa: B027 - an optional hook
         """The adaptor changed its decision: apply the encoder's part of it."""

@@ -258,7 +258,9 @@ class IceRestart:
         self._task = loop.create_task(
             self._run(connection, previous, loop.time()), name=f"ice-restart-{self._label}"
         )
-        logger.info("ICE restart of %s: checks started", self._label)
+        logger.info(
+            "ICE restart of %s: checks started", self._label, extra={"event": "ice.restart"}
+        )
         return local
 
     async def _run(self, connection: Any, previous: dict[int, Any], started: float) -> None:
@@ -279,6 +281,7 @@ class IceRestart:
                 "ICE restart of %s: no new pair in %.0f s; consent on the old one decides",
                 self._label,
                 self._timeout_s,
+                extra={"event": "ice.restart.failed"},
             )
         else:
             completed = True
@@ -289,6 +292,7 @@ class IceRestart:
                 self._label,
                 connection._nominated.get(min(connection._components)),
                 self.last_checks_s * 1000,
+                extra={"event": "ice.restart.completed"},
             )
             # as connect() does once nominated: the checks left are not needed
             for pair in connection._check_list:

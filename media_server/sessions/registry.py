@@ -6,15 +6,18 @@ import asyncio
 import concurrent.futures
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Final
 
 from media_server.audio.budget import EncodeBudget
 from media_server.audio.opus import encode_silence
 from media_server.clock import Clock, MonotonicClock
 from media_server.config import Settings
+from media_server.log_context import log_context
 from media_server.playout.ticker import Ticker
 from media_server.sessions.session import VoiceSession
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.metrics import ServerMetrics
 from synthesis import SynthesisService
 from synthesis.errors import ClientLimit, NotFound, ServerBusy
 
@@ -78,9 +81,14 @@ class SessionRegistry:
         clock: Clock | None = None,
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
+        metrics: ServerMetrics | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._admit = admit
+        """Asked before a session is created and before it opens an utterance (drain)."""
         self.synthesis = synthesis
+        self._metrics = metrics
         self._clock = clock or MonotonicClock()
         self._encode_executor = encode_executor
         self._encode_budget = encode_budget
@@ -138,12 +146,35 @@ class SessionRegistry:
         ``max_pending_sessions_per_client`` sessions that have not connected.
         ``credential`` is kept on the session for signaling to check later.
         """
+        if self._admit is not None:
+            self._admit()
         if len(self._sessions) + self._pending >= self.settings.max_sessions:
             raise SessionLimitReached(self.settings.max_sessions)
         limit = self.settings.max_pending_sessions_per_client
         if client is not None and limit and self.unconnected(client) >= limit:
             raise ClientSessionLimit(limit)
         session_id = secrets.token_urlsafe(12)
+        with log_context(session=session_id):  # its tasks (and what they log) keep the id
+            session, answer = await self._start(session_id, offer_sdp, voice_id, client, credential)
+        self._sessions[session_id] = session
+        if self._metrics is not None:
+            self._metrics.sessions_started.inc()
+        logger.info(
+            "session %s created (%d live)",
+            session_id,
+            len(self._sessions),
+            extra={"event": "session.created", "session": session_id},
+        )
+        return session, answer
+
+    async def _start(
+        self,
+        session_id: str,
+        offer_sdp: str,
+        voice_id: str | None,
+        client: str | None,
+        credential: bytes | None,
+    ) -> tuple[VoiceSession, str]:
         session = VoiceSession(
             session_id,
             self.settings,
@@ -155,6 +186,8 @@ class SessionRegistry:
             encode_executor=self._encode_executor,
             encode_budget=self._encode_budget,
             ticker=self.ticker,
+            metrics=self._metrics,
+            admit=self._admit,
         )
         session.client = client
         session.credential = credential
@@ -174,8 +207,6 @@ class SessionRegistry:
                     self._creating[client] = left
                 else:
                     del self._creating[client]
-        self._sessions[session_id] = session
-        logger.info("session %s created (%d live)", session_id, len(self._sessions))
         return session, answer
 
     def request_close(self, session_id: str, reason: str) -> None:
@@ -186,9 +217,18 @@ class SessionRegistry:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
-        await session.aclose()
+        with log_context(session=session_id):
+            await session.aclose()
         self.closed_total += 1
-        logger.info("session %s closed: %s (%d live)", session_id, reason, len(self._sessions))
+        if self._metrics is not None:
+            self._metrics.sessions_closed.inc()
+        logger.info(
+            "session %s closed: %s (%d live)",
+            session_id,
+            reason,
+            len(self._sessions),
+            extra={"event": "session.closed", "session": session_id, "reason": reason},
+        )
         return True
 
     async def _reap(self) -> None:

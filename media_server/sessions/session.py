@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+from collections.abc import Callable
 from typing import Any, Final
 
 from media_server.audio.budget import EncodeBudget
@@ -23,6 +24,7 @@ from media_server.speech.protocol import (
 )
 from media_server.speech.queue import monotonic_ms
 from media_server.speech.talker import Talker
+from media_server.telemetry.metrics import ServerMetrics, SpeechKind
 from synthesis import SynthesisService
 from synthesis.errors import ClientError
 
@@ -54,9 +56,11 @@ class VoiceSession(PeerClient):
         encode_executor: concurrent.futures.Executor | None = None,
         encode_budget: EncodeBudget | None = None,
         ticker: Ticker | None = None,
+        metrics: ServerMetrics | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(session_id, settings, clock, request_close)
-        self._talker = Talker(None, voice_id, settings, clock)
+        super().__init__(session_id, settings, clock, request_close, metrics=metrics)
+        self._talker = Talker(None, voice_id, settings, clock, admit=admit)
         self.speech = PacedSpeech(
             synthesis,
             StreamEncoder(settings.opus),
@@ -65,8 +69,10 @@ class VoiceSession(PeerClient):
             encode_budget=encode_budget,
             max_queued=settings.max_queued_utterances,
             debug_timings=settings.debug_timings,
+            metrics=metrics,
+            kind=SpeechKind.SESSION,
         )
-        self.pacer = Pacer(self.speech, self.track, clock, silence_payload)
+        self.pacer = Pacer(self.speech, self.track, clock, silence_payload, metrics=metrics)
         self._ticker = ticker
 
     @property

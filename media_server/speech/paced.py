@@ -20,8 +20,10 @@ from media_server.audio.budget import EncodeBudget
 from media_server.audio.encoder import StreamEncoder, UtteranceEncoder, leading_silence
 from media_server.audio.executor import DeadlineExecutor
 from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
+from media_server.speech.meter import UtteranceMeter
 from media_server.speech.queue import EventSink, Utterance, UtteranceQueue, monotonic_ms
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.metrics import ServerMetrics, SpeechKind
 from synthesis import Engine, SynthesisService
 from synthesis.errors import ClientError
 
@@ -60,7 +62,8 @@ class PacedSpeech:
     most :data:`MAX_FRAMES_AHEAD` frames ahead of playout. The pacer pulls one packet
     per tick through :meth:`next_payload`; that is where ``speech.started`` and
     ``speech.done`` are emitted, so they describe what was actually sent.
-    :meth:`cancel` takes effect on the next tick.
+    :meth:`cancel` takes effect on the next tick. With ``metrics``, its utterances are
+    counted under ``kind`` and its underruns on the server's counter.
     """
 
     def __init__(
@@ -73,6 +76,8 @@ class PacedSpeech:
         encode_budget: EncodeBudget | None = None,
         max_queued: int = 16,
         debug_timings: bool = False,
+        metrics: ServerMetrics | None = None,
+        kind: SpeechKind = SpeechKind.SESSION,
     ) -> None:
         self._synthesis = synthesis
         self._engine = synthesis.engine
@@ -85,7 +90,9 @@ class PacedSpeech:
             debug_timings=debug_timings,
             on_cancelled=self._dropped,
             on_speaking=self._count_speaking,
+            meter=None if metrics is None else UtteranceMeter.of(metrics, kind),
         )
+        self._metrics = metrics
         self._space = asyncio.Event()
         self._space.set()
         self._buffered = 0
@@ -203,6 +210,8 @@ class PacedSpeech:
             if not utterance.produced:
                 if utterance.started and not utterance.awaiting_text:
                     self.underruns += 1
+                    if self._metrics is not None:
+                        self._metrics.underruns.inc()
                     if self._encode_budget is not None:
                         self._encode_budget.record_underrun()
                 return None
@@ -239,7 +248,12 @@ class PacedSpeech:
             try:
                 await self._produce(utterance)
             except ClientError as exc:
-                logger.warning("synthesis of %s failed: %s", utterance.utterance_id, exc)
+                logger.warning(
+                    "synthesis of %s failed: %s",
+                    utterance.utterance_id,
+                    exc,
+                    extra={"event": "utterance.failed", "utterance": utterance.utterance_id},
+                )
                 self.queue.failed(utterance, exc)
             finally:
                 utterance.produced = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from media_server.audio.frames import FRAME_MS
+from media_server.log_context import current_log_ids
 from media_server.speech.events import (
     ErrorEvent,
     Event,
@@ -25,8 +27,11 @@ from media_server.speech.events import (
     SpeechQueued,
     SpeechStarted,
 )
+from media_server.speech.meter import UtteranceMeter
 from synthesis import ClientError, SynthesisRequest
 from synthesis.text import TextAccumulator
+
+logger = logging.getLogger(__name__)
 
 START_FRAMES: Final = 3
 """A paced utterance starts playing once this many frames are encoded (or all of it is,
@@ -173,7 +178,9 @@ class UtteranceQueue:
 
     ``on_cancelled`` lets the sink stop what it was doing for the utterances a
     ``cancel`` removed (drop encoded frames, stop a send); ``on_speaking`` is told when
-    the queue turns non-empty or empty.
+    the queue turns non-empty or empty. ``meter`` is observed with each
+    ``speech.started``, ``speech.done`` and ``speech.cancelled`` (not for a closed stream's
+    silent drop).
     """
 
     def __init__(
@@ -184,8 +191,10 @@ class UtteranceQueue:
         debug_timings: bool = False,
         on_cancelled: Callable[[list[Utterance]], None] | None = None,
         on_speaking: Callable[[bool], None] | None = None,
+        meter: UtteranceMeter | None = None,
     ) -> None:
         self._on_event = on_event
+        self._meter = meter
         self.max_queued = max_queued
         self._debug_timings = debug_timings
         """``speech.started`` carries the utterance's :class:`UtteranceTimings`."""
@@ -196,6 +205,8 @@ class UtteranceQueue:
         self._wakeup = asyncio.Event()
         self._next_id = 0
         self._speaking = False
+        self._log_ids = current_log_ids()
+        """Ids of the session or room that made it: its cursor runs in the shared ticker."""
 
     def __iter__(self) -> Iterator[Utterance]:
         return iter(self._queue)
@@ -305,7 +316,12 @@ class UtteranceQueue:
             utterance.cancelled = True
             utterance.text_arrived.set()
         self._changed()
+        meter = self._meter
         for utterance in cancelled:
+            if meter is not None:
+                meter.cancelled.inc()
+                meter.cancelled_played.observe(utterance.played_ms / 1000)
+            self._log(utterance, "cancelled")
             self._on_event(
                 SpeechCancelled(
                     utterance.utterance_id,
@@ -323,6 +339,7 @@ class UtteranceQueue:
     def close(self) -> None:
         """Drop everything silently: a closed stream tells nobody (and holds no owner)."""
         self._on_event = _drop_event
+        self._meter = None
         for utterance in self._queue:
             utterance.cancelled = True
             utterance.text_arrived.set()
@@ -331,6 +348,24 @@ class UtteranceQueue:
         self._changed()
         # the hooks are the sink's bound methods: dropped, so no cycle outlives the close
         self._on_cancelled = self._on_speaking = None
+
+    def _log(self, utterance: Utterance, what: str) -> None:
+        """``utterance.started`` / ``done`` / ``cancelled`` at DEBUG: one line each per
+        utterance is more than an operator needs at INFO on a busy server (the client
+        gets them as events; session and room lines show who was there)."""
+        logger.debug(
+            "utterance %s %s (%d ms played)",
+            utterance.utterance_id,
+            what,
+            utterance.played_ms,
+            extra={
+                **self._log_ids,
+                "event": f"utterance.{what}",
+                "utterance": utterance.utterance_id,
+                "played_ms": utterance.played_ms,
+                **({} if utterance.owner is None else {"owner": utterance.owner}),
+            },
+        )
 
     # -- producer side ----------------------------------------------------------------
 
@@ -358,8 +393,14 @@ class UtteranceQueue:
         """Its first audio left: ``speech.started``."""
         utterance.started = True
         utterance.first_pts = stream_ts
-        utterance.timings.first_sent_ms = monotonic_ms()
+        sent_ms = utterance.timings.first_sent_ms = monotonic_ms()
         timings = utterance.timings
+        meter = self._meter
+        if meter is not None:
+            meter.started.inc()
+            if meter.first_rtp is not None and timings.received_ms is not None:
+                meter.first_rtp.observe((sent_ms - timings.received_ms) / 1000)
+        self._log(utterance, "started")
         self._on_event(
             SpeechStarted(
                 utterance.utterance_id,
@@ -378,6 +419,9 @@ class UtteranceQueue:
             self._changed()
         if utterance.failed and not utterance.started:
             return
+        if self._meter is not None:
+            self._meter.done.inc()
+        self._log(utterance, "done")
         self._on_event(
             SpeechDone(
                 utterance.utterance_id,

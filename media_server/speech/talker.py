@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.speech.protocol import (
@@ -28,17 +30,29 @@ class Talker:
     ``identity`` becomes the owner of its utterances (``None`` for a 1:1 session),
     ``voice`` the default ``speaker_id``; ``say`` and each new streamed text take a
     token from its rate limit, and one streamed text may collect at most
-    ``limits.max_streamed_text_chars`` characters.
+    ``limits.max_streamed_text_chars`` characters. ``admit`` is asked before a new
+    utterance is opened (a draining server refuses it; what is open goes on).
     """
 
     def __init__(
-        self, identity: str | None, voice: str | None, settings: Settings, clock: Clock
+        self,
+        identity: str | None,
+        voice: str | None,
+        settings: Settings,
+        clock: Clock,
+        *,
+        admit: Callable[[], None] | None = None,
     ) -> None:
         self.identity = identity
+        self._admit = admit
         self.voice = voice
         self.settings = settings
         self.rate = TokenBucket(settings.say_rate_per_s, settings.say_burst, clock)
         self.limits = RequestLimits(max_text_chars=settings.max_text_chars)
+
+    def _admit_new(self) -> None:
+        if self._admit is not None:
+            self._admit()
 
     def _take_token(self) -> None:
         if not self.rate.take():
@@ -69,11 +83,13 @@ class Talker:
                 queue.cancel(owner, everyone=cancel_everyone)
             elif isinstance(message, SayMessage):
                 request = checked_request(engine, message.request, self.voice)
+                self._admit_new()
                 self._take_token()
                 said = queue.say(request, message.utterance_id, owner)
                 said.timings.received_ms = received_ms
             elif isinstance(message, TextDeltaMessage):
                 if queue.text_delta_opens(message.utterance_id, owner):
+                    self._admit_new()
                     self._take_token()
                 base = checked_request(engine, SynthesisRequest(text=" "), self.voice)
                 # An empty delta finds (or opens) the utterance without adding text, so

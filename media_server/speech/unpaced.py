@@ -21,11 +21,13 @@ import numpy.typing as npt
 from media_server.audio.containers import AudioFormatter, create_formatter
 from media_server.audio.opus import OpusSettings
 from media_server.speech.events import ErrorEvent, Event
+from media_server.speech.meter import UtteranceMeter
 from media_server.speech.protocol import ClientMessage
 from media_server.speech.queue import Utterance, UtteranceQueue
 from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
 from media_server.telemetry.api import SocketMeter
+from media_server.telemetry.metrics import ServerMetrics, SpeechKind
 from synthesis import ClientError, SynthesisRequest, SynthesisService
 from synthesis.service import Caller
 
@@ -85,7 +87,8 @@ class UnpacedSpeech:
     through the queue like on a paced stream; this sink stops by cancelling the send of
     the utterance being spoken. ``hold`` is entered around each utterance's synthesis
     (a per-client quota; refused with a :class:`ClientError`, sent as an error event).
-    ``meter`` counts each utterance's end and first audio, and every refusal.
+    With ``metrics``, its utterances are counted as ``kind="socket"``, and each one's
+    first audio byte, how it ended and every refusal as the ``/tts/ws`` API's.
     """
 
     def __init__(
@@ -98,10 +101,10 @@ class UnpacedSpeech:
         *,
         max_queued: int = 16,
         hold: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
-        meter: SocketMeter | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self._service = service
-        self._meter = meter
+        self._meter = None if metrics is None else SocketMeter(metrics, fmt)
         self._fmt = fmt
         self._opus = opus
         self._transport = transport
@@ -111,6 +114,7 @@ class UnpacedSpeech:
             self._queue_event,
             max_queued=max_queued,
             on_cancelled=self._stop_speaking,
+            meter=None if metrics is None else UtteranceMeter.of(metrics, SpeechKind.SOCKET),
         )
         self._pending: deque[Event] = deque()
         self._speaking: tuple[Utterance, asyncio.Task[None]] | None = None

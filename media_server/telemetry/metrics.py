@@ -21,6 +21,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.registry import Collector
 
 NAMESPACE: Final = "vms"
 
@@ -165,6 +166,9 @@ class ServerMetrics:
         self.build = Info("build", "Server version and engine.", namespace=ns, registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open fds
 
-    def exposition(self) -> tuple[bytes, str]:
-        """The text format and its content type, for ``GET /metrics``."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def exposition(self, *more: Collector) -> tuple[bytes, str]:
+        """The text format (this registry, then ``more``) and its content type, for
+        ``GET /metrics``. Blocking (the process collector reads ``/proc``): run it off
+        the event loop."""
+        body = generate_latest(self.registry) + b"".join(generate_latest(c) for c in more)
+        return body, CONTENT_TYPE_LATEST

@@ -118,7 +118,7 @@ class BotConnection:
         self._ws = ws
         self.claims = claims
         self.room = room
-        self.talker = Talker(claims.identity, voice, room.settings, room.clock)
+        self.talker = Talker(claims.identity, voice, room.settings, room.clock, admit=room.admit)
         self._outbox: deque[str] = deque()
         self._ready = asyncio.Event()
 

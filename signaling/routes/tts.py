@@ -92,6 +92,12 @@ async def parse_checked(request: web.Request, data: dict[str, Any]) -> Synthesis
 @routes.post("/tts")
 async def tts(request: web.Request) -> web.StreamResponse:
     received_s = time.monotonic()
+    with request.app[MEDIA_KEY].tts_request():  # refused, or waited for, while draining
+        return await _tts(request, received_s)
+
+
+async def _tts(request: web.Request, received_s: float) -> web.StreamResponse:
+    """``received_s``: ``time.monotonic()`` at the handler's start (first-byte time)."""
     data = await read_json(request)
     fmt = data.pop("format", None) or request.query.get("format", "pcm")
     if fmt not in FORMATS:

@@ -65,6 +65,7 @@ class SocketTransport:
 
 @routes.get("/tts/ws")
 async def tts_ws(request: web.Request) -> web.WebSocketResponse:
+    request.app[MEDIA_KEY].admit()
     fmt = request.query.get("format", "pcm")
     service = request.app[MEDIA_KEY].synthesis
     if fmt not in WS_FORMATS:

@@ -58,8 +58,14 @@ async def test_sigterm_exits_promptly_with_clients_that_read_nothing(tmp_path: P
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "server.log"
-    # a long write timeout: what ends the handlers here must be the shutdown bound
-    env = {**os.environ, "VMS_HTTP_WRITE_TIMEOUT_S": "300", "VMS_SYNTHESIS_WORKERS": "4"}
+    # a long write timeout: what ends the handlers here must be the shutdown bound (after
+    # a short drain, which waits for them first: test_drain_process.py)
+    env = {
+        **os.environ,
+        "VMS_HTTP_WRITE_TIMEOUT_S": "300",
+        "VMS_SYNTHESIS_WORKERS": "4",
+        "VMS_DRAIN_TIMEOUT_S": "2",
+    }
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "signaling", "--port", str(port),

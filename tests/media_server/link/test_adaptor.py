@@ -29,6 +29,7 @@ def test_before_any_report_the_configured_settings_hold_and_no_red() -> None:
     assert decision.red_distance == 0
     assert decision.inband_fec and decision.expected_loss_pct == OPUS.expected_loss_pct
     assert decision.bitrate_bps == OPUS.bitrate_bps and not decision.dtx
+    assert not decision.congested
 
 
 def test_a_clean_link_pays_nothing() -> None:
@@ -70,9 +71,10 @@ def test_a_congested_link_gets_fewer_bytes() -> None:
     adaptor = AudioNetworkAdaptor(OPUS, 2)
     for _ in range(4):
         decision = adaptor.update(report(0.15, jitter_ms=90.0))
-    assert decision.dtx and decision.red_distance == 1
+    assert decision.dtx and decision.congested and decision.red_distance == 1
     assert decision.bitrate_bps < OPUS.bitrate_bps
     assert adaptor.update(report(0.15, rtt_ms=600.0)).dtx
+    assert not adaptor.update(report(0.15)).congested
 
 
 def test_without_adaptation_nothing_follows_the_link() -> None:
