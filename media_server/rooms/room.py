@@ -34,6 +34,7 @@ from media_server.speech.protocol import (
 )
 from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.api import count_refusal
 from media_server.telemetry.metrics import ServerMetrics, SpeechKind
 from synthesis import SynthesisService
 from synthesis.errors import ClientError, Forbidden, ServerBusy
@@ -357,4 +358,5 @@ class ListenerSession(PeerClient):
                 )
             self.room.handle(message, self.talker, cancel_everyone=True)
         except ClientError as exc:
+            count_refusal(self._metrics, exc)
             self.send_event(ErrorEvent.of(exc))

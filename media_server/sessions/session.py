@@ -24,6 +24,7 @@ from media_server.speech.protocol import (
 )
 from media_server.speech.queue import monotonic_ms
 from media_server.speech.talker import Talker
+from media_server.telemetry.api import count_refusal
 from media_server.telemetry.metrics import ServerMetrics, SpeechKind
 from synthesis import SynthesisService
 from synthesis.errors import ClientError
@@ -127,6 +128,7 @@ class VoiceSession(PeerClient):
                 received_ms=received_ms,
             )
         except ClientError as exc:
+            count_refusal(self._metrics, exc)
             self.send_event(ErrorEvent.of(exc, _id_of(raw)))
 
     def stats(self) -> dict[str, Any]:

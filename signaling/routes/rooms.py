@@ -16,6 +16,7 @@ from media_server.speech.events import ErrorEvent, Event, RoomReady
 from media_server.speech.protocol import binary_refused, parse_client_message
 from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.api import count_refusal
 from signaling.access import bearer_token, client_address, token_digest, ws_protocols
 from signaling.body import message_refused
 from signaling.keys import MEDIA_KEY
@@ -148,7 +149,12 @@ class BotConnection:
             message = parse_client_message(raw, limits=self.talker.limits)
             self.room.handle(message, self.talker, cancel_everyone=False)
         except ClientError as exc:
-            self.send_event(ErrorEvent.of(exc))
+            self.refuse(exc)
+
+    def refuse(self, exc: ClientError) -> None:
+        """An ``error`` event; counted when it is a refusal (a limit, not a mistake)."""
+        count_refusal(self.room.metrics, exc)
+        self.send_event(ErrorEvent.of(exc))
 
 
 @routes.get("/rooms/{room}/bot")
@@ -178,7 +184,7 @@ async def join_as_bot(request: web.Request) -> web.WebSocketResponse:
             if msg.type == WSMsgType.TEXT:
                 refused = message_refused(request, len(msg.data))
                 if refused is not None:
-                    bot.send_event(ErrorEvent.of(refused))
+                    bot.refuse(refused)
                 else:
                     bot.handle(msg.data)
             elif msg.type == WSMsgType.BINARY:

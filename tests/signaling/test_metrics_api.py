@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import Callable
 
+import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from signaling.keys import QUOTAS_KEY
 from signaling.quotas import Quota
 from tests.conftest import loopback_settings
+from tests.whep_client import WhepClient
 
 PARAGRAPH = " ".join(
     [
@@ -159,3 +161,25 @@ async def test_a_session_limit_counts_one_refusal_by_its_code(
     assert sum(v for k, v in samples.items() if k.startswith("vms_refusals_total")) == 1
     assert not any(k.startswith("vms_tts_requests_total") for k in samples)
     assert (await client.delete(first.headers["Location"])).status == 200
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", [loopback_settings(say_burst=1, say_rate_per_s=0.1)])
+async def test_a_data_channel_message_over_the_rate_is_one_refusal(
+    client: TestClient, http: aiohttp.ClientSession
+) -> None:
+    whep = WhepClient(str(client.make_url("")).rstrip("/"))
+    await whep.connect(http)
+    try:
+        whep.say("One.", "a")
+        whep.say("Two.", "b")
+        error = await whep.next_event("error")
+        assert error["error"] == "rate_limited" and error["id"] == "b"
+        await whep.next_event("speech.done")
+        samples = await scrape(client)
+    finally:
+        await whep.close(http)
+    assert samples["vms_refusals_total{reason=rate_limited}"] == 1
+    assert sum(v for k, v in samples.items() if k.startswith("vms_refusals_total")) == 1
+    # a say on the data channel is no TTS API request
+    assert not any(k.startswith("vms_tts_requests_total") for k in samples)
