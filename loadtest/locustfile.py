@@ -1,6 +1,6 @@
 """Locust load test of the TTS APIs: ``POST /tts`` (streamed audio) and ``/tts/ws``.
 
-Run from the repository root (docs/operations-load.md has the whole story)::
+Run from the repository root (docs/operations.md, Load testing, has the whole story)::
 
     locust -f loadtest/locustfile.py --headless -u 4 -r 2 -t 60s --host http://127.0.0.1:8080
     locust -f loadtest/locustfile.py --headless -u 4 -r 2 -t 60s --host ... WsTtsUser

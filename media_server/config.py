@@ -41,7 +41,7 @@ class Settings:
     port: int = 8080
     engine: str = "piper"
     log_format: str = "text"
-    """``text`` or ``json`` (one object per line on stderr; see docs/operations-logs.md)."""
+    """``text`` or ``json`` (one object per line on stderr; see docs/operations.md (Logs))."""
     ice_servers: tuple[IceServer, ...] = ()
     """STUN/TURN servers for the server's peer connections; none by default."""
     ice_host_addresses: tuple[str, ...] = ()
