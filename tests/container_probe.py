@@ -51,6 +51,14 @@ class CheckFailed(Exception):
     pass
 
 
+async def event(client: WhepClient, event_type: str, about: str) -> dict[str, Any]:
+    """The next ``event_type`` on the data channel, or :class:`CheckFailed` saying what waited."""
+    try:
+        return await client.next_event(event_type, wait_s=AUDIO_WAIT_S)
+    except TimeoutError:
+        raise CheckFailed(f"WHEP: no {event_type} for {about} within {AUDIO_WAIT_S:g} s") from None
+
+
 def ice_address() -> str:
     """The source address of this machine's default route (no packet is sent), else loopback.
 
@@ -117,7 +125,7 @@ async def first_speech(client: WhepClient, after: float) -> float:
 async def stop_mid_speech(client: WhepClient, stop_cmd: str) -> float:
     """Run ``stop_cmd`` while a long utterance plays to the attached client; its seconds."""
     client.say(LONG_TEXT, "long")
-    await client.next_event("speech.started", wait_s=AUDIO_WAIT_S)
+    await event(client, "speech.started", "the long sentence")
     await asyncio.sleep(1.0)
     log(f"stopping mid-speech: {stop_cmd}")
     started = time.monotonic()
@@ -147,7 +155,7 @@ async def check_whep(
         said = time.monotonic()
         client.say(SAY_TEXT, "hello")
         results["whep_first_audio_ms"] = round(await first_speech(client, said) * 1000)
-        await client.next_event("speech.done", wait_s=AUDIO_WAIT_S)
+        await event(client, "speech.done", "the sentence")
         speech = sum(1 for f in client.frames if f.arrival >= said and f.rms > SPEECH_RMS)
         log(f"WHEP: {speech} speech frames ({speech * 20} ms) for the sentence")
         if stop_cmd is not None:
