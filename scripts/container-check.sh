@@ -6,7 +6,8 @@
 # Builds with podman, runs the image on the host network with an operator token, waits for
 # /healthz, runs the image's HEALTHCHECK, checks it does not run as root, then checks it from
 # outside with tests/container_probe.py (POST /tts streams speech; one real aiortc WHEP session
-# hears speech) and stops it with SIGTERM while it speaks to that session: it must exit 0.
+# hears speech; /metrics parses and counted them) and stops it with SIGTERM while it speaks to
+# that session: /readyz must turn 503, the sentence must finish, and the container exit 0.
 # Prints a summary (image size, build time, time to healthy, first bytes, stop time); exits
 # non-zero on any failure. The container is always removed.
 #

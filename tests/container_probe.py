@@ -7,9 +7,12 @@ repository root, against a server started elsewhere (the container). It
 2. ``POST /tts`` with it: the answer streams PCM that carries speech;
 3. opens one WHEP session with the real aiortc client (tests/whep_client.py), says a
    sentence and checks frames with speech energy arrive;
-4. with ``--stop-cmd``: says a long sentence and, while it plays to the attached client,
-   runs the command (``podman stop ...``), so the server is stopped as it would be in
-   production, mid-speech; the command's duration is measured.
+4. scrapes ``GET /metrics`` with the token and parses it with prometheus_client: the
+   families an operator graphs are there, and the work above is counted;
+5. with ``--stop-cmd``: says a sentence and, while it plays to the attached client, runs
+   the command (``podman stop ...``), so the server is stopped as it would be in
+   production, mid-speech: ``/readyz`` must turn 503 while the sentence plays on to its
+   ``speech.done`` (not cut), and the command's duration is measured.
 
 Exits 0 when everything worked, 1 when something did not; ``--result FILE`` gets the
 measurements as JSON. ``--print-ice-address`` only prints the address this machine reaches
@@ -30,6 +33,7 @@ from typing import Any, Final
 
 import aiohttp
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.whep_client import WhepClient
 
@@ -41,7 +45,26 @@ MIN_SPEECH_FRAMES: Final = 25
 MIN_TTS_SPEECH_S: Final = 0.5
 TTS_TEXT: Final = "The container answers over HTTP. One, two, three."
 SAY_TEXT: Final = "Hello from the container check. The audio arrives over WebRTC."
-LONG_TEXT: Final = " ".join(["This sentence still plays when the container is told to stop."] * 4)
+STOP_TEXT: Final = (
+    "This sentence still plays to its end when the container is told to stop, "
+    "because the server drains first."
+)
+"""About 4 s of speech: inside the default drain (``VMS_DRAIN_TIMEOUT_S``, 8 s)."""
+FAMILIES: Final = (
+    "vms_text_to_first_rtp_seconds",
+    "vms_tts_request_to_first_byte_seconds",
+    "vms_engine_first_chunk_seconds",
+    "vms_engine_real_time_factor",
+    "vms_frame_send_lateness_seconds",
+    "vms_rtcp_fraction_lost",
+    "vms_tts_requests",
+    "vms_refusals",
+    "vms_sessions",
+    "vms_synthesis_slots_busy",
+    "vms_event_loop_lag_seconds",
+    "process_resident_memory_bytes",
+)
+"""A family from each group of docs/operations.md (counters without ``_total``, as parsed)."""
 AUDIO_WAIT_S: Final = 30.0
 """Longest wait for speech on the WHEP session (a cold engine's first request included)."""
 STOP_WAIT_S: Final = 60.0
@@ -122,16 +145,63 @@ async def first_speech(client: WhepClient, after: float) -> float:
     )
 
 
-async def stop_mid_speech(client: WhepClient, stop_cmd: str) -> float:
-    """Run ``stop_cmd`` while a long utterance plays to the attached client; its seconds."""
-    client.say(LONG_TEXT, "long")
-    await event(client, "speech.started", "the long sentence")
+async def check_metrics(http: aiohttp.ClientSession, base_url: str, token: str) -> None:
+    """``/metrics`` needs the token, parses, has every group's families and counted the
+    ``/tts`` request and the WHEP sentence above."""
+    async with http.get(f"{base_url}/metrics") as resp:
+        if resp.status != 401:
+            raise CheckFailed(f"GET /metrics without the token: {resp.status}, not 401")
+    operator = {"Authorization": f"Bearer {token}"}
+    async with http.get(f"{base_url}/metrics", headers=operator) as resp:
+        if resp.status != 200:
+            raise CheckFailed(f"GET /metrics: {resp.status}")
+        text = await resp.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    missing = [name for name in FAMILIES if name not in families]
+    if missing:
+        raise CheckFailed(f"GET /metrics lacks {', '.join(missing)}")
+
+    def value(family: str, sample: str, **labels: str) -> float:
+        return sum(
+            s.value
+            for s in families[family].samples
+            if s.name == sample and labels.items() <= s.labels.items()
+        )
+
+    requests = value("vms_tts_requests", "vms_tts_requests_total", api="http", status="200")
+    first_rtp = value(
+        "vms_text_to_first_rtp_seconds", "vms_text_to_first_rtp_seconds_count", kind="session"
+    )
+    if requests < 1 or first_rtp < 1:
+        raise CheckFailed(f"GET /metrics: {requests} /tts requests, {first_rtp} first RTP")
+    log(f"GET /metrics: {len(families)} families, {len(text)} bytes")
+
+
+async def stop_mid_speech(
+    http: aiohttp.ClientSession, base_url: str, client: WhepClient, stop_cmd: str
+) -> float:
+    """Run ``stop_cmd`` while a sentence plays to the attached client: readiness must go,
+    the sentence must finish; returns the command's seconds."""
+    client.say(STOP_TEXT, "stop")
+    await event(client, "speech.started", "the sentence before the stop")
     await asyncio.sleep(1.0)
     log(f"stopping mid-speech: {stop_cmd}")
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         *shlex.split(stop_cmd), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
+    ready = 200
+    while ready == 200 and time.monotonic() - started < 2.0:
+        await asyncio.sleep(0.1)
+        async with http.get(f"{base_url}/readyz") as resp:
+            ready = resp.status
+    if ready != 503:
+        raise CheckFailed(f"/readyz answered {ready} while draining, not 503")
+    done = await event(client, "speech.done", "the sentence during the stop")
+    played, source = done["duration_ms"], done["source_duration_ms"] - done["trimmed_ms"]
+    if played < source - 40:  # two frames of rounding
+        raise CheckFailed(f"the sentence was cut by the stop: {played} of {source:.0f} ms played")
+    log(f"draining: /readyz 503; the sentence played to its end ({played} of {source:.0f} ms)")
     try:
         output, _ = await asyncio.wait_for(process.communicate(), STOP_WAIT_S)
     except TimeoutError:
@@ -158,8 +228,9 @@ async def check_whep(
         await event(client, "speech.done", "the sentence")
         speech = sum(1 for f in client.frames if f.arrival >= said and f.rms > SPEECH_RMS)
         log(f"WHEP: {speech} speech frames ({speech * 20} ms) for the sentence")
+        await check_metrics(http, base_url, token)
         if stop_cmd is not None:
-            results["stop_s"] = round(await stop_mid_speech(client, stop_cmd), 2)
+            results["stop_s"] = round(await stop_mid_speech(http, base_url, client, stop_cmd), 2)
     finally:
         # After a stop the server is gone: no DELETE, only the local peer is closed.
         await client.close(http if stop_cmd is None else None)
