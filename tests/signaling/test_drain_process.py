@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -109,6 +110,22 @@ async def test_sigterm_lets_the_sentence_finish_then_exits_0(tmp_path: Path) -> 
     assert "drained in" in log_of(tmp_path)
 
 
+async def slow_tts_request(url: str) -> socket.socket:
+    """A ``POST /tts`` of a long text whose client reads nothing, once it is synthesising."""
+    sock = await slow_reader(int(url.rsplit(":", 1)[1]))
+    try:
+        await asyncio.get_running_loop().sock_sendall(
+            sock, tts_request({"text": LONG_TEXT, "format": "pcm"})
+        )
+        async with asyncio.timeout(20):
+            while await synthesis_running(url) < 1:
+                await asyncio.sleep(0.1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def test_a_tts_client_that_reads_nothing_is_cut_at_the_drain_timeout(
     tmp_path: Path,
 ) -> None:
@@ -116,14 +133,8 @@ async def test_a_tts_client_that_reads_nothing_is_cut_at_the_drain_timeout(
     # a long write timeout: what cuts the client here must be the drain
     env = {"VMS_DRAIN_TIMEOUT_S": str(drain_s), "VMS_HTTP_WRITE_TIMEOUT_S": "300"}
     async with server(tmp_path, **env) as (url, proc), aiohttp.ClientSession() as http:
-        sock = await slow_reader(int(url.rsplit(":", 1)[1]))
+        sock = await slow_tts_request(url)
         try:
-            await asyncio.get_running_loop().sock_sendall(
-                sock, tts_request({"text": LONG_TEXT, "format": "pcm"})
-            )
-            async with asyncio.timeout(20):
-                while await synthesis_running(url) < 1:
-                    await asyncio.sleep(0.1)
             signalled = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             async with asyncio.timeout(drain_s):
@@ -142,14 +153,8 @@ async def test_a_second_signal_skips_the_rest_of_the_drain(tmp_path: Path) -> No
     drain_s = 60.0  # a drain that would outlast the test
     env = {"VMS_DRAIN_TIMEOUT_S": str(drain_s), "VMS_HTTP_WRITE_TIMEOUT_S": "300"}
     async with server(tmp_path, **env) as (url, proc):
-        sock = await slow_reader(int(url.rsplit(":", 1)[1]))
+        sock = await slow_tts_request(url)
         try:
-            await asyncio.get_running_loop().sock_sendall(
-                sock, tts_request({"text": LONG_TEXT, "format": "pcm"})
-            )
-            async with asyncio.timeout(20):
-                while await synthesis_running(url) < 1:
-                    await asyncio.sleep(0.1)
             proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(1)
             assert proc.returncode is None  # draining, waiting for the request
