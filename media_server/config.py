@@ -100,6 +100,16 @@ class Settings:
     """Request bodies and WebSocket messages, sustained (bursts of 4 s worth)."""
     max_rooms: int = 100
     max_room_participants: int = 50
+    max_callers_per_room: int = 4
+    """Members of a room whose microphone the server takes (``caller`` tokens); each
+    costs a decode, a resample and a VAD. 0: no callers."""
+    vad_threshold: float = 0.5
+    """The VAD score (0..1) a 16 ms window needs to count as speech; while the caller
+    speaks, windows down to 0.15 below it still count (hysteresis)."""
+    vad_min_speech_ms: int = 150
+    """Speech this long, unbroken, starts a caller's ``speaking`` (shorter: a click)."""
+    vad_min_silence_ms: int = 400
+    """Silence this long ends it (shorter: a pause between words)."""
     direct_rtp: bool = True
     """Write RTP from the pacer's tick (:mod:`media_server.rtc.rtp_writer`) instead of
     through aiortc's per-track sender task; off only to compare the two."""
@@ -146,6 +156,7 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1")
         for name in (
             "max_pending_sessions_per_client",
+            "max_callers_per_room",
             "max_syntheses_per_client",
             "max_sockets_per_client",
             "client_upload_bytes_per_s",
@@ -177,6 +188,11 @@ class Settings:
             raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
         if not 0 <= self.drain_timeout_s < float("inf"):  # also refuses NaN
             raise ConfigError("drain_timeout_s must be 0 (no drain) or positive, and finite")
+        if not 0 < self.vad_threshold < 1:  # also refuses NaN
+            raise ConfigError("vad_threshold must be between 0 and 1 (exclusive)")
+        for name in ("vad_min_speech_ms", "vad_min_silence_ms"):
+            if not 1 <= getattr(self, name) <= 10_000:
+                raise ConfigError(f"{name} must be 1..10000")
         if not -20 <= self.loop_nice <= 19:
             raise ConfigError("loop_nice must be -20..19")
         for name in (
