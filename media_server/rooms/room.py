@@ -14,12 +14,16 @@ from media_server.audio.encoder import StreamEncoder
 from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.link.adaptor import AudioDecision, merged
+from media_server.listening.caller_audio import CallerAudioSink, CallerFrame, VoiceActivity
+from media_server.listening.caller_stream import CallerStream
+from media_server.listening.vad import EarshotScorer, VoiceActivityDetector
 from media_server.log_context import log_context
 from media_server.playout.pacer import Pacer
 from media_server.playout.stats import LATENESS_WINDOW_FRAMES, PacingStats
 from media_server.rooms.fanout import FanOut
 from media_server.rooms.tokens import Claims, Role
 from media_server.rtc.client import PeerClient
+from media_server.rtc.inbound import InboundAudio
 from media_server.speech.events import (
     ErrorEvent,
     Event,
@@ -54,6 +58,19 @@ class RoomFull(ServerBusy):
             None,
             f"room {room!r} already has {limit} participants",
             "retry later, or raise VMS_MAX_ROOM_PARTICIPANTS",
+            retry_after_s=RETRY_AFTER_S,
+        )
+        self.limit = limit
+
+
+class TooManyCallers(ServerBusy):
+    default_code = "too_many_callers"
+
+    def __init__(self, room: str, limit: int) -> None:
+        super().__init__(
+            None,
+            f"room {room!r} already has {limit} callers",
+            "retry later, join as a listener or speaker, or raise VMS_MAX_CALLERS_PER_ROOM",
             retry_after_s=RETRY_AFTER_S,
         )
         self.limit = limit
@@ -125,6 +142,8 @@ class Room:
         )
         self.listeners: dict[str, ListenerSession] = {}
         self.bots: dict[str, Member] = {}
+        self.caller_sinks: list[CallerAudioSink] = []
+        """Told every caller's frames and voice activity (bots that listen, barge-in)."""
         self._pacer_task: asyncio.Task[None] | None = None
         self.closed = False
 
@@ -153,14 +172,23 @@ class Room:
             self.pacer.run(), name=f"room-pacer-{self.name}"
         )
 
-    def _check_capacity(self) -> None:
+    def _check_capacity(self, role: Role | None = None) -> None:
         if self.participants >= self.settings.max_room_participants:
             raise RoomFull(self.name, self.settings.max_room_participants)
+        limit = self.settings.max_callers_per_room
+        if role is Role.CALLER and len(self.callers) >= limit:
+            raise TooManyCallers(self.name, limit)
+
+    @property
+    def callers(self) -> list[ListenerSession]:
+        """Members whose microphone the server takes."""
+        return [lst for lst in self.listeners.values() if lst.claims.role is Role.CALLER]
 
     def roster(self) -> list[dict[str, str]]:
+        """Who is in the room; a caller's entry also has the ``member`` id its audio
+        frames and voice activity carry."""
         return [{"identity": b.identity, "role": Role.BOT.value} for b in self.bots.values()] + [
-            {"identity": listener.identity, "role": listener.claims.role.value}
-            for listener in self.listeners.values()
+            listener.roster_entry() for listener in self.listeners.values()
         ]
 
     def stats(self) -> dict[str, Any]:
@@ -170,6 +198,7 @@ class Room:
             "participants": self.roster(),
             "speaking": self.speech.speaking,
             "queued_utterances": self.speech.pending,
+            "callers": [caller.caller_stats() for caller in self.callers],
             **self.pacer.stats.snapshot().as_dict(),
         }
 
@@ -186,7 +215,7 @@ class Room:
     ) -> tuple[ListenerSession, str]:
         """Negotiate a listener; ``client`` and ``credential`` as for 1:1 sessions
         (:meth:`SessionRegistry.create <media_server.sessions.registry.SessionRegistry.create>`)."""
-        self._check_capacity()
+        self._check_capacity(claims.role)
         listener_id = secrets.token_urlsafe(12)
         with log_context(room=self.name, listener=listener_id):  # for its tasks' log lines
             listener = ListenerSession(listener_id, self, claims, request_close)
@@ -200,7 +229,7 @@ class Room:
             self.listeners.pop(listener_id, None)
             await listener.aclose()
             raise
-        self._announce(ParticipantJoined, listener.identity, claims.role)
+        self.broadcast(ParticipantJoined(listener.identity, claims.role.value, listener.member))
         self._log_member("joined", listener_id, listener.identity, claims.role)
         return listener, answer
 
@@ -210,7 +239,9 @@ class Room:
             return False
         with log_context(**listener.log_ids):
             await listener.aclose()
-        self._announce(ParticipantLeft, listener.identity, listener.claims.role)
+        self.broadcast(
+            ParticipantLeft(listener.identity, listener.claims.role.value, listener.member)
+        )
         self._log_member("left", listener_id, listener.identity, listener.claims.role, reason)
         return True
 
@@ -269,6 +300,45 @@ class Room:
     ) -> None:
         self.broadcast(kind(identity, role.value))
 
+    # -- callers' audio ------------------------------------------------------------
+
+    def add_caller_sink(self, sink: CallerAudioSink) -> None:
+        """``sink`` is told every caller's frames and voice activity from now on."""
+        if sink not in self.caller_sinks:
+            self.caller_sinks.append(sink)
+
+    def remove_caller_sink(self, sink: CallerAudioSink) -> None:
+        if sink in self.caller_sinks:
+            self.caller_sinks.remove(sink)
+
+    def caller_frame(self, frame: CallerFrame) -> None:
+        """A caller's 20 ms, to every sink (the room is its callers' one sink)."""
+        for sink in tuple(self.caller_sinks):
+            try:
+                sink.caller_frame(frame)
+            except Exception:
+                self._drop_sink(sink)
+
+    def voice_activity(self, activity: VoiceActivity) -> None:
+        logger.debug(
+            "caller %s %s speaking at %d",
+            activity.participant,
+            "started" if activity.speaking else "stopped",
+            activity.position,
+            extra={"event": "room.voice_activity", "room": self.name},
+        )
+        for sink in tuple(self.caller_sinks):
+            try:
+                sink.voice_activity(activity)
+            except Exception:
+                self._drop_sink(sink)
+
+    def _drop_sink(self, sink: CallerAudioSink) -> None:
+        """A sink that raised is removed, so one broken consumer neither ends the caller's
+        stream nor fills the log 50 times a second."""
+        logger.exception("caller audio sink %r failed; removed", sink)
+        self.remove_caller_sink(sink)
+
     # -- speech -------------------------------------------------------------------
 
     def handle(self, message: ClientMessage, talker: Talker, *, cancel_everyone: bool) -> None:
@@ -285,6 +355,7 @@ class Room:
         for listener_id in list(self.listeners):
             await self.remove_listener(listener_id, "room closed")
         await self.speech.aclose()
+        self.caller_sinks.clear()
 
 
 class ListenerSession(PeerClient):
@@ -292,7 +363,9 @@ class ListenerSession(PeerClient):
 
     With a ``speaker`` token it may also send text and ``cancel`` (which stops
     everyone's speech: a person barging in); with a ``listener`` token it only
-    receives events.
+    receives events. A ``caller`` is a speaker whose microphone the server takes: its
+    decoded audio goes to the room's caller-audio sinks as :class:`CallerFrame` and
+    :class:`VoiceActivity`, tagged with its :attr:`member` id.
     """
 
     def __init__(
@@ -302,11 +375,21 @@ class ListenerSession(PeerClient):
         claims: Claims,
         request_close: Callable[[str, str], None],
     ) -> None:
+        caller = claims.role is Role.CALLER
         super().__init__(
-            listener_id, room.settings, room.clock, request_close, metrics=room.metrics
+            listener_id,
+            room.settings,
+            room.clock,
+            request_close,
+            metrics=room.metrics,
+            receive_audio=caller,
         )
         self.room = room
         self.claims = claims
+        self.member = secrets.token_urlsafe(9) if caller else None
+        """A caller's id in the room (not its listener id: that names its WHEP resource)."""
+        self.caller: CallerStream | None = None
+        """The caller's stream once its audio arrives."""
         self.talker = Talker(
             claims.identity, claims.voice, room.settings, room.clock, admit=room.admit
         )
@@ -321,6 +404,52 @@ class ListenerSession(PeerClient):
         await self._transport_ready()
         self.room.fanout.add(self.track, on_first=self._joined_at)
         await asyncio.Event().wait()
+
+    def roster_entry(self) -> dict[str, str]:
+        entry = {"identity": self.identity, "role": self.claims.role.value}
+        if self.member is not None:
+            entry["member"] = self.member
+        return entry
+
+    def caller_stats(self) -> dict[str, Any]:
+        """A caller's audio: whether it arrives, and its voice activity."""
+        stream = self.caller
+        return {
+            "member": self.member,
+            "identity": self.identity,
+            "receiving": stream is not None,
+            **({} if stream is None else stream.stats()),
+        }
+
+    async def _run_inbound(self, inbound: InboundAudio) -> None:
+        """Decode → 16 kHz → 20 ms frames and VAD, to the room's sinks, on the loop
+        (measured in docs: tens of microseconds a frame; aiortc decodes in its own
+        thread). While the caller speaks, no packets for the VAD's minimum silence
+        end the speech; the stream's end does too."""
+        assert self.member is not None
+        settings = self.room.settings
+        detector = VoiceActivityDetector(
+            self.member,
+            EarshotScorer(),
+            threshold=settings.vad_threshold,
+            min_speech_ms=settings.vad_min_speech_ms,
+            min_silence_ms=settings.vad_min_silence_ms,
+        )
+        stream = self.caller = CallerStream(self.member, self.room, detector)
+        quiet_s = settings.vad_min_silence_ms / 1000
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(quiet_s if stream.speaking else None):
+                        chunk = await inbound.read()
+                except TimeoutError:
+                    stream.finish()
+                    continue
+                if chunk is None:
+                    return  # the peer closed: the track ended
+                stream.feed(chunk.pts, chunk.rate_hz, chunk.pcm)
+        finally:
+            stream.finish()
 
     def _joined_at(self, pts: int) -> None:
         self.send_event(
@@ -350,11 +479,11 @@ class ListenerSession(PeerClient):
         self.last_activity = self._clock.now()
         try:
             message = parse_client_message(raw, limits=self.talker.limits)
-            if self.claims.role is not Role.SPEAKER:
+            if self.claims.role not in (Role.SPEAKER, Role.CALLER):
                 raise Forbidden(
                     "forbidden",
                     f"a {self.claims.role.value} token cannot send text or cancel",
-                    "join with a 'speaker' token to talk in this room",
+                    "join with a 'speaker' or 'caller' token to talk in this room",
                 )
             self.room.handle(message, self.talker, cancel_everyone=True)
         except ClientError as exc:

@@ -122,6 +122,8 @@ class ParticipantJoined(Event):
     kind: ClassVar[str] = "participant.joined"
     identity: str
     role: str
+    member: str | None = None
+    """A caller's id in the room: what its audio frames and voice activity carry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,8 @@ class ParticipantLeft(Event):
     kind: ClassVar[str] = "participant.left"
     identity: str
     role: str
+    member: str | None = None
+    """A caller's id in the room: what its audio frames and voice activity carry."""
 
 
 @dataclass(frozen=True, slots=True)

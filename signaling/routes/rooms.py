@@ -61,7 +61,7 @@ def _claims(request: web.Request, room: str, roles: set[Role]) -> Claims:
 @routes.post("/rooms/{room}/whep")
 async def join_as_listener(request: web.Request) -> web.Response:
     name = _room_name(request)
-    claims = _claims(request, name, {Role.LISTENER, Role.SPEAKER})
+    claims = _claims(request, name, {Role.LISTENER, Role.SPEAKER, Role.CALLER})
     offer = await read_sdp(request)
     listener, answer = await request.app[MEDIA_KEY].join_listener(
         name,
