@@ -83,6 +83,3 @@ class InboundAudio:
                 continue
             rate_hz = int(frame.sample_rate)
             return InboundChunk(_samples_at(frame.pts, frame.time_base, rate_hz), rate_hz, pcm)
-
-    def stop(self) -> None:
-        self._track.stop()

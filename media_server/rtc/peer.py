@@ -237,10 +237,14 @@ class PeerSession:
         return self._with_red(offer_sdp, str(self.pc.localDescription.sdp), audio[0])
 
     def _with_red(self, offer_sdp: str, answer_sdp: str, audio: RTCRtpTransceiver) -> str:
-        """The answer, taking the offer's RED over the negotiated Opus where there is one."""
+        """The answer, taking the offer's RED over the negotiated Opus where there is one.
+
+        Not where the client's audio is read: RED in a ``sendrecv`` answer lets the
+        browser send RED too, which aiortc's receiver cannot unpack (its packets would
+        be dropped); that client's downlink keeps in-band FEC."""
         codecs = getattr(audio, "_codecs", None) or []
         opus = codecs[0] if codecs and codecs[0].mimeType.lower() == "audio/opus" else None
-        if not self._red or opus is None or opus.payloadType is None:
+        if not self._red or self.inbound is not None or opus is None or opus.payloadType is None:
             return answer_sdp
         red = offered_red(offer_sdp, opus.payloadType)
         if red is None:
@@ -424,6 +428,7 @@ class PeerSession:
             return
         self._released = True
         self.channel = None
+        self.inbound = None
         self._unsent.clear()
         # the owner's callbacks point back at it: drop them, so nothing is cyclic
         self._on_message = _ignore_message
