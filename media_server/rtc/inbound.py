@@ -39,6 +39,12 @@ def mono_s16(frame: av.AudioFrame) -> Pcm | None:
     samples = frame.to_ndarray()
     if channels <= 1:
         return np.ascontiguousarray(samples.reshape(-1), dtype=np.int16)
+    if channels == 2 and samples.shape[0] == 1:
+        # what aiortc's Opus decoder gives: interleaved stereo; halves cannot overflow
+        # and stay int16 (half the time of a sum in int32)
+        interleaved = samples.reshape(-1)
+        stereo: Pcm = (interleaved[0::2] >> 1) + (interleaved[1::2] >> 1)
+        return stereo
     # packed: one row of interleaved samples; planar: one row per channel
     by_channel = samples.reshape(-1, channels).T if samples.shape[0] == 1 else samples
     mixed: Pcm = (by_channel.astype(np.int32).sum(axis=0) // channels).astype(np.int16)

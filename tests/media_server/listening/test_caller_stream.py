@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import av
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from media_server.listening.caller_audio import (
     INPUT_FRAME_SAMPLES,
@@ -13,6 +15,7 @@ from media_server.listening.caller_audio import (
 )
 from media_server.listening.caller_stream import CallerStream
 from media_server.listening.vad import VoiceActivityDetector
+from media_server.rtc.inbound import mono_s16
 
 RATE_48K = 48_000
 CHUNK_48K = 960  # 20 ms, as Opus packets decode
@@ -110,3 +113,25 @@ def test_other_rates_are_resampled_too() -> None:
         caller.feed(offset, rate, tone(160, rate))
     assert 45 <= len(sink.frames) <= 50
     assert sink.frames[-1].position <= INPUT_RATE_HZ
+
+
+@pytest.mark.parametrize(
+    ("fmt", "layout"), [("s16", "stereo"), ("s16p", "stereo"), ("s16", "mono"), ("flt", "mono")]
+)
+def test_decoded_frames_become_mono_s16(fmt: str, layout: str) -> None:
+    left = np.arange(-480, 480, dtype=np.int16) * 60
+    right = np.full(960, 1000, dtype=np.int16)
+    if layout == "mono":
+        samples = left.reshape(1, -1) if fmt == "s16" else (left / 32768).astype(np.float32)[None]
+    elif fmt == "s16":
+        samples = np.stack([left, right], axis=1).reshape(1, -1)
+    else:
+        samples = np.stack([left, right])
+    frame = av.AudioFrame.from_ndarray(samples, format=fmt, layout=layout)
+    pcm = mono_s16(frame)
+    if fmt == "flt":
+        assert pcm is None  # no decoder of ours gives it: skipped, not misread
+        return
+    assert pcm is not None and pcm.dtype == np.int16 and pcm.size == 960
+    expected = left if layout == "mono" else (left.astype(np.int32) + right) // 2
+    assert np.abs(pcm.astype(np.int32) - expected).max() <= 1
