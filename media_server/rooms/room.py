@@ -14,9 +14,9 @@ from media_server.audio.encoder import StreamEncoder
 from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.link.adaptor import AudioDecision, merged
-from media_server.listening.caller_audio import CallerAudioSink, CallerFrame, VoiceActivity
-from media_server.listening.caller_stream import CallerStream
-from media_server.listening.vad import EarshotScorer, VoiceActivityDetector
+from media_server.listening.caller_audio import CallerAudioSink
+from media_server.listening.caller_input import CallerInput
+from media_server.listening.sinks import CallerSinks
 from media_server.log_context import log_context
 from media_server.playout.pacer import Pacer
 from media_server.playout.stats import LATENESS_WINDOW_FRAMES, PacingStats
@@ -142,7 +142,7 @@ class Room:
         )
         self.listeners: dict[str, ListenerSession] = {}
         self.bots: dict[str, Member] = {}
-        self.caller_sinks: list[CallerAudioSink] = []
+        self.caller_sinks = CallerSinks()
         """Told every caller's frames and voice activity (bots that listen, barge-in)."""
         self._pacer_task: asyncio.Task[None] | None = None
         self.closed = False
@@ -198,7 +198,9 @@ class Room:
             "participants": self.roster(),
             "speaking": self.speech.speaking,
             "queued_utterances": self.speech.pending,
-            "callers": [caller.caller_stats() for caller in self.callers],
+            "callers": [
+                {"identity": c.identity, **c.caller.stats()} for c in self.callers if c.caller
+            ],
             **self.pacer.stats.snapshot().as_dict(),
         }
 
@@ -304,40 +306,10 @@ class Room:
 
     def add_caller_sink(self, sink: CallerAudioSink) -> None:
         """``sink`` is told every caller's frames and voice activity from now on."""
-        if sink not in self.caller_sinks:
-            self.caller_sinks.append(sink)
+        self.caller_sinks.add(sink)
 
     def remove_caller_sink(self, sink: CallerAudioSink) -> None:
-        if sink in self.caller_sinks:
-            self.caller_sinks.remove(sink)
-
-    def caller_frame(self, frame: CallerFrame) -> None:
-        """A caller's 20 ms, to every sink (the room is its callers' one sink)."""
-        for sink in tuple(self.caller_sinks):
-            try:
-                sink.caller_frame(frame)
-            except Exception:
-                self._drop_sink(sink)
-
-    def voice_activity(self, activity: VoiceActivity) -> None:
-        logger.debug(
-            "caller %s %s speaking at %d",
-            activity.participant,
-            "started" if activity.speaking else "stopped",
-            activity.position,
-            extra={"event": "room.voice_activity", "room": self.name},
-        )
-        for sink in tuple(self.caller_sinks):
-            try:
-                sink.voice_activity(activity)
-            except Exception:
-                self._drop_sink(sink)
-
-    def _drop_sink(self, sink: CallerAudioSink) -> None:
-        """A sink that raised is removed, so one broken consumer neither ends the caller's
-        stream nor fills the log 50 times a second."""
-        logger.exception("caller audio sink %r failed; removed", sink)
-        self.remove_caller_sink(sink)
+        self.caller_sinks.remove(sink)
 
     # -- speech -------------------------------------------------------------------
 
@@ -388,8 +360,11 @@ class ListenerSession(PeerClient):
         self.claims = claims
         self.member = secrets.token_urlsafe(9) if caller else None
         """A caller's id in the room (not its listener id: that names its WHEP resource)."""
-        self.caller: CallerStream | None = None
-        """The caller's stream once its audio arrives."""
+        self.caller = (
+            None
+            if self.member is None
+            else CallerInput(self.member, room.caller_sinks, room.settings)
+        )
         self.talker = Talker(
             claims.identity, claims.voice, room.settings, room.clock, admit=room.admit
         )
@@ -411,45 +386,9 @@ class ListenerSession(PeerClient):
             entry["member"] = self.member
         return entry
 
-    def caller_stats(self) -> dict[str, Any]:
-        """A caller's audio: whether it arrives, and its voice activity."""
-        stream = self.caller
-        return {
-            "member": self.member,
-            "identity": self.identity,
-            "receiving": stream is not None,
-            **({} if stream is None else stream.stats()),
-        }
-
     async def _run_inbound(self, inbound: InboundAudio) -> None:
-        """Decode → 16 kHz → 20 ms frames and VAD, to the room's sinks, on the loop
-        (measured in docs: tens of microseconds a frame; aiortc decodes in its own
-        thread). While the caller speaks, no packets for the VAD's minimum silence
-        end the speech; the stream's end does too."""
-        assert self.member is not None
-        settings = self.room.settings
-        detector = VoiceActivityDetector(
-            self.member,
-            EarshotScorer(),
-            threshold=settings.vad_threshold,
-            min_speech_ms=settings.vad_min_speech_ms,
-            min_silence_ms=settings.vad_min_silence_ms,
-        )
-        stream = self.caller = CallerStream(self.member, self.room, detector)
-        quiet_s = settings.vad_min_silence_ms / 1000
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(quiet_s if stream.speaking else None):
-                        chunk = await inbound.read()
-                except TimeoutError:
-                    stream.finish()
-                    continue
-                if chunk is None:
-                    return  # the peer closed: the track ended
-                stream.feed(chunk.pts, chunk.rate_hz, chunk.pcm)
-        finally:
-            stream.finish()
+        if self.caller is not None:
+            await self.caller.run(inbound)
 
     def _joined_at(self, pts: int) -> None:
         self.send_event(

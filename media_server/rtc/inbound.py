@@ -42,7 +42,7 @@ def mono_s16(frame: av.AudioFrame) -> Pcm | None:
     if channels == 2 and samples.shape[0] == 1:
         # what aiortc's Opus decoder gives: interleaved stereo; halves cannot overflow
         # and stay int16 (half the time of a sum in int32)
-        interleaved = samples.reshape(-1)
+        interleaved = np.asarray(samples, dtype=np.int16).reshape(-1)
         stereo: Pcm = (interleaved[0::2] >> 1) + (interleaved[1::2] >> 1)
         return stereo
     # packed: one row of interleaved samples; planar: one row per channel
