@@ -71,6 +71,32 @@ class Microphone(MediaStreamTrack):
         return frame
 
 
+class GarbageMicrophone(MediaStreamTrack):
+    """Sends random bytes as Opus packets, 50 a second (aiortc's sender passes an
+    ``av.Packet`` through as it is)."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+        self._rng = np.random.default_rng(19)
+        self._start: float | None = None
+
+    async def recv(self) -> av.Packet:
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            await asyncio.sleep(max(0.0, self._start + self.sent * 0.02 - time.monotonic()))
+        packet = av.Packet(
+            self._rng.integers(0, 256, int(self._rng.integers(1, 200))).astype(np.uint8).tobytes()
+        )
+        packet.pts = self.sent * MIC_FRAME
+        packet.time_base = fractions.Fraction(1, MIC_RATE_HZ)
+        self.sent += 1
+        return packet
+
+
 class Sink:
     def __init__(self) -> None:
         self.frames: list[CallerFrame] = []
@@ -217,3 +243,26 @@ async def test_a_recvonly_caller_is_fine_and_the_caller_limit_refuses_the_next(
     await listener.connect(http, path="/rooms/small/whep", headers=auth)
     for peer in (first, listener):
         await peer.close(http)
+
+
+async def test_a_caller_sending_garbage_stays_and_leaves_cleanly(
+    client: TestClient, http: aiohttp.ClientSession, signer: TokenSigner
+) -> None:
+    room: Room = client.app[MEDIA_KEY].rooms.get_or_create("junk")
+    sink = Sink()
+    room.add_caller_sink(sink)
+    mic = GarbageMicrophone()
+    caller, auth = member(client, signer, "junk", Role.CALLER, "noisy")
+    await caller.connect(http, path="/rooms/junk/whep", headers=auth, microphone=mic)
+    await caller.next_event("room.joined")
+    async with asyncio.timeout(10):
+        while mic.sent < 100:  # 2 s of it
+            await asyncio.sleep(0.05)
+    # whatever libopus made of it (noise, or packets it refused), the caller is still
+    # there, its reader still reads, and its frames are well formed
+    (session,) = room.callers
+    assert not session.closed and len(session._tasks) == 4  # connect, media, link, inbound
+    assert all(len(f.pcm) == 2 * INPUT_FRAME_SAMPLES for f in sink.frames)
+    await caller.close(http)
+    assert session.closed and not session._tasks
+    assert "junk" not in client.app[MEDIA_KEY].rooms.rooms  # its last member left
