@@ -14,12 +14,14 @@ from media_server.audio.encoder import StreamEncoder
 from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.link.adaptor import AudioDecision, merged
+from media_server.listening.caller_audio import CallerAudioSink
 from media_server.log_context import log_context
 from media_server.playout.pacer import Pacer
 from media_server.playout.stats import LATENESS_WINDOW_FRAMES, PacingStats
 from media_server.rooms.fanout import FanOut
 from media_server.rooms.tokens import Claims, Role
 from media_server.rtc.client import PeerClient
+from media_server.speech.barge_in import BargeIn, BargeInPolicy
 from media_server.speech.events import (
     ErrorEvent,
     Event,
@@ -125,6 +127,10 @@ class Room:
         )
         self.listeners: dict[str, ListenerSession] = {}
         self.bots: dict[str, Member] = {}
+        self.caller_sinks: list[CallerAudioSink] = []
+        """Told every caller's audio and voice activity (bots that listen, barge-in)."""
+        self.barge_in = BargeIn(self.speech, clock, BargeInPolicy.of(settings))
+        self.add_caller_sink(self.barge_in)
         self._pacer_task: asyncio.Task[None] | None = None
         self.closed = False
 
@@ -172,6 +178,13 @@ class Room:
             "queued_utterances": self.speech.pending,
             **self.pacer.stats.snapshot().as_dict(),
         }
+
+    def add_caller_sink(self, sink: CallerAudioSink) -> None:
+        self.caller_sinks.append(sink)
+
+    def remove_caller_sink(self, sink: CallerAudioSink) -> None:
+        if sink in self.caller_sinks:
+            self.caller_sinks.remove(sink)
 
     # -- members ------------------------------------------------------------------
 
@@ -281,6 +294,7 @@ class Room:
         if self.closed:
             return
         self.closed = True
+        await self.barge_in.aclose()
         await cancel_and_wait(self._pacer_task)
         for listener_id in list(self.listeners):
             await self.remove_listener(listener_id, "room closed")

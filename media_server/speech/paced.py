@@ -22,6 +22,7 @@ from media_server.audio.executor import DeadlineExecutor
 from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
 from media_server.speech.meter import UtteranceMeter
 from media_server.speech.queue import EventSink, Utterance, UtteranceQueue, monotonic_ms
+from media_server.speech.transcript import Transcript
 from media_server.tasks import cancel_and_wait
 from media_server.telemetry.metrics import ServerMetrics, SpeechKind
 from synthesis import Engine, SynthesisService
@@ -100,6 +101,9 @@ class PacedSpeech:
         self._task: asyncio.Task[None] | None = None
         self.underruns = 0
         self._held = False
+        self._paused: Utterance | None = None
+        """The utterance :meth:`pause` stopped (barge-in), until :meth:`resume`."""
+        self._pausing = False
         self._played: deque[bytes] = deque(maxlen=MAX_REWIND_FRAMES)
         """The head utterance's last frames sent, for :meth:`hold` to send again."""
         self._played_of: Utterance | None = None
@@ -178,6 +182,31 @@ class PacedSpeech:
     def held(self) -> bool:
         return self._held
 
+    def pause(self) -> Utterance | None:
+        """Stop playing where it is, without rewinding (a caller barging in): silence goes
+        out, so the RTP stream stays continuous, until :meth:`resume`. The utterance at the
+        head of the queue gets ``speech.paused`` and is returned (None: nothing queued)."""
+        if self._pausing:
+            return self._paused
+        self._pausing = True
+        self._paused = self.queue.head
+        if self._paused is not None:
+            self.queue.paused(self._paused)
+        return self._paused
+
+    def resume(self) -> None:
+        """Play on after :meth:`pause`, from the frame after the last one sent; the paused
+        utterance gets ``speech.resumed`` unless it has been cancelled meanwhile."""
+        if not self._pausing:
+            return
+        paused, self._paused, self._pausing = self._paused, None, False
+        if paused is not None and not paused.cancelled and paused is self.queue.head:
+            self.queue.resumed(paused)
+
+    @property
+    def paused(self) -> bool:
+        return self._pausing
+
     async def aclose(self) -> None:
         self.queue.close()
         self._buffered = 0
@@ -188,7 +217,7 @@ class PacedSpeech:
     # -- playout (called by the pacer once per tick) --------------------------
 
     def next_payload(self, pts: int) -> bytes | None:
-        if self._held:
+        if self._held or self._pausing:
             return None
         while (utterance := self.queue.head) is not None:
             if not utterance.started and not utterance.ready_to_start:
@@ -261,6 +290,8 @@ class PacedSpeech:
     async def _produce(self, utterance: Utterance) -> None:
         rate = self._engine.sample_rate_hz
         utterance.source_rate_hz = rate
+        transcript = utterance.transcript = Transcript()
+        transcript.rate_hz = rate
         encoder = UtteranceEncoder(self._encoder, rate, self._encode_budget)
         speed = utterance.request.speed
         stretcher = None
@@ -280,6 +311,7 @@ class PacedSpeech:
                 utterance.trimmed_samples += drop
                 pcm = pcm[drop:]
                 heard = pcm.size > 0
+            transcript.add_audio(int(pcm.size))
             start = 0
             while start < pcm.size:
                 if encoder.input_samples == 0:
@@ -301,6 +333,7 @@ class PacedSpeech:
 
         continuation = False
         while (piece := await utterance.next_piece()) is not None:
+            transcript.begin_piece(piece)
             request = dataclasses.replace(utterance.request, text=piece)
             stream = await self._synthesis.open(
                 request,
@@ -316,11 +349,13 @@ class PacedSpeech:
                     if utterance.timings.first_chunk_ms is None:
                         utterance.timings.first_chunk_ms = monotonic_ms()
                     utterance.source_samples += int(chunk.pcm.size)
+                    transcript.begin_chunk(chunk.text)
                     pcm = chunk.pcm if stretcher is None else stretcher.process(chunk.pcm)
                     if utterance.cancelled or not await encode(pcm):
                         return
             finally:
                 await stream.aclose()
+            transcript.end_piece()
         if utterance.cancelled:
             return
         if stretcher is not None and not await encode(stretcher.flush()):

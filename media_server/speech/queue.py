@@ -24,10 +24,13 @@ from media_server.speech.events import (
     Event,
     SpeechCancelled,
     SpeechDone,
+    SpeechPaused,
     SpeechQueued,
+    SpeechResumed,
     SpeechStarted,
 )
 from media_server.speech.meter import UtteranceMeter
+from media_server.speech.transcript import Transcript
 from synthesis import ClientError, SynthesisRequest
 from synthesis.text import TextAccumulator
 
@@ -125,12 +128,22 @@ class Utterance:
     """Near-silence cut from the start, so speech starts sooner."""
     source_rate_hz: int = 0
     timings: UtteranceTimings = field(default_factory=UtteranceTimings)
+    transcript: Transcript | None = None
+    """Its text lined up with its audio (paced sink), for ``heard_text``."""
 
     @property
     def played_ms(self) -> int:
         if self.frames_played or not self.source_rate_hz:
             return self.frames_played * FRAME_MS
         return round(1000 * self.sent_samples / self.source_rate_hz)
+
+    @property
+    def heard_text(self) -> str | None:
+        """The words of it played so far; None before it started, or where no
+        transcript is kept (the unpaced sink)."""
+        if self.transcript is None or not self.started:
+            return None
+        return self.transcript.heard(self.played_ms)
 
     @property
     def source_ms(self) -> float:
@@ -329,6 +342,7 @@ class UtteranceQueue:
                     utterance.first_pts,
                     utterance.end_pts,
                     utterance.owner,
+                    utterance.heard_text,
                 )
             )
         if cancelled and self._on_cancelled is not None:
@@ -410,6 +424,25 @@ class UtteranceQueue:
                 timings.as_dict() if self._debug_timings else None,
             )
         )
+
+    def paused(self, utterance: Utterance) -> None:
+        """Its playout stopped where it was (barge-in): ``speech.paused``."""
+        self._log(utterance, "paused")
+        self._on_event(
+            SpeechPaused(
+                utterance.utterance_id,
+                utterance.played_ms,
+                utterance.heard_text or "",
+                utterance.first_pts,
+                utterance.end_pts,
+                utterance.owner,
+            )
+        )
+
+    def resumed(self, utterance: Utterance) -> None:
+        """Its playout goes on from where it paused: ``speech.resumed``."""
+        self._log(utterance, "resumed")
+        self._on_event(SpeechResumed(utterance.utterance_id, utterance.played_ms, utterance.owner))
 
     def finished(self, utterance: Utterance) -> None:
         """Its last audio left (or it failed): it leaves the queue, with ``speech.done``

@@ -12,7 +12,8 @@ from aiohttp import WSMsgType, web
 
 from media_server import Claims, ListenerSession, Role, Room, RoomFull
 from media_server.rooms.registry import ROOM_NAME
-from media_server.speech.events import ErrorEvent, Event, RoomReady
+from media_server.speech.barge_in import parse_barge_in
+from media_server.speech.events import BargeInSet, ErrorEvent, Event, RoomReady
 from media_server.speech.protocol import binary_refused, parse_client_message
 from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
@@ -146,6 +147,11 @@ class BotConnection:
 
     def handle(self, raw: str) -> None:
         try:
+            barge_in = self.room.barge_in
+            if (policy := parse_barge_in(raw, barge_in.policy)) is not None:
+                barge_in.configure(policy)  # for the room, until changed again
+                self.send_event(BargeInSet(policy.mode.value, policy.min_speech_ms))
+                return
             message = parse_client_message(raw, limits=self.talker.limits)
             self.room.handle(message, self.talker, cancel_everyone=False)
         except ClientError as exc:
