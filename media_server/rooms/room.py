@@ -176,6 +176,7 @@ class Room:
             "participants": self.roster(),
             "speaking": self.speech.speaking,
             "queued_utterances": self.speech.pending,
+            "barge_in": self.barge_in.stats(),
             **self.pacer.stats.snapshot().as_dict(),
         }
 

@@ -120,6 +120,16 @@ class BargeIn:
     def interrupting(self) -> bool:
         return self._timer is not None
 
+    def stats(self) -> dict[str, Any]:
+        """The room's setting and what it did (a room's stats)."""
+        return {
+            "mode": self.policy.mode.value,
+            "min_speech_ms": self.policy.min_speech_ms,
+            "interruptions": self.interruptions,
+            "cancels": self.cancels,
+            "short_bursts": self.short_bursts,
+        }
+
     # -- CallerAudioSink ------------------------------------------------------------
 
     def caller_frame(self, frame: CallerFrame) -> None:

@@ -146,7 +146,7 @@ async def test_a_short_burst_resumes_the_utterance_where_it_paused(
                        "owner": "host-bot"}  # fmt: skip
     # the whole utterance went out: all the engine made, nothing dropped, nothing twice
     made_ms = done["source_duration_ms"] - done["trimmed_ms"]
-    assert made_ms <= done["duration_ms"] <= made_ms + 3 * FRAME_MS
+    assert abs(done["duration_ms"] - made_ms) <= FRAME_MS + 1  # to the frame
     # the listener: speech up to the pause, a silent gap as long as the burst, the rest
     await wait_until_heard([listener], done["end_ts"])
     silent_ticks = room(client).speech.underruns - underruns_before
@@ -184,4 +184,10 @@ async def test_off_leaves_speech_alone_and_bad_settings_are_refused(
     events = await events_until(bot, "speech.done")
     caller_voice(client, False)
     assert [e["type"] for e in events] == ["speech.done"]
-    assert room(client).barge_in.interruptions == 0
+    assert room(client).stats()["barge_in"] == {
+        "mode": "off",
+        "min_speech_ms": 400,
+        "interruptions": 0,
+        "cancels": 0,
+        "short_bursts": 0,
+    }
