@@ -128,11 +128,13 @@ class Room:
         self.listeners: dict[str, ListenerSession] = {}
         self.bots: dict[str, Member] = {}
         self.caller_sinks: list[CallerAudioSink] = []
-        """Told every caller's audio and voice activity (bots that listen, barge-in)."""
-        self.barge_in = BargeIn(self.speech, clock, BargeInPolicy.of(settings))
-        self.add_caller_sink(self.barge_in)
+        """Told every caller's frames and voice activity (bots that listen, barge-in)."""
         self._pacer_task: asyncio.Task[None] | None = None
         self.closed = False
+
+        self.barge_in = BargeIn(self.speech, clock, BargeInPolicy.of(settings))
+        """Callers speaking over the room pause or cancel its speech."""
+        self.add_caller_sink(self.barge_in)
 
     def links_changed(self) -> None:
         """A listener's link (or the set of listeners) changed: the one encoder codes for
@@ -179,13 +181,6 @@ class Room:
             "barge_in": self.barge_in.stats(),
             **self.pacer.stats.snapshot().as_dict(),
         }
-
-    def add_caller_sink(self, sink: CallerAudioSink) -> None:
-        self.caller_sinks.append(sink)
-
-    def remove_caller_sink(self, sink: CallerAudioSink) -> None:
-        if sink in self.caller_sinks:
-            self.caller_sinks.remove(sink)
 
     # -- members ------------------------------------------------------------------
 
@@ -282,6 +277,17 @@ class Room:
         self, kind: type[ParticipantJoined | ParticipantLeft], identity: str, role: Role
     ) -> None:
         self.broadcast(kind(identity, role.value))
+
+    # -- callers' audio ------------------------------------------------------------
+
+    def add_caller_sink(self, sink: CallerAudioSink) -> None:
+        """``sink`` is told every caller's frames and voice activity from now on."""
+        if sink not in self.caller_sinks:
+            self.caller_sinks.append(sink)
+
+    def remove_caller_sink(self, sink: CallerAudioSink) -> None:
+        if sink in self.caller_sinks:
+            self.caller_sinks.remove(sink)
 
     # -- speech -------------------------------------------------------------------
 

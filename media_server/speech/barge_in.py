@@ -19,7 +19,7 @@ from media_server.clock import Clock
 from media_server.config import MAX_BARGE_IN_MIN_SPEECH_MS, Settings
 from media_server.listening.caller_audio import CallerFrame, VoiceActivity
 from media_server.speech.paced import PacedSpeech
-from media_server.speech.protocol import ProtocolError, decode_message
+from media_server.speech.protocol import ProtocolError
 from media_server.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
@@ -44,20 +44,10 @@ class BargeInPolicy:
         return cls(BargeInMode(settings.barge_in), settings.barge_in_min_speech_ms)
 
 
-def parse_barge_in(raw: str | bytes, current: BargeInPolicy) -> BargeInPolicy | None:
-    """A bot's ``{"type": "barge_in", "mode": ..., "min_speech_ms": ...}`` applied to
-    ``current`` (a field left out keeps its value); None for any other message, which
-    the ordinary parser takes. Raises :class:`ProtocolError` for bad values.
-
-    Most messages are ``say`` and deltas: they are not decoded twice unless their text
-    mentions ``barge_in``.
-    """
-    probe = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-    if BARGE_IN_TYPE not in probe:
-        return None
-    data = decode_message(raw)
-    if data.get("type") != BARGE_IN_TYPE:
-        return None
+def barge_in_request(data: dict[str, Any], current: BargeInPolicy) -> BargeInPolicy:
+    """A bot's ``{"type": "barge_in", "mode": ..., "min_speech_ms": ...}`` (decoded)
+    applied to ``current``: a field left out keeps its value. Raises
+    :class:`ProtocolError` for a bad value or an unknown field."""
     unknown = sorted(set(data) - {"type", "mode", "min_speech_ms"})
     if unknown:
         raise ProtocolError(

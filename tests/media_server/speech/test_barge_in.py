@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from media_server.audio.frames import FRAME_MS
 from media_server.audio.opus import OpusSettings
 from media_server.config import ConfigError, Settings, settings_from_env
 from media_server.listening.caller_audio import VoiceActivity
-from media_server.speech.barge_in import BargeIn, BargeInMode, BargeInPolicy, parse_barge_in
+from media_server.speech.barge_in import BargeIn, BargeInMode, BargeInPolicy, barge_in_request
 from media_server.speech.paced import PacedSpeech
 from media_server.speech.protocol import ProtocolError
 from synthesis import SynthesisRequest, SynthesisService
@@ -183,14 +184,17 @@ async def test_a_silent_room_is_not_interrupted() -> None:
 
 def test_a_bots_barge_in_message() -> None:
     current = BargeInPolicy(BargeInMode.PAUSE, 400)
-    assert parse_barge_in('{"type": "say", "text": "hi"}', current) is None
-    assert parse_barge_in('{"type": "say", "text": "barge_in"}', current) is None
-    assert parse_barge_in('{"type": "barge_in", "mode": "cancel"}', current) == BargeInPolicy(
+
+    def parsed(raw: str) -> BargeInPolicy:
+        return barge_in_request(json.loads(raw), current)
+
+    assert parsed('{"type": "barge_in", "mode": "cancel"}') == BargeInPolicy(
         BargeInMode.CANCEL, 400
     )
-    assert parse_barge_in(b'{"type": "barge_in", "min_speech_ms": 250}', current) == (
+    assert parsed('{"type": "barge_in", "min_speech_ms": 250}') == (
         BargeInPolicy(BargeInMode.PAUSE, 250)
     )
+    assert parsed('{"type": "barge_in"}') == current
     for bad in [
         '{"type": "barge_in", "mode": "loud"}',
         '{"type": "barge_in", "mode": null}',
@@ -201,7 +205,7 @@ def test_a_bots_barge_in_message() -> None:
         '{"type": "barge_in", "mode": "off", "threshold": 3}',
     ]:
         with pytest.raises(ProtocolError) as caught:
-            parse_barge_in(bad, current)
+            parsed(bad)
         assert caught.value.code == "invalid_request" and caught.value.solution
 
 
