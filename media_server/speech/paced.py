@@ -20,6 +20,7 @@ from media_server.audio.budget import EncodeBudget
 from media_server.audio.encoder import StreamEncoder, UtteranceEncoder, leading_silence
 from media_server.audio.executor import DeadlineExecutor
 from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
+from media_server.speech.events import SpeechPaused, SpeechResumed
 from media_server.speech.meter import UtteranceMeter
 from media_server.speech.queue import EventSink, Utterance, UtteranceQueue, monotonic_ms
 from media_server.speech.transcript import Transcript
@@ -81,6 +82,7 @@ class PacedSpeech:
         kind: SpeechKind = SpeechKind.SESSION,
     ) -> None:
         self._synthesis = synthesis
+        self._on_event = on_event
         self._engine = synthesis.engine
         self._encoder = encoder
         self._encode_executor = encode_executor
@@ -189,10 +191,20 @@ class PacedSpeech:
         if self._pausing:
             return self._paused
         self._pausing = True
-        self._paused = self.queue.head
-        if self._paused is not None:
-            self.queue.paused(self._paused)
-        return self._paused
+        paused = self._paused = self.queue.head
+        if paused is not None:
+            self._log(paused, "paused")
+            self._on_event(
+                SpeechPaused(
+                    paused.utterance_id,
+                    paused.played_ms,
+                    paused.heard_text or "",
+                    paused.first_pts,
+                    paused.end_pts,
+                    paused.owner,
+                )
+            )
+        return paused
 
     def resume(self) -> None:
         """Play on after :meth:`pause`, from the frame after the last one sent; the paused
@@ -201,7 +213,17 @@ class PacedSpeech:
             return
         paused, self._paused, self._pausing = self._paused, None, False
         if paused is not None and not paused.cancelled and paused is self.queue.head:
-            self.queue.resumed(paused)
+            self._log(paused, "resumed")
+            self._on_event(SpeechResumed(paused.utterance_id, paused.played_ms, paused.owner))
+
+    def _log(self, utterance: Utterance, what: str) -> None:
+        logger.debug(
+            "utterance %s %s (%d ms played)",
+            utterance.utterance_id,
+            what,
+            utterance.played_ms,
+            extra={"event": f"utterance.{what}", "utterance": utterance.utterance_id},
+        )
 
     @property
     def paused(self) -> bool:

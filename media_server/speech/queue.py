@@ -24,9 +24,7 @@ from media_server.speech.events import (
     Event,
     SpeechCancelled,
     SpeechDone,
-    SpeechPaused,
     SpeechQueued,
-    SpeechResumed,
     SpeechStarted,
 )
 from media_server.speech.meter import UtteranceMeter
@@ -139,8 +137,7 @@ class Utterance:
 
     @property
     def heard_text(self) -> str | None:
-        """The words of it played so far; None before it started, or where no
-        transcript is kept (the unpaced sink)."""
+        """The words of it played so far (None: not started, or no transcript kept)."""
         if self.transcript is None or not self.started:
             return None
         return self.transcript.heard(self.played_ms)
@@ -424,25 +421,6 @@ class UtteranceQueue:
                 timings.as_dict() if self._debug_timings else None,
             )
         )
-
-    def paused(self, utterance: Utterance) -> None:
-        """Its playout stopped where it was (barge-in): ``speech.paused``."""
-        self._log(utterance, "paused")
-        self._on_event(
-            SpeechPaused(
-                utterance.utterance_id,
-                utterance.played_ms,
-                utterance.heard_text or "",
-                utterance.first_pts,
-                utterance.end_pts,
-                utterance.owner,
-            )
-        )
-
-    def resumed(self, utterance: Utterance) -> None:
-        """Its playout goes on from where it paused: ``speech.resumed``."""
-        self._log(utterance, "resumed")
-        self._on_event(SpeechResumed(utterance.utterance_id, utterance.played_ms, utterance.owner))
 
     def finished(self, utterance: Utterance) -> None:
         """Its last audio left (or it failed): it leaves the queue, with ``speech.done``
