@@ -30,6 +30,7 @@ from tests.media_server.rooms.test_rooms import (
     join,
     wait_until_heard,
 )
+from voice_bot import BotError, RoomBot
 
 pytestmark = [pytest.mark.loopback, pytest.mark.slow]
 
@@ -191,3 +192,14 @@ async def test_off_leaves_speech_alone_and_bad_settings_are_refused(
         "cancels": 0,
         "short_bursts": 0,
     }
+
+
+async def test_a_room_bot_sets_the_rooms_barge_in(client: TestClient, signer: TokenSigner) -> None:
+    base_url = str(client.make_url("")).rstrip("/")
+    async with RoomBot(base_url, "hall", signer.issue("hall", Role.BOT, "agent")) as agent:
+        setting = await agent.barge_in("cancel", 250)
+        assert setting == {"type": "barge_in", "mode": "cancel", "min_speech_ms": 250}
+        assert (await agent.barge_in(min_speech_ms=500))["mode"] == "cancel"
+        with pytest.raises(BotError, match="invalid_request"):
+            await agent.barge_in("loudly")
+        assert room(client).barge_in.policy.min_speech_ms == 500
