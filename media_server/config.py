@@ -18,6 +18,10 @@ API_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 LOG_FORMATS = ("text", "json")
 """``log_format``: lines for a terminal, or one JSON object per line for a log shipper."""
 
+BARGE_IN_MODES = ("off", "cancel", "pause")
+"""``barge_in``: what a caller's voice does to a room's speech (docs/protocol.md, Barge-in)."""
+MAX_BARGE_IN_MIN_SPEECH_MS = 5000
+
 MAX_DEFAULT_ENCODE_WORKERS = 4
 """Encode threads when ``encode_workers`` is not set and more CPUs are available."""
 MAX_DEFAULT_SYNTHESIS_WORKERS = 4
@@ -138,6 +142,12 @@ class Settings:
     """``speech.started`` carries ``timings``: when the utterance's text arrived and
     each stage reached its first output, in ms of this machine's ``time.monotonic()``
     (for benchmarks on the same machine; off by default, it exposes server internals)."""
+    barge_in: str = "pause"
+    """A room's speech when a caller speaks over it: ``off``, ``cancel`` (once the caller
+    has spoken ``barge_in_min_speech_ms``) or ``pause`` (at once; then cancel, or resume
+    after a shorter burst). A bot may change it for its room."""
+    barge_in_min_speech_ms: int = 400
+    """How long a caller must speak for barge-in to cancel the room's speech."""
     opus: OpusSettings = field(default_factory=OpusSettings)
 
     def __post_init__(self) -> None:
@@ -193,6 +203,10 @@ class Settings:
         for name in ("vad_min_speech_ms", "vad_min_silence_ms"):
             if not 1 <= getattr(self, name) <= 10_000:
                 raise ConfigError(f"{name} must be 1..10000")
+        if self.barge_in not in BARGE_IN_MODES:
+            raise ConfigError(f"barge_in must be one of {', '.join(BARGE_IN_MODES)}")
+        if not 0 <= self.barge_in_min_speech_ms <= MAX_BARGE_IN_MIN_SPEECH_MS:
+            raise ConfigError(f"barge_in_min_speech_ms must be 0..{MAX_BARGE_IN_MIN_SPEECH_MS}")
         if not -20 <= self.loop_nice <= 19:
             raise ConfigError("loop_nice must be -20..19")
         for name in (

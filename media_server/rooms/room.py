@@ -24,6 +24,7 @@ from media_server.rooms.fanout import FanOut
 from media_server.rooms.tokens import Claims, Role
 from media_server.rtc.client import PeerClient
 from media_server.rtc.inbound import InboundAudio
+from media_server.speech.barge_in import BargeIn, BargeInPolicy
 from media_server.speech.events import (
     ErrorEvent,
     Event,
@@ -147,6 +148,10 @@ class Room:
         self._pacer_task: asyncio.Task[None] | None = None
         self.closed = False
 
+        self.barge_in = BargeIn(self.speech, clock, BargeInPolicy.of(settings))
+        """Callers speaking over the room pause or cancel its speech."""
+        self.add_caller_sink(self.barge_in)
+
     def links_changed(self) -> None:
         """A listener's link (or the set of listeners) changed: the one encoder codes for
         the listener that needs the most protection; RED stays per listener."""
@@ -201,6 +206,7 @@ class Room:
             "callers": [
                 {"identity": c.identity, **c.caller.stats()} for c in self.callers if c.caller
             ],
+            "barge_in": self.barge_in.stats(),
             **self.pacer.stats.snapshot().as_dict(),
         }
 
@@ -323,6 +329,8 @@ class Room:
         if self.closed:
             return
         self.closed = True
+        self.remove_caller_sink(self.barge_in)  # callers leaving below must not wake it
+        await self.barge_in.aclose()
         await cancel_and_wait(self._pacer_task)
         for listener_id in list(self.listeners):
             await self.remove_listener(listener_id, "room closed")

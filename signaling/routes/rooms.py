@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import WSMsgType, web
 
 from media_server import Claims, ListenerSession, Role, Room, RoomFull
 from media_server.rooms.registry import ROOM_NAME
-from media_server.speech.events import ErrorEvent, Event, RoomReady
-from media_server.speech.protocol import binary_refused, parse_client_message
+from media_server.speech.barge_in import BARGE_IN_TYPE, barge_in_request
+from media_server.speech.events import BargeInSet, ErrorEvent, Event, RoomReady
+from media_server.speech.protocol import binary_refused, decode_message, parse_client_message
 from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
 from media_server.telemetry.api import count_refusal
@@ -146,10 +147,21 @@ class BotConnection:
 
     def handle(self, raw: str) -> None:
         try:
+            data = decode_message(raw)  # parsed again below: messages are small
+            if data.get("type") == BARGE_IN_TYPE:
+                self.set_barge_in(data)
+                return
             message = parse_client_message(raw, limits=self.talker.limits)
             self.room.handle(message, self.talker, cancel_everyone=False)
         except ClientError as exc:
             self.refuse(exc)
+
+    def set_barge_in(self, data: dict[str, Any]) -> None:
+        """The room's barge-in, from now on and for everyone in it: the bot decides."""
+        barge_in = self.room.barge_in
+        policy = barge_in_request(data, barge_in.policy)
+        barge_in.configure(policy)
+        self.send_event(BargeInSet(policy.mode.value, policy.min_speech_ms))
 
     def refuse(self, exc: ClientError) -> None:
         """An ``error`` event; counted when it is a refusal (a limit, not a mistake)."""
