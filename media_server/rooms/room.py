@@ -148,7 +148,9 @@ class Room:
         self._pacer_task: asyncio.Task[None] | None = None
         self.closed = False
 
-        self.barge_in = BargeIn(self.speech, clock, BargeInPolicy.of(settings))
+        self.barge_in = BargeIn(
+            self.speech, clock, BargeInPolicy.of(settings), settings.vad_min_silence_ms
+        )
         """Callers speaking over the room pause or cancel its speech."""
         self.add_caller_sink(self.barge_in)
 

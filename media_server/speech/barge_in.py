@@ -1,10 +1,15 @@
 """Barge-in: a caller speaking over a room's speech pauses it, then cancels or resumes it.
 
 A cough or an "uh-huh" must not kill a reply, and a real interruption must stop it
-within a blink. ``pause`` stops the audio at VAD onset and waits ``min_speech_ms``:
-speech still going on then cancels the room's speech, a shorter burst resumes the same
-utterance where it stopped. ``cancel`` lets the audio play on during that wait and
-cancels at the same moment; a shorter burst changes nothing. ``off`` ignores callers.
+within a blink. ``pause`` stops the audio at VAD onset; a caller's speech that lasts
+``min_speech_ms`` then cancels the room's speech, a shorter burst resumes the same
+utterance where it stopped. ``cancel`` lets the audio play on until that decision and
+cancels then; a shorter burst changes nothing. ``off`` ignores callers.
+
+How long the caller spoke is measured on the caller's own stream (the positions of the
+VAD's start and stop), not by when the events arrive: the VAD reports a stop only after
+its minimum silence (``stop_delay_ms``), so a speech still without a stop that long past
+``min_speech_ms`` has certainly lasted it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any, Final
 
 from media_server.clock import Clock
 from media_server.config import MAX_BARGE_IN_MIN_SPEECH_MS, Settings
-from media_server.listening.caller_audio import CallerFrame, VoiceActivity
+from media_server.listening.caller_audio import INPUT_RATE_HZ, CallerFrame, VoiceActivity
 from media_server.speech.paced import PacedSpeech
 from media_server.speech.protocol import ProtocolError
 from media_server.tasks import cancel_and_wait
@@ -89,10 +94,19 @@ class BargeIn:
     member through the speech's event sink (the room's broadcast).
     """
 
-    def __init__(self, speech: PacedSpeech, clock: Clock, policy: BargeInPolicy) -> None:
+    def __init__(
+        self, speech: PacedSpeech, clock: Clock, policy: BargeInPolicy, stop_delay_ms: int = 0
+    ) -> None:
+        """``stop_delay_ms``: how long after a caller's speech really ends the VAD says so
+        (its minimum silence, ``VMS_VAD_MIN_SILENCE_MS``)."""
         self._speech = speech
         self._clock = clock
         self.policy = policy
+        self._stop_delay_s = stop_delay_ms / 1000
+        self._began: VoiceActivity | None = None
+        """The start that began the interruption going on (its caller and position)."""
+        self._rules = policy
+        """The policy the interruption going on began with."""
         self._speaking: set[str] = set()
         """Callers whose voice is on now."""
         self._timer: asyncio.Task[None] | None = None
@@ -136,7 +150,23 @@ class BargeIn:
             return
         self._speaking.discard(activity.participant)
         if not self._speaking and self._timer is not None:
-            self._short_burst(activity)
+            if self._spoke_ms(activity) >= self._rules.min_speech_ms:
+                timer, self._timer = self._timer, None
+                timer.cancel()
+                self._cancel(self._rules)
+            else:
+                self._short_burst(activity)
+
+    def _spoke_ms(self, stop: VoiceActivity) -> float:
+        """How long the interruption's speech lasted, on the caller's stream where the
+        same caller began and ended it; else by when the events came (less the VAD's
+        stop delay)."""
+        began = self._began
+        if began is None:
+            return 0.0
+        if began.participant == stop.participant:
+            return (stop.position - began.position) * 1000 / INPUT_RATE_HZ
+        return stop.server_ms - began.server_ms - self._stop_delay_s * 1000
 
     # -- decisions ------------------------------------------------------------------
 
@@ -148,7 +178,8 @@ class BargeIn:
         if policy.mode is BargeInMode.PAUSE:
             self._speech.pause()
         self._log("began", activity.participant, policy)
-        deadline = self._clock.now() + policy.min_speech_ms / 1000
+        self._began, self._rules = activity, policy
+        deadline = self._clock.now() + policy.min_speech_ms / 1000 + self._stop_delay_s
         self._timer = asyncio.get_running_loop().create_task(
             self._decide_at(deadline, policy), name="barge-in-decision"
         )
@@ -156,6 +187,9 @@ class BargeIn:
     async def _decide_at(self, deadline: float, policy: BargeInPolicy) -> None:
         await self._clock.sleep_until(deadline)
         self._timer = None  # this task is ending: nothing to cancel any more
+        self._cancel(policy)
+
+    def _cancel(self, policy: BargeInPolicy) -> None:
         self.cancels += 1
         self._log("cancelled", None, policy)
         self._speech.queue.cancel(None, everyone=True)
@@ -166,7 +200,7 @@ class BargeIn:
         if timer is not None:
             timer.cancel()
         self.short_bursts += 1
-        self._log("ended", activity.participant, self.policy)
+        self._log("ended", activity.participant, self._rules)
         self._speech.resume()  # pause mode: the same utterance plays on
 
     def _log(self, what: str, participant: str | None, policy: BargeInPolicy) -> None:

@@ -47,7 +47,7 @@ def voice(participant: str, speaking: bool) -> VoiceActivity:
 
 
 async def setup(
-    mode: BargeInMode, min_speech_ms: int = 400
+    mode: BargeInMode, min_speech_ms: int = 400, stop_delay_ms: int = 0
 ) -> tuple[PacedSpeech, BargeIn, SteppedClock, list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
     speech = PacedSpeech(
@@ -57,7 +57,7 @@ async def setup(
     )
     speech.start()
     clock = SteppedClock()
-    barge_in = BargeIn(speech, clock, BargeInPolicy(mode, min_speech_ms))
+    barge_in = BargeIn(speech, clock, BargeInPolicy(mode, min_speech_ms), stop_delay_ms)
     speech.queue.say(SynthesisRequest(text="one two three four five"), "a")
     for _ in range(500):
         if speech.buffered_frames >= 50:
@@ -122,6 +122,38 @@ async def test_a_short_burst_resumes_the_same_utterance_where_it_paused() -> Non
     await clock.advance(1.0)  # the decision was dropped with the burst
     assert "speech.cancelled" not in kinds(events)
     assert barge_in.short_bursts == 1 and barge_in.cancels == 0
+    await barge_in.aclose()
+    await speech.aclose()
+
+
+async def test_the_callers_stream_says_how_long_it_spoke_not_when_the_stop_came() -> None:
+    """The VAD says "stopped" only after its minimum silence (400 ms here): a 200 ms
+    cough's stop arrives 600 ms after its start, past min_speech, and must still resume;
+    a 500 ms phrase's stop cancels at once; no stop by min_speech + 400 ms cancels."""
+    at_16k = 16  # samples per ms
+    speech, barge_in, clock, events = await setup(BargeInMode.PAUSE, stop_delay_ms=400)
+    pts = [0]
+    play(speech, 10, pts)
+    barge_in.voice_activity(VoiceActivity("caller", True, 1000 * at_16k, 0.0))
+    await clock.advance(0.6)  # past min_speech, not past min_speech + the VAD's delay
+    assert kinds(events)[-1] == "speech.paused"
+    barge_in.voice_activity(VoiceActivity("caller", False, 1200 * at_16k, 600.0))
+    assert kinds(events)[-1] == "speech.resumed" and barge_in.short_bursts == 1
+
+    barge_in.voice_activity(VoiceActivity("caller", True, 5000 * at_16k, 700.0))
+    await clock.advance(0.5)
+    barge_in.voice_activity(VoiceActivity("caller", False, 5500 * at_16k, 1600.0))
+    assert kinds(events)[-1] == "speech.cancelled" and barge_in.cancels == 1
+    await barge_in.aclose()
+    await speech.aclose()
+
+    speech, barge_in, clock, events = await setup(BargeInMode.PAUSE, stop_delay_ms=400)
+    play(speech, 10, [0])
+    barge_in.voice_activity(VoiceActivity("caller", True, 0, 0.0))
+    await clock.advance(0.799)
+    assert kinds(events)[-1] == "speech.paused"
+    await clock.advance(0.002)  # no stop within min_speech + 400 ms: it lasted min_speech
+    assert kinds(events)[-1] == "speech.cancelled"
     await barge_in.aclose()
     await speech.aclose()
 
