@@ -14,6 +14,7 @@ from media_server.audio.encoder import StreamEncoder
 from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.link.adaptor import AudioDecision, merged
+from media_server.listening.caller_audio import CallerAudioSink
 from media_server.log_context import log_context
 from media_server.playout.pacer import Pacer
 from media_server.playout.stats import LATENESS_WINDOW_FRAMES, PacingStats
@@ -125,6 +126,8 @@ class Room:
         )
         self.listeners: dict[str, ListenerSession] = {}
         self.bots: dict[str, Member] = {}
+        self.caller_sinks: list[CallerAudioSink] = []
+        """Told every caller's frames and voice activity (listening bots, barge-in)."""
         self._pacer_task: asyncio.Task[None] | None = None
         self.closed = False
 
@@ -228,6 +231,14 @@ class Room:
             self.speech.queue.cancel(bot.identity, everyone=False)
             self._announce(ParticipantLeft, bot.identity, Role.BOT)
             self._log_member("left", member_id, bot.identity, Role.BOT, "bot disconnected")
+
+    def add_caller_sink(self, sink: CallerAudioSink) -> None:
+        if sink not in self.caller_sinks:
+            self.caller_sinks.append(sink)
+
+    def remove_caller_sink(self, sink: CallerAudioSink) -> None:
+        if sink in self.caller_sinks:
+            self.caller_sinks.remove(sink)
 
     def _log_member(
         self, what: str, member_id: str, identity: str, role: Role, reason: str | None = None
