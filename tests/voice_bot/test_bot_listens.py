@@ -1,0 +1,235 @@
+"""A bot that hears the room's callers: a real app, real bots over the WebSocket, a real
+aiortc listener. The callers' media path is another part's: these tests hand the room's
+caller sinks synthetic frames and voice activity, as that path does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import WSMsgType
+from aiohttp.test_utils import TestClient
+
+from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
+from media_server.config import Settings
+from media_server.listening.caller_audio import INPUT_FRAME_SAMPLES, CallerFrame, VoiceActivity
+from media_server.rooms.room import Room
+from media_server.rooms.tokens import Role, TokenSigner
+from signaling.keys import MEDIA_KEY
+from signaling.routes import rooms as room_routes
+from tests.conftest import loopback_settings
+from tests.media_server.rooms.test_rooms import SPEECH_RMS, gaps, join, wait_until_heard
+from voice_bot import (
+    CallerAudio,
+    CallerSpeechStarted,
+    CallerSpeechStopped,
+    Heard,
+    RoomBot,
+)
+from voice_bot.hearing import FRAME_HEADER
+
+SECRET = "bot-listens-secret-0123456789"
+LONG_TEXT = (
+    "This reply goes on for a while, so that the room is still speaking to its listener "
+    "while a bot that has stopped reading is being cut off, and nobody hears a gap. "
+) * 3
+
+pytestmark = [pytest.mark.loopback, pytest.mark.slow]
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return loopback_settings(token_secret=SECRET)
+
+
+@pytest.fixture
+def signer() -> TokenSigner:
+    return TokenSigner(SECRET.encode())
+
+
+def url(client: TestClient) -> str:
+    return str(client.make_url("")).rstrip("/")
+
+
+def room_of(client: TestClient, name: str = "hall") -> Room:
+    return client.app[MEDIA_KEY].rooms.rooms[name]
+
+
+def pcm(participant: int, n: int) -> bytes:
+    """A frame anyone can recognise: its samples are its number and its caller's."""
+    samples = np.full(INPUT_FRAME_SAMPLES, participant * 1000 + n, dtype="<i2")
+    return samples.tobytes()
+
+
+def send_frame(room: Room, frame: CallerFrame) -> None:
+    """What the callers' media path does with each decoded 20 ms."""
+    for sink in list(room.caller_sinks):
+        sink.caller_frame(frame)
+
+
+def send_activity(room: Room, activity: VoiceActivity) -> None:
+    for sink in list(room.caller_sinks):
+        sink.voice_activity(activity)
+
+
+async def heard_until(bot: RoomBot, done: int) -> list[Heard]:
+    """What the bot hears until ``done`` CallerSpeechStopped."""
+    heard: list[Heard] = []
+    async with asyncio.timeout(10):
+        async for item in bot.caller_audio():
+            heard.append(item)
+            if sum(isinstance(h, CallerSpeechStopped) for h in heard) == done:
+                return heard
+    raise AssertionError(f"the connection ended after {heard}")
+
+
+async def test_a_listening_bot_hears_each_callers_frames_and_voice_activity(
+    client: TestClient, http: aiohttp.ClientSession, signer: TokenSigner
+) -> None:
+    async with (
+        RoomBot(url(client), "hall", signer.issue("hall", Role.BOT, "agent"), listen=True) as bot,
+        RoomBot(url(client), "hall", signer.issue("hall", Role.BOT, "deaf")) as deaf,
+    ):
+        room = room_of(client)
+        caller = await join(client, http, signer, "hall", "carol", Role.SPEAKER)
+        assert caller.location is not None
+        carol = caller.location.rsplit("/", 1)[1]  # her member id in the room
+        assert len(room.caller_sinks) == 1
+        send_activity(room, VoiceActivity(carol, True, 0, 1000.0))
+        for n in range(10):
+            send_frame(room, CallerFrame(carol, n * INPUT_FRAME_SAMPLES, pcm(1, n)))
+            if n < 3:  # a second caller, with a gap (lost packets) after its first frame
+                send_frame(room, CallerFrame("ghost", n * 2 * INPUT_FRAME_SAMPLES, pcm(2, n)))
+        send_activity(room, VoiceActivity(carol, False, 10 * INPUT_FRAME_SAMPLES, 1200.0))
+        heard = await heard_until(bot, 1)
+        assert heard[0] == CallerSpeechStarted(carol, 0, 1000.0)
+        assert heard[-1] == CallerSpeechStopped(carol, 10 * INPUT_FRAME_SAMPLES, 1200.0)
+        audio = [h for h in heard if isinstance(h, CallerAudio)]
+        assert [(a.position, a.pcm) for a in audio if a.participant == carol] == [
+            (n * INPUT_FRAME_SAMPLES, pcm(1, n)) for n in range(10)
+        ]
+        assert [(a.position, a.pcm) for a in audio if a.participant == "ghost"] == [
+            (n * 2 * INPUT_FRAME_SAMPLES, pcm(2, n)) for n in range(3)
+        ]
+        assert len(audio) == 13  # nothing dropped, nothing else
+        assert bot.identities == {carol: "carol", "ghost": "ghost"}
+
+        # off: nothing queued for it any more; on again: the next frame, same index
+        await bot.listen(False)
+        assert room.caller_sinks == []
+        send_frame(room, CallerFrame(carol, 10 * INPUT_FRAME_SAMPLES, pcm(1, 10)))
+        await bot.listen(True)
+        send_frame(room, CallerFrame(carol, 11 * INPUT_FRAME_SAMPLES, pcm(1, 11)))
+        send_activity(room, VoiceActivity(carol, False, 12 * INPUT_FRAME_SAMPLES, 1300.0))
+        again = await heard_until(bot, 1)
+        assert again[0] == CallerAudio(carol, 11 * INPUT_FRAME_SAMPLES, pcm(1, 11))
+        assert len(again) == 2
+
+        # the bot that did not ask heard nothing (not even of a participant)
+        utterance = await deaf.say("Hi.")
+        assert (await deaf.wait_for("speech.done", utterance))["owner"] == "deaf"
+        assert deaf.identities == {}
+        await caller.close(http)
+    assert room.caller_sinks == []
+
+
+async def test_bad_listen_messages_get_an_error_and_the_socket_stays_up(
+    client: TestClient, signer: TokenSigner
+) -> None:
+    token = signer.issue("hall", Role.BOT, "agent")
+    async with client.ws_connect(f"/rooms/hall/bot?token={token}") as ws:
+        assert (await ws.receive_json())["type"] == "ready"
+        for bad, field in [
+            ({"type": "input.listen"}, "'audio'"),
+            ({"type": "input.listen", "audio": "yes"}, "'audio'"),
+            ({"type": "input.listen", "audio": True, "format": "opus"}, "'format'"),
+        ]:
+            await ws.send_json(bad)
+            error = await ws.receive_json(timeout=5)
+            assert error["type"] == "error" and error["error"] == "invalid_request"
+            assert field in error["message"] and "input.listen" in error["solution"]
+        assert room_of(client).caller_sinks == []
+        await ws.send_json({"type": "input.listen", "audio": True})
+        assert await ws.receive_json(timeout=5) == {"type": "input.listening", "audio": True}
+        assert len(room_of(client).caller_sinks) == 1
+    async with asyncio.timeout(5):  # the room closes with its last member
+        while "hall" in client.app[MEDIA_KEY].rooms.rooms:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_bot_that_stops_reading_loses_audio_then_is_cut_off_and_the_room_plays_on(
+    client: TestClient,
+    http: aiohttp.ClientSession,
+    signer: TokenSigner,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(room_routes, "BOT_STALL_CUTOFF_S", 3.0)
+    listener = await join(client, http, signer, "hall", "guest")
+    room = room_of(client)
+    token = signer.issue("hall", Role.BOT, "slowpoke")
+    async with (
+        RoomBot(url(client), "hall", signer.issue("hall", Role.BOT, "host")) as host,
+        client.ws_connect(f"/rooms/hall/bot?token={token}") as slow,
+    ):
+        assert (await slow.receive_json())["type"] == "ready"
+        await slow.send_json({"type": "input.listen", "audio": True})
+        while (await slow.receive_json(timeout=5))["type"] != "input.listening":
+            pass
+        (connection,) = [b for b in room.bots.values() if b.identity == "slowpoke"]
+        assert isinstance(connection, room_routes.BotConnection)
+        underruns_before = room.speech.underruns
+        skipped_before = room.pacer.stats.skipped_frames
+        long = await host.say(LONG_TEXT)
+        started = await host.wait_for("speech.started", long)
+
+        # From now on the slow bot reads nothing, while a caller talks to it far faster
+        # than real time: its socket fills, its queue fills, its oldest audio goes.
+        pushed = 0
+        async with asyncio.timeout(40):
+            while not connection.cut_off:
+                for _ in range(100):
+                    send_frame(room, CallerFrame("caller-1", pushed * 320, pcm(1, pushed % 1000)))
+                    pushed += 1
+                await asyncio.sleep(FRAME_MS / 1000)
+        assert connection.feed.dropped_frames > 0
+
+        # it reads again: what was on its way, its drop reports, the error, the close
+        frames: list[int] = []
+        events: list[dict[str, Any]] = []
+        async with asyncio.timeout(room_routes.BOT_CLOSE_WAIT_S):
+            while (msg := await slow.receive()).type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if msg.type == WSMsgType.BINARY:
+                    frames.append(FRAME_HEADER.unpack_from(msg.data)[2])
+                else:
+                    events.append(json.loads(msg.data))
+        assert msg.type == WSMsgType.CLOSE and msg.data == 1008, msg
+        assert frames == sorted(frames) and len(frames) < pushed
+        dropped = [e for e in events if e["type"] == "input.audio_dropped"]
+        assert dropped and all(e["participant"] == "caller-1" for e in dropped)
+        assert sum(e["frames"] for e in dropped) == connection.feed.dropped_frames
+        assert sum(e["ms"] for e in dropped) == connection.feed.dropped_frames * 20
+        assert events[-1]["type"] == "error" and events[-1]["error"] == "not_reading"
+        assert events.index(dropped[-1]) < len(events) - 1  # told before it is cut off
+        async with asyncio.timeout(5):
+            while connection in room.bots.values():
+                await asyncio.sleep(0.01)
+        assert room.caller_sinks == []
+
+        # the room never waited: its listener heard every frame of the speech so far
+        await host.cancel()
+        cancelled = await host.wait_for("speech.cancelled", long)
+        start, end = started["stream_ts"], cancelled["end_ts"]
+        await wait_until_heard([listener], end)
+        skipped = room.pacer.stats.skipped_frames - skipped_before
+        assert room.speech.underruns == underruns_before
+        positions = sorted(listener.room_frames(start, end))
+        assert len(positions) >= cancelled["played_ms"] // FRAME_MS - skipped
+        assert gaps(positions) <= skipped
+        rms = listener.room_frames(start, end).values()
+        assert np.mean(list(rms)) > SPEECH_RMS
+        assert (end - start) // FRAME_SAMPLES > 3 * 1000 // FRAME_MS  # it spoke through it all
+    await listener.close(http)
