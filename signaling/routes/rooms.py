@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from typing import Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -41,6 +43,10 @@ BOT_STALL_CUTOFF_S: Final = 10.0
 while) is cut off: it is not reading, and the room must not keep anything for it."""
 BOT_CLOSE_WAIT_S: Final = 5.0
 """How long a bot being cut off gets to take its ``error`` and close frame."""
+BOT_SEND_BUFFER_BYTES: Final = 64 * 1024
+"""The kernel's send buffer for a bot's socket (Linux doubles it): about 2 s of one
+caller's audio. Left to autotuning it grows to megabytes, minutes of stale audio
+queued behind a slow bot before the feed's own bound drops anything."""
 
 routes = web.RouteTableDef()
 
@@ -238,6 +244,13 @@ def bot_not_reading(stall_s: float) -> ClientLimit:
     )
 
 
+def _bound_send_buffer(transport: asyncio.Transport | None) -> None:
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BOT_SEND_BUFFER_BYTES)
+
+
 @routes.get("/rooms/{room}/bot")
 async def join_as_bot(request: web.Request) -> web.WebSocketResponse:
     media = request.app[MEDIA_KEY]
@@ -250,6 +263,7 @@ async def join_as_bot(request: web.Request) -> web.WebSocketResponse:
         max_msg_size=BOT_MAX_MESSAGE_BYTES,
         protocols=ws_protocols(request),
     )
+    _bound_send_buffer(request.transport)
     bot = BotConnection(ws, claims, voice, room, request.transport)
     bot.send_event(RoomReady(name, claims.identity, room.synthesis.engine.name, room.roster()))
     try:
@@ -273,8 +287,14 @@ async def join_as_bot(request: web.Request) -> web.WebSocketResponse:
     finally:
         bot.listen(False, announce=False)
         room.remove_bot(member_id)
-        if writer is not None and bot.cut_off:
-            await asyncio.wait([writer])  # telling the bot why, for BOT_CLOSE_WAIT_S at most
-        await cancel_and_wait(writer)
-        await media.release_room(room)
+        # aiohttp cancels this handler once the socket is closed, maybe while it waits
+        # here: the writer is still ended and the room still released
+        try:
+            if writer is not None and bot.cut_off:
+                await asyncio.wait([writer])  # telling the bot why, BOT_CLOSE_WAIT_S at most
+        finally:
+            try:
+                await cancel_and_wait(writer)
+            finally:
+                await media.release_room(room)
     return ws

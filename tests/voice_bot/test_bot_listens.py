@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 import aiohttp
@@ -63,6 +64,14 @@ def pcm(participant: int, n: int) -> bytes:
     """A frame anyone can recognise: its samples are its number and its caller's."""
     samples = np.full(INPUT_FRAME_SAMPLES, participant * 1000 + n, dtype="<i2")
     return samples.tobytes()
+
+
+def small_socket(addr_info: Any) -> socket.socket:
+    """A bot's socket whose kernel buffers fill in a second of audio, not a minute."""
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    return sock
 
 
 def send_frame(room: Room, frame: CallerFrame) -> None:
@@ -173,7 +182,8 @@ async def test_a_bot_that_stops_reading_loses_audio_then_is_cut_off_and_the_room
     token = signer.issue("hall", Role.BOT, "slowpoke")
     async with (
         RoomBot(url(client), "hall", signer.issue("hall", Role.BOT, "host")) as host,
-        client.ws_connect(f"/rooms/hall/bot?token={token}") as slow,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(socket_factory=small_socket)) as own,
+        own.ws_connect(f"{url(client)}/rooms/hall/bot?token={token}") as slow,
     ):
         assert (await slow.receive_json())["type"] == "ready"
         await slow.send_json({"type": "input.listen", "audio": True})
@@ -186,12 +196,12 @@ async def test_a_bot_that_stops_reading_loses_audio_then_is_cut_off_and_the_room
         long = await host.say(LONG_TEXT)
         started = await host.wait_for("speech.started", long)
 
-        # From now on the slow bot reads nothing, while a caller talks to it far faster
-        # than real time: its socket fills, its queue fills, its oldest audio goes.
+        # From now on the slow bot reads nothing, while a caller talks to it ten times
+        # faster than real time: its socket fills, its queue fills, its oldest audio goes.
         pushed = 0
         async with asyncio.timeout(40):
             while not connection.cut_off:
-                for _ in range(100):
+                for _ in range(10):
                     send_frame(room, CallerFrame("caller-1", pushed * 320, pcm(1, pushed % 1000)))
                     pushed += 1
                 await asyncio.sleep(FRAME_MS / 1000)
