@@ -150,8 +150,12 @@ class BotConnection:
         return self.claims.identity
 
     def _identity_of(self, participant: str) -> str:
-        member = self.room.listeners.get(participant)
-        return member.identity if member is not None else participant
+        """A caller's identity from the id its audio is tagged with (its ``member`` id,
+        or its listener id); the id itself for a participant no longer in the room."""
+        for listener_id, listener in self.room.listeners.items():
+            if participant in (listener_id, getattr(listener, "member", None)):
+                return listener.identity
+        return participant
 
     def send_event(self, event: Event) -> None:
         self.send_text(event.to_json())

