@@ -18,6 +18,10 @@ API_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 LOG_FORMATS = ("text", "json")
 """``log_format``: lines for a terminal, or one JSON object per line for a log shipper."""
 
+BARGE_IN_MODES = ("off", "cancel", "pause")
+"""``barge_in``: what a caller's voice does to a room's speech (docs/protocol.md, Barge-in)."""
+MAX_BARGE_IN_MIN_SPEECH_MS = 5000
+
 MAX_DEFAULT_ENCODE_WORKERS = 4
 """Encode threads when ``encode_workers`` is not set and more CPUs are available."""
 MAX_DEFAULT_SYNTHESIS_WORKERS = 4
@@ -100,6 +104,16 @@ class Settings:
     """Request bodies and WebSocket messages, sustained (bursts of 4 s worth)."""
     max_rooms: int = 100
     max_room_participants: int = 50
+    max_callers_per_room: int = 4
+    """Members of a room whose microphone the server takes (``caller`` tokens); each
+    costs a decode, a resample and a VAD. 0: no callers."""
+    vad_threshold: float = 0.5
+    """The VAD score (0..1) a 16 ms window needs to count as speech; while the caller
+    speaks, windows down to 0.15 below it still count (hysteresis)."""
+    vad_min_speech_ms: int = 150
+    """Speech this long, unbroken, starts a caller's ``speaking`` (shorter: a click)."""
+    vad_min_silence_ms: int = 400
+    """Silence this long ends it (shorter: a pause between words)."""
     direct_rtp: bool = True
     """Write RTP from the pacer's tick (:mod:`media_server.rtc.rtp_writer`) instead of
     through aiortc's per-track sender task; off only to compare the two."""
@@ -128,6 +142,12 @@ class Settings:
     """``speech.started`` carries ``timings``: when the utterance's text arrived and
     each stage reached its first output, in ms of this machine's ``time.monotonic()``
     (for benchmarks on the same machine; off by default, it exposes server internals)."""
+    barge_in: str = "pause"
+    """A room's speech when a caller speaks over it: ``off``, ``cancel`` (once the caller
+    has spoken ``barge_in_min_speech_ms``) or ``pause`` (at once; then cancel, or resume
+    after a shorter burst). A bot may change it for its room."""
+    barge_in_min_speech_ms: int = 400
+    """How long a caller must speak for barge-in to cancel the room's speech."""
     opus: OpusSettings = field(default_factory=OpusSettings)
 
     def __post_init__(self) -> None:
@@ -146,6 +166,7 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1")
         for name in (
             "max_pending_sessions_per_client",
+            "max_callers_per_room",
             "max_syntheses_per_client",
             "max_sockets_per_client",
             "client_upload_bytes_per_s",
@@ -177,6 +198,15 @@ class Settings:
             raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
         if not 0 <= self.drain_timeout_s < float("inf"):  # also refuses NaN
             raise ConfigError("drain_timeout_s must be 0 (no drain) or positive, and finite")
+        if not 0 < self.vad_threshold < 1:  # also refuses NaN
+            raise ConfigError("vad_threshold must be between 0 and 1 (exclusive)")
+        for name in ("vad_min_speech_ms", "vad_min_silence_ms"):
+            if not 1 <= getattr(self, name) <= 10_000:
+                raise ConfigError(f"{name} must be 1..10000")
+        if self.barge_in not in BARGE_IN_MODES:
+            raise ConfigError(f"barge_in must be one of {', '.join(BARGE_IN_MODES)}")
+        if not 0 <= self.barge_in_min_speech_ms <= MAX_BARGE_IN_MIN_SPEECH_MS:
+            raise ConfigError(f"barge_in_min_speech_ms must be 0..{MAX_BARGE_IN_MIN_SPEECH_MS}")
         if not -20 <= self.loop_nice <= 19:
             raise ConfigError("loop_nice must be -20..19")
         for name in (

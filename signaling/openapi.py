@@ -69,7 +69,8 @@ ROOM_PATHS: dict[str, Any] = {
     "/rooms/{room}/whep": {
         "parameters": _path_params("room"),
         "post": {
-            "summary": "Join a room as a listener (WHEP); a speaker token may also talk",
+            "summary": "Join a room as a listener (WHEP); a speaker token may also talk, "
+            "a caller token also sends its microphone (sendrecv)",
             "requestBody": {"required": True, **_SDP},
             "responses": {
                 "201": {"description": "SDP answer; Location names the listener"}

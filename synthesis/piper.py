@@ -102,6 +102,7 @@ class PiperEngine:
             spoken = piece + "," if cut_in_clause else piece
             with self._phonemize_lock:
                 sentences = self._voice.phonemize(spoken)
+            text: str | None = piece  # named on the piece's first chunk
             for phonemes in sentences:
                 if cancel.is_set():
                     return
@@ -113,7 +114,8 @@ class PiperEngine:
                 if audio.size == 0:
                     continue
                 pcm = np.clip(audio * (VOICE_GAIN * PEAK_INT16), -PEAK_INT16, PEAK_INT16)
-                yield AudioChunk(pcm.astype(np.int16), self._sample_rate_hz)
+                yield AudioChunk(pcm.astype(np.int16), self._sample_rate_hz, text)
+                text = None
 
     def close(self) -> None:
         self._voice = None

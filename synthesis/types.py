@@ -20,6 +20,11 @@ class AudioChunk:
     sample_rate_hz: int
     """Sample rate of ``pcm`` in Hertz."""
 
+    text: str | None = None
+    """The part of the request's text this chunk speaks, where the engine knows it
+    (Piper: the piece of :func:`~synthesis.text.split_text` it renders, on the piece's
+    first chunk); None: it goes on with the text of the chunks before it."""
+
     @property
     def duration_s(self) -> float:
         return len(self.pcm) / self.sample_rate_hz

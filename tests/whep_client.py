@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 
 @dataclass
@@ -38,6 +38,7 @@ class WhepClient:
     _event_queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     _reader: asyncio.Task[None] | None = None
     _opened: asyncio.Event = field(default_factory=asyncio.Event)
+    answer_sdp: str = ""
 
     async def connect(
         self,
@@ -48,14 +49,19 @@ class WhepClient:
         *,
         end_of_candidates: bool = True,
         before_answer: Callable[[str], Awaitable[None]] | None = None,
+        microphone: MediaStreamTrack | None = None,
     ) -> None:
         """Offer, POST, apply the answer, wait for the data channel.
 
         Without ``end_of_candidates`` the offer leaves that line out, as a browser's
         does, so the server's ICE agent takes what is trickled; ``before_answer`` runs
-        with the session's location between the POST and applying the answer.
+        with the session's location between the POST and applying the answer. With a
+        ``microphone`` the audio is offered ``sendrecv`` with that track (a caller).
         """
-        self.pc.addTransceiver("audio", direction="recvonly")
+        if microphone is None:
+            self.pc.addTransceiver("audio", direction="recvonly")
+        else:
+            self.pc.addTransceiver(microphone, direction="sendrecv")
         self.channel = self.pc.createDataChannel("control")
         self.channel.on("open", self._opened.set)
         self.channel.on("message", self._on_message)
@@ -76,6 +82,7 @@ class WhepClient:
             answer = await resp.text()
         if before_answer is not None:
             await before_answer(self.location)
+        self.answer_sdp = answer
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         await asyncio.wait_for(self._opened.wait(), 10)
 

@@ -188,6 +188,13 @@ class RoomBot:
         """Stop this bot's speech now and drop what it has queued."""
         await self._send({"type": "cancel"})
 
+    async def barge_in(self, mode: str | None = None, min_speech_ms: int | None = None) -> Event:
+        """Set what a caller speaking over the room does (``off``, ``cancel``, ``pause``;
+        a field left None keeps its value); returns the room's setting (``barge_in``)."""
+        fields = {"mode": mode, "min_speech_ms": min_speech_ms}
+        await self._send({"type": "barge_in", **{k: v for k, v in fields.items() if v is not None}})
+        return await self.wait_for("barge_in")
+
     async def close(self) -> None:
         if self._ws is not None:
             await self._ws.close()

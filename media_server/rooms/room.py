@@ -15,12 +15,16 @@ from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.link.adaptor import AudioDecision, merged
 from media_server.listening.caller_audio import CallerAudioSink
+from media_server.listening.caller_input import CallerInput
+from media_server.listening.sinks import CallerSinks
 from media_server.log_context import log_context
 from media_server.playout.pacer import Pacer
 from media_server.playout.stats import LATENESS_WINDOW_FRAMES, PacingStats
 from media_server.rooms.fanout import FanOut
 from media_server.rooms.tokens import Claims, Role
 from media_server.rtc.client import PeerClient
+from media_server.rtc.inbound import InboundAudio
+from media_server.speech.barge_in import BargeIn, BargeInPolicy
 from media_server.speech.events import (
     ErrorEvent,
     Event,
@@ -55,6 +59,19 @@ class RoomFull(ServerBusy):
             None,
             f"room {room!r} already has {limit} participants",
             "retry later, or raise VMS_MAX_ROOM_PARTICIPANTS",
+            retry_after_s=RETRY_AFTER_S,
+        )
+        self.limit = limit
+
+
+class TooManyCallers(ServerBusy):
+    default_code = "too_many_callers"
+
+    def __init__(self, room: str, limit: int) -> None:
+        super().__init__(
+            None,
+            f"room {room!r} already has {limit} callers",
+            "retry later, join as a listener or speaker, or raise VMS_MAX_CALLERS_PER_ROOM",
             retry_after_s=RETRY_AFTER_S,
         )
         self.limit = limit
@@ -126,10 +143,14 @@ class Room:
         )
         self.listeners: dict[str, ListenerSession] = {}
         self.bots: dict[str, Member] = {}
-        self.caller_sinks: list[CallerAudioSink] = []
-        """Told every caller's frames and voice activity (listening bots, barge-in)."""
+        self.caller_sinks = CallerSinks()
+        """Told every caller's frames and voice activity (bots that listen, barge-in)."""
         self._pacer_task: asyncio.Task[None] | None = None
         self.closed = False
+
+        self.barge_in = BargeIn(self.speech, clock, BargeInPolicy.of(settings))
+        """Callers speaking over the room pause or cancel its speech."""
+        self.add_caller_sink(self.barge_in)
 
     def links_changed(self) -> None:
         """A listener's link (or the set of listeners) changed: the one encoder codes for
@@ -156,14 +177,23 @@ class Room:
             self.pacer.run(), name=f"room-pacer-{self.name}"
         )
 
-    def _check_capacity(self) -> None:
+    def _check_capacity(self, role: Role | None = None) -> None:
         if self.participants >= self.settings.max_room_participants:
             raise RoomFull(self.name, self.settings.max_room_participants)
+        limit = self.settings.max_callers_per_room
+        if role is Role.CALLER and len(self.callers) >= limit:
+            raise TooManyCallers(self.name, limit)
+
+    @property
+    def callers(self) -> list[ListenerSession]:
+        """Members whose microphone the server takes."""
+        return [lst for lst in self.listeners.values() if lst.claims.role is Role.CALLER]
 
     def roster(self) -> list[dict[str, str]]:
+        """Who is in the room; a caller's entry also has the ``member`` id its audio
+        frames and voice activity carry."""
         return [{"identity": b.identity, "role": Role.BOT.value} for b in self.bots.values()] + [
-            {"identity": listener.identity, "role": listener.claims.role.value}
-            for listener in self.listeners.values()
+            listener.roster_entry() for listener in self.listeners.values()
         ]
 
     def stats(self) -> dict[str, Any]:
@@ -173,6 +203,10 @@ class Room:
             "participants": self.roster(),
             "speaking": self.speech.speaking,
             "queued_utterances": self.speech.pending,
+            "callers": [
+                {"identity": c.identity, **c.caller.stats()} for c in self.callers if c.caller
+            ],
+            "barge_in": self.barge_in.stats(),
             **self.pacer.stats.snapshot().as_dict(),
         }
 
@@ -189,7 +223,7 @@ class Room:
     ) -> tuple[ListenerSession, str]:
         """Negotiate a listener; ``client`` and ``credential`` as for 1:1 sessions
         (:meth:`SessionRegistry.create <media_server.sessions.registry.SessionRegistry.create>`)."""
-        self._check_capacity()
+        self._check_capacity(claims.role)
         listener_id = secrets.token_urlsafe(12)
         with log_context(room=self.name, listener=listener_id):  # for its tasks' log lines
             listener = ListenerSession(listener_id, self, claims, request_close)
@@ -203,7 +237,7 @@ class Room:
             self.listeners.pop(listener_id, None)
             await listener.aclose()
             raise
-        self._announce(ParticipantJoined, listener.identity, claims.role)
+        self.broadcast(ParticipantJoined(listener.identity, claims.role.value, listener.member))
         self._log_member("joined", listener_id, listener.identity, claims.role)
         return listener, answer
 
@@ -213,7 +247,9 @@ class Room:
             return False
         with log_context(**listener.log_ids):
             await listener.aclose()
-        self._announce(ParticipantLeft, listener.identity, listener.claims.role)
+        self.broadcast(
+            ParticipantLeft(listener.identity, listener.claims.role.value, listener.member)
+        )
         self._log_member("left", listener_id, listener.identity, listener.claims.role, reason)
         return True
 
@@ -231,14 +267,6 @@ class Room:
             self.speech.queue.cancel(bot.identity, everyone=False)
             self._announce(ParticipantLeft, bot.identity, Role.BOT)
             self._log_member("left", member_id, bot.identity, Role.BOT, "bot disconnected")
-
-    def add_caller_sink(self, sink: CallerAudioSink) -> None:
-        if sink not in self.caller_sinks:
-            self.caller_sinks.append(sink)
-
-    def remove_caller_sink(self, sink: CallerAudioSink) -> None:
-        if sink in self.caller_sinks:
-            self.caller_sinks.remove(sink)
 
     def _log_member(
         self, what: str, member_id: str, identity: str, role: Role, reason: str | None = None
@@ -280,6 +308,15 @@ class Room:
     ) -> None:
         self.broadcast(kind(identity, role.value))
 
+    # -- callers' audio ------------------------------------------------------------
+
+    def add_caller_sink(self, sink: CallerAudioSink) -> None:
+        """``sink`` is told every caller's frames and voice activity from now on."""
+        self.caller_sinks.add(sink)
+
+    def remove_caller_sink(self, sink: CallerAudioSink) -> None:
+        self.caller_sinks.remove(sink)
+
     # -- speech -------------------------------------------------------------------
 
     def handle(self, message: ClientMessage, talker: Talker, *, cancel_everyone: bool) -> None:
@@ -292,10 +329,13 @@ class Room:
         if self.closed:
             return
         self.closed = True
+        self.remove_caller_sink(self.barge_in)  # callers leaving below must not wake it
+        await self.barge_in.aclose()
         await cancel_and_wait(self._pacer_task)
         for listener_id in list(self.listeners):
             await self.remove_listener(listener_id, "room closed")
         await self.speech.aclose()
+        self.caller_sinks.clear()
 
 
 class ListenerSession(PeerClient):
@@ -303,7 +343,9 @@ class ListenerSession(PeerClient):
 
     With a ``speaker`` token it may also send text and ``cancel`` (which stops
     everyone's speech: a person barging in); with a ``listener`` token it only
-    receives events.
+    receives events. A ``caller`` is a speaker whose microphone the server takes: its
+    decoded audio goes to the room's caller-audio sinks as :class:`CallerFrame` and
+    :class:`VoiceActivity`, tagged with its :attr:`member` id.
     """
 
     def __init__(
@@ -313,11 +355,24 @@ class ListenerSession(PeerClient):
         claims: Claims,
         request_close: Callable[[str, str], None],
     ) -> None:
+        caller = claims.role is Role.CALLER
         super().__init__(
-            listener_id, room.settings, room.clock, request_close, metrics=room.metrics
+            listener_id,
+            room.settings,
+            room.clock,
+            request_close,
+            metrics=room.metrics,
+            receive_audio=caller,
         )
         self.room = room
         self.claims = claims
+        self.member = secrets.token_urlsafe(9) if caller else None
+        """A caller's id in the room (not its listener id: that names its WHEP resource)."""
+        self.caller = (
+            None
+            if self.member is None
+            else CallerInput(self.member, room.caller_sinks, room.settings)
+        )
         self.talker = Talker(
             claims.identity, claims.voice, room.settings, room.clock, admit=room.admit
         )
@@ -332,6 +387,16 @@ class ListenerSession(PeerClient):
         await self._transport_ready()
         self.room.fanout.add(self.track, on_first=self._joined_at)
         await asyncio.Event().wait()
+
+    def roster_entry(self) -> dict[str, str]:
+        entry = {"identity": self.identity, "role": self.claims.role.value}
+        if self.member is not None:
+            entry["member"] = self.member
+        return entry
+
+    async def _run_inbound(self, inbound: InboundAudio) -> None:
+        if self.caller is not None:
+            await self.caller.run(inbound)
 
     def _joined_at(self, pts: int) -> None:
         self.send_event(
@@ -361,11 +426,11 @@ class ListenerSession(PeerClient):
         self.last_activity = self._clock.now()
         try:
             message = parse_client_message(raw, limits=self.talker.limits)
-            if self.claims.role is not Role.SPEAKER:
+            if self.claims.role not in (Role.SPEAKER, Role.CALLER):
                 raise Forbidden(
                     "forbidden",
                     f"a {self.claims.role.value} token cannot send text or cancel",
-                    "join with a 'speaker' token to talk in this room",
+                    "join with a 'speaker' or 'caller' token to talk in this room",
                 )
             self.room.handle(message, self.talker, cancel_everyone=True)
         except ClientError as exc:

@@ -26,6 +26,9 @@ class Role(StrEnum):
     """A listener that may also send text and cancel over its data channel."""
     BOT = "bot"
     """Speaks into the room over the bot WebSocket."""
+    CALLER = "caller"
+    """A speaker whose microphone the server takes: its offer's audio is answered
+    ``sendrecv`` and its voice reaches the room's caller-audio sinks (bots, barge-in)."""
 
 
 @dataclass(frozen=True, slots=True)

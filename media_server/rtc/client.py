@@ -12,6 +12,7 @@ from media_server.clock import Clock
 from media_server.config import Settings
 from media_server.link.adaptor import AudioDecision, AudioNetworkAdaptor, LinkReport
 from media_server.log_context import current_log_ids, log_context
+from media_server.rtc.inbound import InboundAudio
 from media_server.rtc.peer import PeerSession
 from media_server.rtc.reports import ReportReader
 from media_server.rtc.track import EncodedAudioTrack
@@ -52,8 +53,12 @@ class PeerClient(abc.ABC):
         request_close: CloseRequest,
         *,
         metrics: ServerMetrics | None = None,
+        receive_audio: bool = False,
     ) -> None:
         self.client_id = client_id
+        self._receive_audio = receive_audio
+        """Answer a ``sendrecv`` offer ``sendrecv`` and read the client's audio
+        (:meth:`_run_inbound`); otherwise the client may only listen."""
         self._metrics = metrics
         self._settings = settings
         self._clock = clock
@@ -92,11 +97,17 @@ class PeerClient(abc.ABC):
 
     async def start(self, offer_sdp: str) -> str:
         """Negotiate and start; returns the answer SDP (raises ``OfferError``)."""
-        answer = await self.peer.answer(offer_sdp, self.track)
+        answer = await self.peer.answer(offer_sdp, self.track, receive=self._receive_audio)
         self._spawn(self._watch_connect(), "connect-timeout")
         self._spawn(self._run_media(), "media")
         self._spawn(self._follow_link(), "link")
+        if self.peer.inbound is not None:
+            self._spawn(self._run_inbound(self.peer.inbound), "inbound")
         return answer
+
+    async def _run_inbound(self, inbound: InboundAudio) -> None:  # noqa: B027 - optional
+        """Read the client's audio until it ends or the client closes (only for a client
+        made with ``receive_audio`` whose offer sends audio)."""
 
     @property
     def ice_etag(self) -> str:

@@ -45,6 +45,7 @@ from media_server.rtc.ice_restart import (
     RestartRefused,
     RestartUnsupported,
 )
+from media_server.rtc.inbound import InboundAudio
 from media_server.rtc.offer import MAX_MEDIA_SECTIONS, check_offer
 from media_server.rtc.red import answer_with_red, offered_red
 from media_server.rtc.rtp_writer import RtpWriter
@@ -130,6 +131,9 @@ class PeerSession:
         )
         self.pc = RTCPeerConnection(configuration=config)
         self.channel: RTCDataChannel | None = None
+        self.inbound: InboundAudio | None = None
+        """The client's audio, where :meth:`answer` was asked to receive it and the
+        offer sends it."""
         self._unsent: deque[str] = deque(maxlen=MAX_UNSENT_MESSAGES)
         self._remote_ufrag: str | None = None
         self._past_ufrags: deque[str] = deque(maxlen=MAX_PAST_ICE_GENERATIONS)
@@ -178,8 +182,15 @@ class PeerSession:
         while self._unsent and channel is not None and channel.readyState == "open":
             channel.send(self._unsent.popleft())
 
-    async def answer(self, offer_sdp: str, track: MediaStreamTrack) -> str:
-        """Apply the offer, attach ``track`` to its audio transceiver, return the answer SDP."""
+    async def answer(
+        self, offer_sdp: str, track: MediaStreamTrack, *, receive: bool = False
+    ) -> str:
+        """Apply the offer, attach ``track`` to its audio transceiver, return the answer SDP.
+
+        With ``receive`` (a caller), a ``sendrecv`` audio offer is answered ``sendrecv``
+        and :attr:`inbound` reads what the client sends; otherwise the answer is
+        ``sendonly``.
+        """
         check_offer(offer_sdp)
         # the offer's own candidates go the same way as trickled ones: checked, and counted
         # (each m= section may list them again, so the lines are bounded once per section)
@@ -203,10 +214,11 @@ class PeerSession:
         if not audio:
             raise OfferError("the offer has no usable audio section", "offer an audio transceiver")
         self.pc.addTrack(track)
-        # Always answer sendonly: for a sendrecv offer this keeps the client from
-        # sending microphone audio that nothing here would read (aiortc would
-        # queue it without bound).
-        audio[0].direction = "sendonly"
+        # Answer sendonly unless this client's audio is read: for a sendrecv offer this
+        # keeps the client from sending microphone audio that nothing here would read
+        # (aiortc would decode it and queue it without bound). A recvonly offer makes
+        # even a receiving answer sendonly (aiortc ANDs the two directions).
+        audio[0].direction = "sendrecv" if receive else "sendonly"
         try:
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
@@ -218,15 +230,21 @@ class PeerSession:
                 "offer one recvonly audio transceiver and at most one data channel, "
                 "as RTCPeerConnection.createOffer() does",
             ) from exc
+        if receive and audio[0].currentDirection == "sendrecv":
+            self.inbound = InboundAudio(audio[0].receiver.track)
         ufrag = re.search(r"^a=ice-ufrag:(\S+)", offer_sdp, re.MULTILINE)
         self._remote_ufrag = ufrag.group(1) if ufrag else None
         return self._with_red(offer_sdp, str(self.pc.localDescription.sdp), audio[0])
 
     def _with_red(self, offer_sdp: str, answer_sdp: str, audio: RTCRtpTransceiver) -> str:
-        """The answer, taking the offer's RED over the negotiated Opus where there is one."""
+        """The answer, taking the offer's RED over the negotiated Opus where there is one.
+
+        Not where the client's audio is read: RED in a ``sendrecv`` answer lets the
+        browser send RED too, which aiortc's receiver cannot unpack (its packets would
+        be dropped); that client's downlink keeps in-band FEC."""
         codecs = getattr(audio, "_codecs", None) or []
         opus = codecs[0] if codecs and codecs[0].mimeType.lower() == "audio/opus" else None
-        if not self._red or opus is None or opus.payloadType is None:
+        if not self._red or self.inbound is not None or opus is None or opus.payloadType is None:
             return answer_sdp
         red = offered_red(offer_sdp, opus.payloadType)
         if red is None:
@@ -410,6 +428,7 @@ class PeerSession:
             return
         self._released = True
         self.channel = None
+        self.inbound = None
         self._unsent.clear()
         # the owner's callbacks point back at it: drop them, so nothing is cyclic
         self._on_message = _ignore_message

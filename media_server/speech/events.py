@@ -97,6 +97,42 @@ class SpeechCancelled(Event):
     stream_ts: int | None = None
     end_ts: int | None = None
     owner: str | None = None
+    heard_text: str | None = None
+    """The words of it that were played (paced speech only; see ``Transcript``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechPaused(Event):
+    """A caller spoke over it (barge-in): silence goes out from the next frame, and it
+    resumes where it stopped or is cancelled."""
+
+    kind: ClassVar[str] = "speech.paused"
+    always: ClassVar[frozenset[str]] = frozenset({"stream_ts", "end_ts"})
+    id: str
+    played_ms: int
+    heard_text: str
+    stream_ts: int | None = None
+    end_ts: int | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechResumed(Event):
+    """The caller's voice was too short to interrupt: it plays on from where it paused."""
+
+    kind: ClassVar[str] = "speech.resumed"
+    id: str
+    played_ms: int
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BargeInSet(Event):
+    """To a bot that sent ``barge_in``: the room's barge-in from now on."""
+
+    kind: ClassVar[str] = "barge_in"
+    mode: str
+    min_speech_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +158,8 @@ class ParticipantJoined(Event):
     kind: ClassVar[str] = "participant.joined"
     identity: str
     role: str
+    member: str | None = None
+    """A caller's id in the room: what its audio frames and voice activity carry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +167,8 @@ class ParticipantLeft(Event):
     kind: ClassVar[str] = "participant.left"
     identity: str
     role: str
+    member: str | None = None
+    """A caller's id in the room: what its audio frames and voice activity carry."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,10 @@ from media_server.audio.budget import EncodeBudget
 from media_server.audio.encoder import StreamEncoder, UtteranceEncoder, leading_silence
 from media_server.audio.executor import DeadlineExecutor
 from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
+from media_server.speech.events import SpeechPaused, SpeechResumed
 from media_server.speech.meter import UtteranceMeter
 from media_server.speech.queue import EventSink, Utterance, UtteranceQueue, monotonic_ms
+from media_server.speech.transcript import Transcript
 from media_server.tasks import cancel_and_wait
 from media_server.telemetry.metrics import ServerMetrics, SpeechKind
 from synthesis import Engine, SynthesisService
@@ -80,6 +82,7 @@ class PacedSpeech:
         kind: SpeechKind = SpeechKind.SESSION,
     ) -> None:
         self._synthesis = synthesis
+        self._on_event = on_event
         self._engine = synthesis.engine
         self._encoder = encoder
         self._encode_executor = encode_executor
@@ -100,6 +103,9 @@ class PacedSpeech:
         self._task: asyncio.Task[None] | None = None
         self.underruns = 0
         self._held = False
+        self._paused: Utterance | None = None
+        """The utterance :meth:`pause` stopped (barge-in), until :meth:`resume`."""
+        self._pausing = False
         self._played: deque[bytes] = deque(maxlen=MAX_REWIND_FRAMES)
         """The head utterance's last frames sent, for :meth:`hold` to send again."""
         self._played_of: Utterance | None = None
@@ -178,6 +184,51 @@ class PacedSpeech:
     def held(self) -> bool:
         return self._held
 
+    def pause(self) -> Utterance | None:
+        """Stop playing where it is, without rewinding (a caller barging in): silence goes
+        out, so the RTP stream stays continuous, until :meth:`resume`. The utterance at the
+        head of the queue gets ``speech.paused`` and is returned (None: nothing queued)."""
+        if self._pausing:
+            return self._paused
+        self._pausing = True
+        paused = self._paused = self.queue.head
+        if paused is not None:
+            self._log(paused, "paused")
+            self._on_event(
+                SpeechPaused(
+                    paused.utterance_id,
+                    paused.played_ms,
+                    paused.heard_text or "",
+                    paused.first_pts,
+                    paused.end_pts,
+                    paused.owner,
+                )
+            )
+        return paused
+
+    def resume(self) -> None:
+        """Play on after :meth:`pause`, from the frame after the last one sent; the paused
+        utterance gets ``speech.resumed`` unless it has been cancelled meanwhile."""
+        if not self._pausing:
+            return
+        paused, self._paused, self._pausing = self._paused, None, False
+        if paused is not None and not paused.cancelled and paused is self.queue.head:
+            self._log(paused, "resumed")
+            self._on_event(SpeechResumed(paused.utterance_id, paused.played_ms, paused.owner))
+
+    def _log(self, utterance: Utterance, what: str) -> None:
+        logger.debug(
+            "utterance %s %s (%d ms played)",
+            utterance.utterance_id,
+            what,
+            utterance.played_ms,
+            extra={"event": f"utterance.{what}", "utterance": utterance.utterance_id},
+        )
+
+    @property
+    def paused(self) -> bool:
+        return self._pausing
+
     async def aclose(self) -> None:
         self.queue.close()
         self._buffered = 0
@@ -188,7 +239,7 @@ class PacedSpeech:
     # -- playout (called by the pacer once per tick) --------------------------
 
     def next_payload(self, pts: int) -> bytes | None:
-        if self._held:
+        if self._held or self._pausing:
             return None
         while (utterance := self.queue.head) is not None:
             if not utterance.started and not utterance.ready_to_start:
@@ -261,6 +312,8 @@ class PacedSpeech:
     async def _produce(self, utterance: Utterance) -> None:
         rate = self._engine.sample_rate_hz
         utterance.source_rate_hz = rate
+        transcript = utterance.transcript = Transcript()
+        transcript.rate_hz = rate
         encoder = UtteranceEncoder(self._encoder, rate, self._encode_budget)
         speed = utterance.request.speed
         stretcher = None
@@ -280,6 +333,7 @@ class PacedSpeech:
                 utterance.trimmed_samples += drop
                 pcm = pcm[drop:]
                 heard = pcm.size > 0
+            transcript.add_audio(int(pcm.size))
             start = 0
             while start < pcm.size:
                 if encoder.input_samples == 0:
@@ -301,6 +355,7 @@ class PacedSpeech:
 
         continuation = False
         while (piece := await utterance.next_piece()) is not None:
+            transcript.begin_piece(piece)
             request = dataclasses.replace(utterance.request, text=piece)
             stream = await self._synthesis.open(
                 request,
@@ -316,11 +371,13 @@ class PacedSpeech:
                     if utterance.timings.first_chunk_ms is None:
                         utterance.timings.first_chunk_ms = monotonic_ms()
                     utterance.source_samples += int(chunk.pcm.size)
+                    transcript.begin_chunk(chunk.text)
                     pcm = chunk.pcm if stretcher is None else stretcher.process(chunk.pcm)
                     if utterance.cancelled or not await encode(pcm):
                         return
             finally:
                 await stream.aclose()
+            transcript.end_piece()
         if utterance.cancelled:
             return
         if stretcher is not None and not await encode(stretcher.flush()):

@@ -28,6 +28,7 @@ from media_server.speech.events import (
     SpeechStarted,
 )
 from media_server.speech.meter import UtteranceMeter
+from media_server.speech.transcript import Transcript
 from synthesis import ClientError, SynthesisRequest
 from synthesis.text import TextAccumulator
 
@@ -125,12 +126,21 @@ class Utterance:
     """Near-silence cut from the start, so speech starts sooner."""
     source_rate_hz: int = 0
     timings: UtteranceTimings = field(default_factory=UtteranceTimings)
+    transcript: Transcript | None = None
+    """Its text lined up with its audio (paced sink), for ``heard_text``."""
 
     @property
     def played_ms(self) -> int:
         if self.frames_played or not self.source_rate_hz:
             return self.frames_played * FRAME_MS
         return round(1000 * self.sent_samples / self.source_rate_hz)
+
+    @property
+    def heard_text(self) -> str | None:
+        """The words of it played so far (None: not started, or no transcript kept)."""
+        if self.transcript is None or not self.started:
+            return None
+        return self.transcript.heard(self.played_ms)
 
     @property
     def source_ms(self) -> float:
@@ -329,6 +339,7 @@ class UtteranceQueue:
                     utterance.first_pts,
                     utterance.end_pts,
                     utterance.owner,
+                    utterance.heard_text,
                 )
             )
         if cancelled and self._on_cancelled is not None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -14,7 +14,8 @@ from media_server import Claims, ListenerSession, Role, Room, RoomFull
 from media_server.listening.bot_feed import LISTEN_TYPE, BotFeed, listen_request
 from media_server.listening.events import InputListening
 from media_server.rooms.registry import ROOM_NAME
-from media_server.speech.events import ErrorEvent, Event, RoomReady
+from media_server.speech.barge_in import BARGE_IN_TYPE, barge_in_request
+from media_server.speech.events import BargeInSet, ErrorEvent, Event, RoomReady
 from media_server.speech.protocol import binary_refused, decode_message, parse_client_message
 from media_server.speech.talker import Talker
 from media_server.tasks import cancel_and_wait
@@ -73,7 +74,7 @@ def _claims(request: web.Request, room: str, roles: set[Role]) -> Claims:
 @routes.post("/rooms/{room}/whep")
 async def join_as_listener(request: web.Request) -> web.Response:
     name = _room_name(request)
-    claims = _claims(request, name, {Role.LISTENER, Role.SPEAKER})
+    claims = _claims(request, name, {Role.LISTENER, Role.SPEAKER, Role.CALLER})
     offer = await read_sdp(request)
     listener, answer = await request.app[MEDIA_KEY].join_listener(
         name,
@@ -228,10 +229,20 @@ class BotConnection:
             if data.get("type") == LISTEN_TYPE:
                 self.listen(listen_request(data))
                 return
+            if data.get("type") == BARGE_IN_TYPE:
+                self.set_barge_in(data)
+                return
             message = parse_client_message(raw, limits=self.talker.limits)
             self.room.handle(message, self.talker, cancel_everyone=False)
         except ClientError as exc:
             self.refuse(exc)
+
+    def set_barge_in(self, data: dict[str, Any]) -> None:
+        """The room's barge-in, from now on and for everyone in it: the bot decides."""
+        barge_in = self.room.barge_in
+        policy = barge_in_request(data, barge_in.policy)
+        barge_in.configure(policy)
+        self.send_event(BargeInSet(policy.mode.value, policy.min_speech_ms))
 
     def refuse(self, exc: ClientError) -> None:
         """An ``error`` event; counted when it is a refusal (a limit, not a mistake)."""

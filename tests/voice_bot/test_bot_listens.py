@@ -19,7 +19,6 @@ from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
 from media_server.config import Settings
 from media_server.listening.caller_audio import (
     INPUT_FRAME_SAMPLES,
-    CallerAudioSink,
     CallerFrame,
     VoiceActivity,
 )
@@ -79,22 +78,13 @@ def small_socket(addr_info: Any) -> socket.socket:
     return sock
 
 
-def sinks(room: Room) -> list[CallerAudioSink]:
-    """The room's caller-audio sinks: a list here; once caller-in's ``CallerSinks`` is
-    merged, that object is itself the one sink the callers' media path tells."""
-    held: Any = room.caller_sinks
-    return [held] if hasattr(held, "caller_frame") else list(held)
-
-
 def send_frame(room: Room, frame: CallerFrame) -> None:
-    """What the callers' media path does with each decoded 20 ms."""
-    for sink in sinks(room):
-        sink.caller_frame(frame)
+    """What a caller's media path does with each decoded 20 ms."""
+    room.caller_sinks.caller_frame(frame)
 
 
 def send_activity(room: Room, activity: VoiceActivity) -> None:
-    for sink in sinks(room):
-        sink.voice_activity(activity)
+    room.caller_sinks.voice_activity(activity)
 
 
 async def heard_until(bot: RoomBot, done: int) -> list[Heard]:
@@ -119,7 +109,7 @@ async def test_a_listening_bot_hears_each_callers_frames_and_voice_activity(
         caller = await join(client, http, signer, "hall", "carol", Role.SPEAKER)
         assert caller.location is not None
         carol = caller.location.rsplit("/", 1)[1]  # her member id in the room
-        assert len(room.caller_sinks) == 1
+        sinks_listening = len(room.caller_sinks)  # the bot's, and the room's barge-in
         send_activity(room, VoiceActivity(carol, True, 0, 1000.0))
         for n in range(10):
             send_frame(room, CallerFrame(carol, n * INPUT_FRAME_SAMPLES, pcm(1, n)))
@@ -141,7 +131,7 @@ async def test_a_listening_bot_hears_each_callers_frames_and_voice_activity(
 
         # off: nothing queued for it any more; on again: the next frame, same index
         await bot.listen(False)
-        assert len(room.caller_sinks) == 0
+        assert len(room.caller_sinks) == sinks_listening - 1
         send_frame(room, CallerFrame(carol, 10 * INPUT_FRAME_SAMPLES, pcm(1, 10)))
         await bot.listen(True)
         send_frame(room, CallerFrame(carol, 11 * INPUT_FRAME_SAMPLES, pcm(1, 11)))
@@ -155,7 +145,6 @@ async def test_a_listening_bot_hears_each_callers_frames_and_voice_activity(
         assert (await deaf.wait_for("speech.done", utterance))["owner"] == "deaf"
         assert deaf.identities == {}
         await caller.close(http)
-    assert len(room.caller_sinks) == 0
 
 
 async def test_bad_listen_messages_get_an_error_and_the_socket_stays_up(
@@ -173,10 +162,10 @@ async def test_bad_listen_messages_get_an_error_and_the_socket_stays_up(
             error = await ws.receive_json(timeout=5)
             assert error["type"] == "error" and error["error"] == "invalid_request"
             assert field in error["message"] and "input.listen" in error["solution"]
-        assert len(room_of(client).caller_sinks) == 0
+        sinks = len(room_of(client).caller_sinks)  # the room's barge-in, if any
         await ws.send_json({"type": "input.listen", "audio": True})
         assert await ws.receive_json(timeout=5) == {"type": "input.listening", "audio": True}
-        assert len(room_of(client).caller_sinks) == 1
+        assert len(room_of(client).caller_sinks) == sinks + 1
     async with asyncio.timeout(5):  # the room closes with its last member
         while "hall" in client.app[MEDIA_KEY].rooms.rooms:
             await asyncio.sleep(0.01)
@@ -198,6 +187,7 @@ async def test_a_bot_that_stops_reading_loses_audio_then_is_cut_off_and_the_room
         own.ws_connect(f"{url(client)}/rooms/hall/bot?token={token}") as slow,
     ):
         assert (await slow.receive_json())["type"] == "ready"
+        sinks = len(room.caller_sinks)
         await slow.send_json({"type": "input.listen", "audio": True})
         while (await slow.receive_json(timeout=5))["type"] != "input.listening":
             pass
@@ -239,7 +229,7 @@ async def test_a_bot_that_stops_reading_loses_audio_then_is_cut_off_and_the_room
         async with asyncio.timeout(5):
             while connection in room.bots.values():
                 await asyncio.sleep(0.01)
-        assert len(room.caller_sinks) == 0
+        assert len(room.caller_sinks) == sinks
 
         # the room never waited: its listener heard every frame of the speech so far
         await host.cancel()

@@ -102,6 +102,7 @@ async def test_cancel_silences_the_next_tick_and_reports_played_time() -> None:
             "played_ms": 12 * FRAME_MS,
             "stream_ts": 0,
             "end_ts": 12 * 960,
+            "heard_text": "",  # 240 ms cannot have said the whole word "long"
         },
         {"type": "speech.cancelled", "id": "b", "played_ms": 0, "stream_ts": None, "end_ts": None},
     ]
