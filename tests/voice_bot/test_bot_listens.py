@@ -26,7 +26,10 @@ from media_server.rooms.room import Room
 from media_server.rooms.tokens import Role, TokenSigner
 from signaling.keys import MEDIA_KEY
 from signaling.routes import rooms as room_routes
+from synthesis import Engine
 from tests.conftest import loopback_settings
+from tests.media_server.listening.speech import rms, spoken
+from tests.media_server.listening.test_callers import MIC_RATE_HZ, Microphone, member
 from tests.media_server.rooms.test_rooms import SPEECH_RMS, gaps, join, wait_until_heard
 from voice_bot import (
     CallerAudio,
@@ -87,10 +90,10 @@ def send_activity(room: Room, activity: VoiceActivity) -> None:
     room.caller_sinks.voice_activity(activity)
 
 
-async def heard_until(bot: RoomBot, done: int) -> list[Heard]:
+async def heard_until(bot: RoomBot, done: int, wait_s: float = 10) -> list[Heard]:
     """What the bot hears until ``done`` CallerSpeechStopped."""
     heard: list[Heard] = []
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(wait_s):
         async for item in bot.caller_audio():
             heard.append(item)
             if sum(isinstance(h, CallerSpeechStopped) for h in heard) == done:
@@ -250,3 +253,36 @@ async def test_a_bot_that_stops_reading_loses_audio_then_is_cut_off_and_the_room
         assert np.mean(list(rms)) > SPEECH_RMS
         assert (end - start) // FRAME_SAMPLES > 3 * 1000 // FRAME_MS  # it spoke through it all
     await listener.close(http)
+
+
+async def test_a_bot_hears_a_real_callers_sentence(
+    client: TestClient, http: aiohttp.ClientSession, signer: TokenSigner, piper_engine: Engine
+) -> None:
+    """End to end: an aiortc caller's microphone plays a Piper sentence; the bot gets
+    its 16 kHz PCM, with the same energy, and voice activity around the speech."""
+    sentence = spoken(piper_engine, MIC_RATE_HZ)
+    lead = np.zeros(int(0.6 * MIC_RATE_HZ), np.int16)
+    tail = np.zeros(int(1.2 * MIC_RATE_HZ), np.int16)
+    mic = Microphone(np.concatenate([lead, sentence, tail]).astype(np.int16))
+    async with RoomBot(
+        url(client), "hall", signer.issue("hall", Role.BOT, "agent"), listen=True
+    ) as bot:
+        caller, auth = member(client, signer, "hall", Role.CALLER, "caller")
+        await caller.connect(http, path="/rooms/hall/whep", headers=auth, microphone=mic)
+        heard = await heard_until(bot, 1, wait_s=20)
+        await caller.close(http)
+    (participant,) = bot.identities
+    assert bot.identities[participant] == "caller"
+    audio = [h for h in heard if isinstance(h, CallerAudio)]
+    activity = [h for h in heard if not isinstance(h, CallerAudio)]
+    assert [type(a) for a in activity] == [CallerSpeechStarted, CallerSpeechStopped]
+    assert all(h.participant == participant for h in heard)
+    positions = [a.position for a in audio]
+    assert positions == sorted(set(positions)) and all(len(a.pcm) == 640 for a in audio)
+    pcm = {a.position: np.frombuffer(a.pcm, np.int16) for a in audio}
+    start, end = lead.size // 3, (lead.size + sentence.size) // 3  # in 16 kHz samples
+    speech = np.concatenate([p for pos, p in pcm.items() if start <= pos < end])
+    assert rms(speech) > 0.5 * rms(sentence)
+    assert speech.size >= 0.9 * (end - start)  # loopback loses next to nothing
+    began, stopped = (a.position for a in activity)
+    assert start - 1600 <= began < (start + end) // 2 < stopped <= end + 8000
