@@ -151,10 +151,10 @@ class BotConnection:
         return self.claims.identity
 
     def _identity_of(self, participant: str) -> str:
-        """A caller's identity from the id its audio is tagged with (its ``member`` id,
-        or its listener id); the id itself for a participant no longer in the room."""
-        for listener_id, listener in self.room.listeners.items():
-            if participant in (listener_id, getattr(listener, "member", None)):
+        """A caller's identity from the ``member`` id its audio is tagged with; the id
+        itself for a participant no longer in the room."""
+        for listener in self.room.listeners.values():
+            if listener.member == participant:
                 return listener.identity
         return participant
 
