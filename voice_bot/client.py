@@ -12,6 +12,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from voice_bot.hearing import Heard, Hearing
+
 logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
@@ -35,6 +37,10 @@ class RoomBot:
     (``speech.started`` / ``speech.done`` / ``speech.cancelled``,
     ``participant.joined`` / ``participant.left``, ``error``) arrives through
     :meth:`events` or :meth:`wait_for`.
+
+    With ``listen=True`` (or :meth:`listen`) the bot also hears the room's callers:
+    :meth:`caller_audio` yields their 20 ms frames of 16 kHz PCM and their voice
+    activity (the ``input.*`` events go there, not to :meth:`events`).
     """
 
     def __init__(
@@ -45,6 +51,7 @@ class RoomBot:
         *,
         voice: str | None = None,
         session: aiohttp.ClientSession | None = None,
+        listen: bool = False,
     ) -> None:
         self._url = f"{base_url.rstrip('/')}/rooms/{quote(room, safe='')}/bot"
         self._params = {"voice": voice} if voice else {}
@@ -56,6 +63,8 @@ class RoomBot:
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
+        self._listen = listen
+        self._hearing = Hearing()
         self.ready: Event = {}
 
     async def __aenter__(self) -> RoomBot:
@@ -87,6 +96,8 @@ class RoomBot:
             ) from exc
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="room-bot-reader")
         self.ready = await self.wait_for("ready")
+        if self._listen:
+            await self.listen()
         return self.ready
 
     async def _read(self) -> None:
@@ -94,9 +105,16 @@ class RoomBot:
         try:
             async for msg in self._ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
-                    self._events.put_nowait(msg.json())
+                    event = msg.json()
+                    if str(event.get("type", "")).startswith("input."):
+                        self._hearing.event(event)
+                    else:
+                        self._events.put_nowait(event)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    self._hearing.frame(msg.data)
         finally:
             self._events.put_nowait(None)  # the connection ended
+            self._hearing.close()
 
     async def events(self) -> AsyncIterator[Event]:
         """Every event from the room, until the connection closes."""
@@ -114,6 +132,35 @@ class RoomBot:
                 if event.get("type") == kind and utterance_id in (None, event.get("id")):
                     return event
         raise BotError({"error": "closed", "message": "the connection closed", "solution": ""})
+
+    async def listen(self, audio: bool = True, wait_s: float = 10.0) -> None:
+        """Turn hearing the callers on (or off); returns once the server confirms."""
+        self._hearing.answered.clear()
+        await self._send({"type": "input.listen", "audio": audio})
+        try:
+            async with asyncio.timeout(wait_s):
+                await self._hearing.answered.wait()
+        except TimeoutError:
+            raise BotError(
+                {
+                    "error": "no_answer",
+                    "message": f"the server did not confirm input.listen within {wait_s:g} s",
+                    "solution": "check for an error event; does the server support listening?",
+                }
+            ) from None
+
+    async def caller_audio(self) -> AsyncIterator[Heard]:
+        """What the bot hears, in order, until the connection closes:
+        :class:`~voice_bot.hearing.CallerAudio` frames,
+        :class:`~voice_bot.hearing.CallerSpeechStarted` / ``CallerSpeechStopped``, and
+        :class:`~voice_bot.hearing.CallerAudioDropped` when audio was lost to slow reading."""
+        while (item := await self._hearing.get()) is not None:
+            yield item
+
+    @property
+    def identities(self) -> dict[str, str]:
+        """Participant id → identity, for every caller heard so far."""
+        return dict(self._hearing.identities)
 
     async def _send(self, message: Event) -> None:
         if self._ws is None or self._ws.closed:
