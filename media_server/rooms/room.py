@@ -113,6 +113,8 @@ class Room:
         admit: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self.encode_budget = encode_budget
+        """Callers' audio processing counts against it too (the loop's media CPU)."""
         self.metrics = metrics
         """Shared with its listeners' peers (RTCP, link decisions, ICE restarts)."""
         self.admit = admit
@@ -373,7 +375,9 @@ class ListenerSession(PeerClient):
         self.caller = (
             None
             if self.member is None
-            else CallerInput(self.member, room.caller_sinks, room.settings)
+            else CallerInput(
+                self.member, room.caller_sinks, room.settings, budget=room.encode_budget
+            )
         )
         self.talker = Talker(
             claims.identity, claims.voice, room.settings, room.clock, admit=room.admit
