@@ -403,6 +403,14 @@ class MediaServer:
             encode_budget_cores=self._budget.budget_cores,
             opus_complexity=self._budget.complexity,
             draining=self.draining,
+            callers_speaking=sum(
+                1
+                for room in self.rooms.rooms.values()
+                for member in room.listeners.values()
+                if member.caller is not None
+                and member.caller.stream is not None
+                and member.caller.stream.speaking
+            ),
         )
 
     def health(self) -> dict[str, object]:

@@ -151,7 +151,11 @@ class Room:
         self.closed = False
 
         self.barge_in = BargeIn(
-            self.speech, clock, BargeInPolicy.of(settings), settings.vad_min_silence_ms
+            self.speech,
+            clock,
+            BargeInPolicy.of(settings),
+            settings.vad_min_silence_ms,
+            metrics=metrics,
         )
         """Callers speaking over the room pause or cancel its speech."""
         self.add_caller_sink(self.barge_in)

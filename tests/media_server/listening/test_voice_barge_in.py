@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
 from media_server.config import Settings
 from media_server.rooms.tokens import Role, TokenSigner
+from signaling.keys import MEDIA_KEY
 from synthesis import Engine
 from tests.conftest import loopback_settings
 from tests.media_server.listening.speech import spoken
@@ -70,6 +71,12 @@ def script(speech: npt.NDArray[np.int16]) -> Microphone:
     return Microphone(np.concatenate([lead, speech, tail]).astype(np.int16))
 
 
+def barge_ins(client: TestClient, outcome: str) -> float:
+    """``vms_barge_ins_total{outcome}`` as ``GET /metrics`` would show it."""
+    registry = client.app[MEDIA_KEY].metrics.registry
+    return registry.get_sample_value("vms_barge_ins_total", {"outcome": outcome}) or 0.0
+
+
 async def call(
     client: TestClient, http: aiohttp.ClientSession, signer: TokenSigner, mic: Microphone
 ) -> Listener:
@@ -117,6 +124,7 @@ async def test_a_caller_talking_over_the_room_pauses_then_cancels_it(
     after = listener.room_frames(stop + 2 * FRAME_SAMPLES, stop + 40 * FRAME_SAMPLES)
     assert len(after) >= 30 and max(after.values()) < SILENT_RMS
     assert room(client).barge_in.stats()["cancels"] == 1
+    assert barge_ins(client, "cancelled") == 1 and barge_ins(client, "resumed") == 0
     await caller.close(http)
     await listener.close(http)
 
@@ -149,5 +157,6 @@ async def test_a_short_burst_from_the_caller_resumes_the_reply(
     assert abs(done["duration_ms"] - made_ms) <= FRAME_MS + 1  # the whole reply played
     await wait_until_heard([listener], done["end_ts"])
     assert room(client).barge_in.stats()["short_bursts"] == 1
+    assert barge_ins(client, "resumed") == 1 and barge_ins(client, "cancelled") == 0
     await caller.close(http)
     await listener.close(http)
