@@ -406,10 +406,8 @@ class MediaServer:
             callers_speaking=sum(
                 1
                 for room in self.rooms.rooms.values()
-                for member in room.listeners.values()
-                if member.caller is not None
-                and member.caller.stream is not None
-                and member.caller.stream.speaking
+                for member in room.callers
+                if member.caller is not None and member.caller.speaking
             ),
         )
 

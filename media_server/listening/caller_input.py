@@ -69,6 +69,11 @@ class CallerInput:
         finally:
             stream.finish()
 
+    @property
+    def speaking(self) -> bool:
+        """The caller's voice is on now (its VAD)."""
+        return self.stream is not None and self.stream.speaking
+
     def stats(self) -> dict[str, Any]:
         """``receiving``: its audio was negotiated; then its frames and voice activity."""
         stream = self.stream

@@ -4,6 +4,7 @@ pauses, then cancels or resumes, and a real listener hears exactly that."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -103,6 +104,7 @@ async def test_a_caller_talking_over_the_room_pauses_then_cancels_it(
     caller = await call(client, http, signer, script(caller_sentence))
 
     paused = await bot_event(bot, "speech.paused")
+    assert client.app[MEDIA_KEY].load().callers_speaking == 1  # vms_callers_speaking
     cancelled = await bot_event(bot, "speech.cancelled")  # it spoke for over 400 ms
     assert paused["id"] == cancelled["id"] == "long"
     assert cancelled["played_ms"] == paused["played_ms"]
@@ -125,6 +127,9 @@ async def test_a_caller_talking_over_the_room_pauses_then_cancels_it(
     assert len(after) >= 30 and max(after.values()) < SILENT_RMS
     assert room(client).barge_in.stats()["cancels"] == 1
     assert barge_ins(client, "cancelled") == 1 and barge_ins(client, "resumed") == 0
+    async with asyncio.timeout(10):  # the caller's sentence ends: its VAD stops
+        while client.app[MEDIA_KEY].load().callers_speaking:
+            await asyncio.sleep(0.05)
     await caller.close(http)
     await listener.close(http)
 
