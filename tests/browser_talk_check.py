@@ -150,6 +150,68 @@ async def _mics_live(page: Any) -> int:
     return live
 
 
+async def _restart_ice(page: Any, app: Any, ears: BotEars) -> str:
+    """``pc.restartIce()`` while talking, as the page does itself when its network changes:
+    the caller's audio must reach the bot over the new path."""
+    from signaling.keys import MEDIA_KEY
+    from tests.browser_check import _transport, _wait_for_event
+
+    before = await _transport(page)
+    await page.evaluate("window.__peers.at(-1).restartIce()")
+    await _wait_for_event(page, "ice", 10, contains="answered with new credentials")
+    deadline = time.monotonic() + 5
+    after = await _transport(page)
+    while time.monotonic() < deadline and not (
+        after["ufrag"] != before["ufrag"] and after["ice"] == "connected"
+    ):
+        await asyncio.sleep(0.1)
+        after = await _transport(page)
+    if after["ufrag"] == before["ufrag"] or after["ice"] != "connected":
+        raise CheckFailed(f"ICE restart did not complete: before {before}, after {after}")
+    frames = ears.frames
+    deadline = time.monotonic() + 5
+    while ears.frames < frames + 50 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    if ears.frames < frames + 50:
+        raise CheckFailed(f"the bot got {ears.frames - frames} frames after the ICE restart")
+    (caller,) = app[MEDIA_KEY].rooms.rooms[ROOM].callers
+    ice = caller.ice_stats()
+    if ice["ice_restarts"] != 1 or ice["ice_restarts_failed"] != 0:
+        raise CheckFailed(f"the server did not complete one restart: {ice}")
+    return (
+        f"ufrag {before['ufrag']} -> {after['ufrag']}, DTLS {after['dtls']}, the bot got "
+        f"{ears.frames - frames} frames after it; server: {ice['ice_restart_checks_ms']} ms checks"
+    )
+
+
+async def _refusals(page: Any) -> dict[str, str]:
+    """Talk without a room, and with the microphone denied: the page says why, no peer."""
+    from tests.browser_check import _wait_for_event
+
+    results: dict[str, str] = {}
+    room = await page.input_value("#room")
+    await page.fill("#room", "")
+    await page.click("#talk")
+    results["Talk without a room"] = (await _wait_for_event(page, "talk", 5, "no room"))["text"]
+    await page.fill("#room", room)
+    await page.evaluate(
+        """() => {
+            navigator.mediaDevices.getUserMedia = async () => {
+                throw new DOMException('Permission denied', 'NotAllowedError');
+            };
+        }"""
+    )
+    await page.click("#talk")
+    denied = await _wait_for_event(page, "microphone", 5, "NotAllowedError")
+    if "allow the microphone" not in denied["text"]:
+        raise CheckFailed(f"a denied microphone without a solution: {denied}")
+    results["microphone denied"] = denied["text"]
+    await page.wait_for_selector("#talk:not([disabled])", timeout=5_000)
+    if await page.evaluate("window.__peers.length") != 2:  # the call and the refused one
+        raise CheckFailed("a peer connection was made without a microphone")
+    return results
+
+
 async def _log_times(page: Any) -> list[str]:
     """The page's log lines about the microphone and the room's speech, with their times."""
     lines: list[str] = await page.eval_on_selector_all(
@@ -167,7 +229,13 @@ async def _check(base_url: str, app: Any, wav: Path, screenshot: Path) -> dict[s
     from playwright.async_api import async_playwright
 
     from media_server.rooms.tokens import Role, TokenSigner
-    from tests.browser_check import CHROMIUM, CHROMIUM_ARGS, _log_entries, _wait_for_event
+    from tests.browser_check import (
+        CHROMIUM,
+        CHROMIUM_ARGS,
+        PEER_RECORDER,
+        _log_entries,
+        _wait_for_event,
+    )
     from voice_bot import RoomBot
 
     signer = TokenSigner(SECRET.encode())
@@ -192,6 +260,7 @@ async def _check(base_url: str, app: Any, wav: Path, screenshot: Path) -> dict[s
             page = await browser.new_page(viewport={"width": 1280, "height": 1000})
             page.on("pageerror", lambda exc: page_errors.append(str(exc)))
             await page.add_init_script(MIC_RECORDER)
+            await page.add_init_script(PEER_RECORDER)
             await page.goto(base_url + "/")
 
             await page.fill("#room", ROOM)
@@ -205,6 +274,7 @@ async def _check(base_url: str, app: Any, wav: Path, screenshot: Path) -> dict[s
                 raise CheckFailed(f"the bot saw no caller join: {ears.events}") from None
             if await _room_callers(app) != 1:
                 raise CheckFailed("the room does not count the page as a caller")
+            results["ICE restart while talking"] = await _restart_ice(page, app, ears)
             say_t = time.monotonic()
             said = await bot.say(BOT_TEXT)
             started_t, _ = await ears.event("speech.started", say_t, 15)
@@ -275,10 +345,11 @@ async def _check(base_url: str, app: Any, wav: Path, screenshot: Path) -> dict[s
             if (live := await _mics_live(page)) != 0:
                 raise CheckFailed(f"{live} microphone track(s) live after a refused Talk")
             results["refused Talk"] = refused["text"]
+            results.update(await _refusals(page))
 
             errors = [
                 e for e in await _log_entries(page)
-                if e["level"] == "error" and e["kind"] != REFUSED
+                if e["level"] == "error" and e["kind"] not in (REFUSED, "talk", "microphone")
             ]  # fmt: skip
             if errors:
                 raise CheckFailed(f"the page logged errors: {errors}")
