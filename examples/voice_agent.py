@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import numpy as np
 
 from voice_bot import (
@@ -74,7 +75,7 @@ def load_transcriber() -> Transcriber | None:
 def reply_to(transcript: str | None, seconds: float, now: datetime.datetime) -> str:
     """A rule-based stand-in for your language model."""
     if transcript is None:
-        return f"I heard you speak for {seconds:.1f} seconds."
+        return f"I heard you speak for {seconds:.1f} seconds. Tell me more, I am listening."
     if not transcript:
         return "Sorry, I did not catch that."
     words = transcript.lower()
@@ -117,6 +118,8 @@ class Agent:
         self._said: dict[str, str] = {}
         """Our utterance id → its text, for greetings and answers alike."""
         self._answers: set[str] = set()
+        self._cut_off: str | None = None
+        """What the caller heard of our last answer, if they cut it off."""
 
     def name(self, participant: str) -> str:
         return self.bot.identities.get(participant, participant)
@@ -164,6 +167,9 @@ class Agent:
             print(f"heard {who}: {seconds:.1f} s", flush=True)
             self.conversation.append(f"{who}: ({seconds:.1f} s of speech)")
         text = reply_to(transcript, seconds, datetime.datetime.now(datetime.UTC))
+        if self._cut_off:  # the caller stopped our last answer: say where
+            text = f"Sorry, I stopped after: {self._cut_off}. {text}"
+        self._cut_off = None
         utterance_id = await self.bot.say(text)
         self._said[utterance_id] = text
         self._answers.add(utterance_id)
@@ -184,6 +190,8 @@ class Agent:
                 heard = event.get("heard_text") or ""
                 print(f"cancelled: the caller heard {heard!r}", flush=True)
                 self.conversation.append(f"agent (cut off; you heard: {heard!r})")
+                if utterance_id in self._answers:
+                    self._cut_off = heard.rstrip(" .,;:!?")
                 self._turn_over(utterance_id)
             elif kind == "speech.done" and utterance_id in self._said:
                 self.conversation.append(f"agent: {self._said[utterance_id]}")
@@ -208,7 +216,10 @@ async def run(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with RoomBot(url, room, token, voice=voice, listen=True) as bot:
+    async with (
+        aiohttp.ClientSession() as session,  # ours: closed even if joining fails
+        RoomBot(url, room, token, voice=voice, session=session, listen=True) as bot,
+    ):
         setting = await bot.barge_in("pause", BARGE_IN_MIN_SPEECH_MS)
         how = "Whisper tiny.en" if transcriber else "speech durations (no recogniser)"
         print(
@@ -235,7 +246,13 @@ async def run(
         for task in done:
             if not task.cancelled() and (exc := task.exception()) is not None:
                 raise exc
-    print(f"left after {agent.answered} answers", flush=True)
+    closed = not (stop.is_set() or agent.finished.is_set())
+    ended = "the server closed the connection" if closed else "left"
+    print(f"{ended} after {agent.answered} answers; the conversation:", flush=True)
+    for line in agent.conversation:
+        print(f"  {line}", flush=True)
+    if closed:
+        sys.exit(1)
 
 
 def token_from_env(room: str, identity: str) -> str:

