@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,8 +165,10 @@ class Agent:
         pcm = b"".join(f.pcm for f in utterance.frames if f.position < end)
         transcript: str | None = None
         if self.transcriber is not None:
+            began = time.monotonic()
             transcript = await asyncio.to_thread(self.transcriber, pcm)
-            print(f"heard {who}: {seconds:.1f} s: {transcript!r}", flush=True)
+            took_s = time.monotonic() - began
+            print(f"heard {who}: {seconds:.1f} s: {transcript!r} ({took_s:.2f} s)", flush=True)
             self.conversation.append(f"{who}: {transcript}")
         else:
             print(f"heard {who}: {seconds:.1f} s", flush=True)
