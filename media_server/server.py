@@ -403,6 +403,12 @@ class MediaServer:
             encode_budget_cores=self._budget.budget_cores,
             opus_complexity=self._budget.complexity,
             draining=self.draining,
+            callers_speaking=sum(
+                1
+                for room in self.rooms.rooms.values()
+                for member in room.callers
+                if member.caller is not None and member.caller.speaking
+            ),
         )
 
     def health(self) -> dict[str, object]:

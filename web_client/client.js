@@ -10,6 +10,11 @@ const STALL_CHECK_MS = 250;
 const STALL_RESTART_GRACE_MS = 2000;     // then a restart's new path may take this long (Chromium gathers on the new network first)
 const MAX_RESTARTS_UNCONNECTED = 3;         // restarts in a row that did not reconnect, then give up
 const TRICKLE_TYPE = 'application/trickle-ice-sdpfrag';
+const MIC_CONSTRAINTS = { audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } };
+const MIC_METER_MS = 50;           // how often the level meter reads the microphone
+const MIC_FLOOR_DBFS = -60;        // the meter's empty end
+const MIC_SPEECH_DBFS = -42;       // above this the page calls the microphone 'speaking' (a hint only: the server's VAD decides barge-in)
+const MIC_HANGOVER_MS = 400;       // 'speaking' lasts this long past the last loud reading, so pauses between words do not flicker
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -19,6 +24,8 @@ const ui = {
   pcState: $('pc-state'), iceState: $('ice-state'), dcState: $('dc-state'),
   log: $('log'), clearLog: $('clear-log'),
   latencyStats: $('latency-stats'), rtpStats: $('rtp-stats'), serverStats: $('server-stats'),
+  talk: $('talk'), hangup: $('hangup'), micLevel: $('mic-level'), micDb: $('mic-db'),
+  micState: $('mic-state'), agentState: $('agent-state'), heard: $('heard'),
 };
 
 let pc = null;          // the current RTCPeerConnection, null when disconnected
@@ -32,6 +39,8 @@ const playing = new Set();     // ids between speech.started and speech.done / c
 const ttfa = { last: null, sum: 0, count: 0 }; // time to first audio, ms
 let lastRtp = null;     // previous inbound-rtp sample, for the bitrate
 let lastRtt = null;     // seconds, from the selected ICE candidate pair
+let mic = null;         // Talk: { stream, context, timer } while the microphone is ours
+let acquiring = false;  // Talk: waiting for the browser's microphone permission
 
 // ---------------------------------------------------------------- log & view
 
@@ -65,8 +74,10 @@ function setBadge(el, state) {
 function render() {
   const connected = pc !== null;
   const open = channel?.readyState === 'open';
-  ui.connect.disabled = connected;
+  ui.connect.disabled = connected || acquiring;
   ui.disconnect.disabled = !connected;
+  ui.talk.disabled = connected || acquiring;
+  ui.hangup.disabled = !connected || mic === null;
   ui.voice.disabled = connected;
   ui.iceServers.disabled = connected;
   ui.speak.disabled = !open;
@@ -280,8 +291,15 @@ function waitForRestartGathering(peer) {
 
 // ---------------------------------------------------------------- connect / disconnect
 
-async function connect() {
+// Listen (Connect) or, with talk, join the room as a caller: the same WHEP path, but the
+// microphone's track goes out on a sendrecv transceiver instead of a recvonly one.
+async function connect(talk = false) {
   ui.audio.play().catch(() => {}); // inside the click: unlocks autoplay for the stream to come
+  if (talk && !ui.room.value.trim()) {
+    logProblem('talk', { message: 'Talk joins a room as a caller, and no room is given',
+      solution: 'fill in Room and a caller token (voice-media-token --room NAME --role caller)' });
+    return;
+  }
   let iceServers = [];
   try {
     if (ui.iceServers.value.trim()) iceServers = JSON.parse(ui.iceServers.value);
@@ -290,11 +308,19 @@ async function connect() {
     logProblem('ICE servers', { message: err.message, solution: 'fix the JSON under Advanced, or leave it empty' });
     return;
   }
+  const stream = talk ? await openMicrophone() : null;
+  if (talk && !stream) return;
   clearStats();
   const peer = new RTCPeerConnection({ iceServers });
   pc = peer;
   const current = () => pc === peer; // false once Disconnect (or a new Connect) replaced this peer
-  peer.addTransceiver('audio', { direction: 'recvonly' });
+  if (stream) {
+    const [track] = stream.getAudioTracks();
+    peer.addTransceiver(track, { direction: 'sendrecv', streams: [stream] });
+    log('talk', `microphone "${track.label || 'default'}" on; joining as a caller`);
+  } else {
+    peer.addTransceiver('audio', { direction: 'recvonly' });
+  }
   openChannel(peer.createDataChannel('control'));
 
   peer.ontrack = (event) => {
@@ -378,6 +404,7 @@ async function connect() {
 
 function teardown() {
   clearTimeout(statsTimer);
+  closeMicrophone();
   pc?.close();
   [pc, channel, sessionUrl, sessionEtag] = [null, null, null, null];
   restartsUnconnected = 0;
@@ -402,6 +429,103 @@ async function disconnect() {
   }
   teardown();
   log('whep', 'disconnected');
+}
+
+async function hangUp() {
+  await disconnect(); // DELETE the session, then teardown() stops the microphone
+  log('talk', 'hung up: microphone off');
+}
+
+// ---------------------------------------------------------------- microphone (Talk)
+
+// The microphone with the browser's echo canceller on: the room's own speech, played by
+// this page, must not reach the server as the caller's voice (it would barge in on itself).
+async function openMicrophone() {
+  acquiring = true;
+  render();
+  try {
+    if (!navigator.mediaDevices?.getUserMedia) {
+      throw Object.assign(new Error('this page cannot use a microphone'), { name: 'NotSupported',
+        solution: 'open the page from http://localhost or over https: browsers offer the microphone only to secure origins' });
+    }
+    const stream = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
+    startMeter(stream);
+    return stream;
+  } catch (err) {
+    logProblem('microphone', {
+      error: err.name, message: err.message || 'the microphone could not be opened',
+      solution: err.solution ?? (err.name === 'NotAllowedError'
+        ? 'allow the microphone for this page (the address bar\'s site settings), then press Talk again'
+        : 'check that a microphone is connected and not used by another program'),
+    });
+    return null;
+  } finally {
+    acquiring = false;
+    render();
+  }
+}
+
+// The level meter and a local speaking hint. Members do not get the server's voice
+// activity events (only bots do); what the server decided shows as the agent's
+// speech.paused / resumed / cancelled.
+function startMeter(stream) {
+  const context = new AudioContext();
+  context.resume().catch(() => {});
+  const analyser = context.createAnalyser();
+  analyser.fftSize = 1024;
+  context.createMediaStreamSource(stream).connect(analyser);
+  const samples = new Float32Array(analyser.fftSize);
+  let loudUntil = 0;
+  const timer = setInterval(() => {
+    analyser.getFloatTimeDomainData(samples);
+    let sum = 0;
+    for (const x of samples) sum += x * x;
+    const dbfs = Math.max(MIC_FLOOR_DBFS, 10 * Math.log10(sum / samples.length + 1e-12));
+    ui.micLevel.value = (dbfs - MIC_FLOOR_DBFS) / -MIC_FLOOR_DBFS;
+    ui.micDb.textContent = `${Math.round(dbfs)} dBFS`;
+    const now = performance.now();
+    const wasSpeaking = now < loudUntil;
+    if (dbfs > MIC_SPEECH_DBFS) loudUntil = now + MIC_HANGOVER_MS;
+    const speaking = now < loudUntil;
+    if (speaking && !wasSpeaking) log('mic', `speaking (local level ${Math.round(dbfs)} dBFS)`);
+    setBadge(ui.micState, speaking ? 'speaking' : 'quiet');
+  }, MIC_METER_MS);
+  for (const track of stream.getTracks()) {
+    track.onended = () => log('mic', 'the microphone stopped (unplugged, or taken by the system)', 'warn');
+  }
+  mic = { stream, context, timer };
+  setBadge(ui.micState, 'quiet');
+}
+
+function closeMicrophone() {
+  if (!mic) return;
+  clearInterval(mic.timer);
+  for (const track of mic.stream.getTracks()) {
+    track.onended = null;
+    track.stop();
+  }
+  mic.context.close().catch(() => {});
+  mic = null;
+  ui.micLevel.value = 0;
+  ui.micDb.textContent = 'off';
+  setBadge(ui.micState, 'off');
+}
+
+// What the room's speech is doing, from its events; heard_text is what was played of it
+// before a caller's voice stopped it.
+function showAgent(event) {
+  const { type } = event;
+  if (type === 'speech.started' || type === 'speech.resumed') setBadge(ui.agentState, 'playing');
+  else if (type === 'speech.paused') setBadge(ui.agentState, 'paused');
+  else if (type === 'speech.cancelled' && event.played_ms > 0) setBadge(ui.agentState, 'cancelled');
+  else if (type === 'speech.done' && playing.size === 0) setBadge(ui.agentState, 'idle');
+  else return;
+  if ((type === 'speech.paused' || type === 'speech.cancelled') && event.heard_text != null) {
+    ui.heard.textContent = `${type === 'speech.paused' ? 'Paused' : 'Cancelled'} after ${event.played_ms} ms; `
+      + `heard: “${event.heard_text}”`;
+  } else if (type === 'speech.started') {
+    ui.heard.textContent = '';
+  }
 }
 
 // ---------------------------------------------------------------- data channel
@@ -429,9 +553,11 @@ function onServerEvent(event) {
   const { type, id } = event;
   const show = (v) => (Array.isArray(v) ? v.map((p) => p.identity ?? JSON.stringify(p)).join(',')
     : v !== null && typeof v === 'object' ? JSON.stringify(v) : v);
-  const details = Object.entries(event).filter(([k]) => k !== 'type').map(([k, v]) => `${k}=${show(v)}`).join(' ');
+  const details = Object.entries(event).filter(([k]) => k !== 'type')
+    .map(([k, v]) => `${k}=${k === 'heard_text' ? JSON.stringify(v) : show(v)}`).join(' ');
   if (type === 'speech.started') playing.add(id);
   else if (type === 'speech.done' || type === 'speech.cancelled' || type === 'error') playing.delete(id);
+  showAgent(event);
   if (type === 'speech.started') {
     const clicked = outstanding.get(id);
     if (clicked !== undefined) {
@@ -449,7 +575,7 @@ function onServerEvent(event) {
     logProblem(id ? `error (${id})` : 'error', event);
     return;
   }
-  log(type ?? 'event', details, type === 'speech.cancelled' ? 'warn' : 'info');
+  log(type ?? 'event', details, type === 'speech.cancelled' || type === 'speech.paused' ? 'warn' : 'info');
 }
 
 function send(message) {
@@ -559,7 +685,9 @@ async function updateServerStats(url) {
 
 // ---------------------------------------------------------------- wiring
 
-ui.connect.addEventListener('click', connect);
+ui.connect.addEventListener('click', () => connect(false));
+ui.talk.addEventListener('click', () => connect(true));
+ui.hangup.addEventListener('click', hangUp);
 ui.disconnect.addEventListener('click', disconnect);
 ui.speak.addEventListener('click', speak);
 ui.speed.addEventListener('input', () => { ui.speedValue.textContent = `${Number(ui.speed.value).toFixed(1)}×`; });

@@ -32,6 +32,7 @@ from media_server.listening.events import (
     InputSpeechStarted,
     InputSpeechStopped,
 )
+from media_server.telemetry.metrics import ServerMetrics
 from synthesis.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,9 @@ class BotFeed:
         *,
         max_audio_ms: int = MAX_QUEUED_AUDIO_MS,
         drop_report_interval_s: float = DROP_REPORT_INTERVAL_S,
+        metrics: ServerMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._clock = clock
         self._identity_of = identity_of
         self._max_frames = max(1, max_audio_ms // INPUT_FRAME_MS)
@@ -152,6 +155,8 @@ class BotFeed:
 
     def _dropped(self, participant: str) -> None:
         self.dropped_frames += 1
+        if self._metrics is not None:
+            self._metrics.caller_audio_dropped.inc()
         self._unreported[participant] = self._unreported.get(participant, 0) + 1
         self._report_drops()
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+from media_server.audio.budget import EncodeBudget
 from media_server.config import Settings
 from media_server.listening.caller_audio import CallerAudioSink
 from media_server.listening.caller_stream import CallerStream
@@ -16,13 +18,23 @@ class CallerInput:
     """Reads one caller's decoded audio into a :class:`CallerStream` for ``sink``.
 
     Runs on the loop: aiortc decodes in its own thread, and what is left (mono,
-    48 → 16 kHz, 20 ms frames, VAD) costs about 0.1 ms a frame (docs/rooms.md). While
+    48 → 16 kHz, 20 ms frames, VAD) costs about 0.1 ms a frame (docs/rooms.md); that
+    time is reported to the server's :class:`EncodeBudget` (the media CPU the loop
+    spends), so many callers lower the Opus complexity before pacing suffers. While
     the caller speaks, no packets for the VAD's minimum silence (a muted or lost
     sender) end the speech, as the stream's end does.
     """
 
-    def __init__(self, member: str, sink: CallerAudioSink, settings: Settings) -> None:
+    def __init__(
+        self,
+        member: str,
+        sink: CallerAudioSink,
+        settings: Settings,
+        *,
+        budget: EncodeBudget | None = None,
+    ) -> None:
         self.member = member
+        self._budget = budget
         self._sink = sink
         self._settings = settings
         self.stream: CallerStream | None = None
@@ -50,9 +62,17 @@ class CallerInput:
                     continue
                 if chunk is None:
                     return
+                started = time.perf_counter()
                 stream.feed(chunk.pts, chunk.rate_hz, chunk.pcm)
+                if self._budget is not None:
+                    self._budget.record(time.perf_counter() - started)
         finally:
             stream.finish()
+
+    @property
+    def speaking(self) -> bool:
+        """The caller's voice is on now (its VAD)."""
+        return self.stream is not None and self.stream.speaking
 
     def stats(self) -> dict[str, Any]:
         """``receiving``: its audio was negotiated; then its frames and voice activity."""

@@ -113,6 +113,8 @@ class Room:
         admit: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self.encode_budget = encode_budget
+        """Callers' audio processing counts against it too (the loop's media CPU)."""
         self.metrics = metrics
         """Shared with its listeners' peers (RTCP, link decisions, ICE restarts)."""
         self.admit = admit
@@ -149,7 +151,11 @@ class Room:
         self.closed = False
 
         self.barge_in = BargeIn(
-            self.speech, clock, BargeInPolicy.of(settings), settings.vad_min_silence_ms
+            self.speech,
+            clock,
+            BargeInPolicy.of(settings),
+            settings.vad_min_silence_ms,
+            metrics=metrics,
         )
         """Callers speaking over the room pause or cancel its speech."""
         self.add_caller_sink(self.barge_in)
@@ -373,7 +379,9 @@ class ListenerSession(PeerClient):
         self.caller = (
             None
             if self.member is None
-            else CallerInput(self.member, room.caller_sinks, room.settings)
+            else CallerInput(
+                self.member, room.caller_sinks, room.settings, budget=room.encode_budget
+            )
         )
         self.talker = Talker(
             claims.identity, claims.voice, room.settings, room.clock, admit=room.admit

@@ -26,6 +26,7 @@ from media_server.listening.caller_audio import INPUT_RATE_HZ, CallerFrame, Voic
 from media_server.speech.paced import PacedSpeech
 from media_server.speech.protocol import ProtocolError
 from media_server.tasks import cancel_and_wait
+from media_server.telemetry.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +96,19 @@ class BargeIn:
     """
 
     def __init__(
-        self, speech: PacedSpeech, clock: Clock, policy: BargeInPolicy, stop_delay_ms: int = 0
+        self,
+        speech: PacedSpeech,
+        clock: Clock,
+        policy: BargeInPolicy,
+        stop_delay_ms: int = 0,
+        *,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         """``stop_delay_ms``: how long after a caller's speech really ends the VAD says so
         (its minimum silence, ``VMS_VAD_MIN_SILENCE_MS``)."""
         self._speech = speech
         self._clock = clock
+        self._metrics = metrics
         self.policy = policy
         self._stop_delay_s = stop_delay_ms / 1000
         self._began: VoiceActivity | None = None
@@ -191,6 +199,8 @@ class BargeIn:
 
     def _cancel(self, policy: BargeInPolicy) -> None:
         self.cancels += 1
+        if self._metrics is not None:
+            self._metrics.barge_ins.labels(outcome="cancelled").inc()
         self._log("cancelled", None, policy)
         self._speech.queue.cancel(None, everyone=True)
         self._speech.resume()  # the queue is empty: what comes next plays
@@ -200,6 +210,8 @@ class BargeIn:
         if timer is not None:
             timer.cancel()
         self.short_bursts += 1
+        if self._metrics is not None:
+            self._metrics.barge_ins.labels(outcome="resumed").inc()
         self._log("ended", activity.participant, self._rules)
         self._speech.resume()  # pause mode: the same utterance plays on
 

@@ -31,6 +31,8 @@ class LoadSnapshot:
     encode_budget_cores: float = 0.0
     opus_complexity: int = 0
     draining: bool = False
+    callers_speaking: int = 0
+    """Callers whose voice is on now (the server's VAD)."""
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -69,3 +71,5 @@ class LoadCollector(Collector):
         yield _gauge("opus_complexity", "The Opus complexity every stream encodes at now.",
                      s.opus_complexity)  # fmt: skip
         yield _gauge("draining", "1 while the server drains before stopping.", int(s.draining))
+        yield _gauge("callers_speaking", "Room callers speaking now (the server's VAD).",
+                     s.callers_speaking)  # fmt: skip

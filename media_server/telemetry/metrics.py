@@ -163,6 +163,16 @@ class ServerMetrics:
             "cancelled_played_seconds", "How much of a cancelled utterance had been played.",
             ["kind"], namespace=ns, registry=r, buckets=PLAYED_BUCKETS_S,
         )  # fmt: skip
+        # -- callers (rooms that listen) ---------------------------------------------
+        self.barge_ins = Counter(
+            "barge_ins", "Callers talking over a room's speech, by how it ended "
+            "(cancelled: the room's speech; resumed: a short burst).",
+            ["outcome"], namespace=ns, registry=r,
+        )  # fmt: skip
+        self.caller_audio_dropped = Counter(
+            "caller_audio_dropped_frames", "20 ms caller frames a slow listening bot lost.",
+            namespace=ns, registry=r,
+        )  # fmt: skip
         self.build = Info("build", "Server version and engine.", namespace=ns, registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open fds
 

@@ -142,7 +142,7 @@ class BotConnection:
         self.claims = claims
         self.room = room
         self.talker = Talker(claims.identity, voice, room.settings, room.clock, admit=room.admit)
-        self.feed = BotFeed(room.clock, self._identity_of)
+        self.feed = BotFeed(room.clock, self._identity_of, metrics=room.metrics)
         self.cut_off = False
         """Set once the bot took nothing for BOT_STALL_CUTOFF_S and is being closed."""
 

@@ -16,7 +16,7 @@ from tests.deploy.conftest import DEPLOY, OPERATOR_TOKEN, series_names
 DASHBOARD: Final = DEPLOY / "grafana" / "dashboards" / "voice-media-server.json"
 ALERTS: Final = DEPLOY / "prometheus" / "alerts.yml"
 SERIES: Final = re.compile(r"\b(?:vms|process)_[a-z_]+")
-ROWS: Final = ["Latency", "Pacing", "Network", "Load", "Traffic"]
+ROWS: Final = ["Latency", "Pacing", "Network", "Load", "Traffic", "Callers"]
 NOT_ON_DASHBOARD: Final = {"vms_build_info"}
 """Families the dashboard leaves out on purpose (the version is a label, not a figure)."""
 

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from media_server.audio.budget import EncodeBudget
 from media_server.config import Settings
 from media_server.listening.caller_input import CallerInput
 from media_server.rtc.inbound import InboundChunk
@@ -67,3 +68,21 @@ async def test_no_packets_mid_speech_end_it_and_cancel_frees_the_loop(
     task.cancel()
     await asyncio.wait([task])
     assert task.cancelled() and len(sink.activity) == 2  # no second stop
+
+
+async def test_what_a_caller_costs_the_loop_counts_in_the_encode_budget(
+    sentence: npt.NDArray[np.int16],
+) -> None:
+    """Mono, resampling and VAD run on the loop: the budget that sets every stream's Opus
+    complexity sees that time as load, as it sees encoding."""
+    times = iter([0.0, 2.0])  # the window opens at 0 s; the next report comes 2 s later
+    budget = EncodeBudget(0.5, now=lambda: next(times, 2.0))
+    sink = Sink()
+    caller = CallerInput("m8", sink, Settings(), budget=budget)
+    packets = Packets(sentence[: RATE_48K // 2])
+    task = asyncio.get_running_loop().create_task(caller.run(packets))  # type: ignore[arg-type]
+    await asyncio.wait_for(packets.drained.wait(), 5)
+    task.cancel()
+    await asyncio.wait([task])
+    assert sink.frames  # it did the work it is charged for
+    assert budget.load_cores > 0  # that work, per second of the closed 2 s window

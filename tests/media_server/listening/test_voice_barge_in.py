@@ -4,6 +4,7 @@ pauses, then cancels or resumes, and a real listener hears exactly that."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from media_server.audio.frames import FRAME_MS, FRAME_SAMPLES
 from media_server.config import Settings
 from media_server.rooms.tokens import Role, TokenSigner
+from signaling.keys import MEDIA_KEY
 from synthesis import Engine
 from tests.conftest import loopback_settings
 from tests.media_server.listening.speech import spoken
@@ -23,7 +25,6 @@ from tests.media_server.listening.test_callers import MIC_RATE_HZ, Microphone
 from tests.media_server.rooms.test_barge_in_room import LONG, bot_event, events_until, room
 from tests.media_server.rooms.test_rooms import (
     SECRET,
-    SENTENCE,
     SILENT_RMS,
     SPEECH_RMS,
     Listener,
@@ -35,8 +36,8 @@ pytestmark = [pytest.mark.loopback, pytest.mark.slow]
 
 LEAD_S: Final = 0.8
 """Silence the caller's microphone plays first: the room is well into its sentence."""
-BURST_S: Final = 0.3
-"""A cough-like burst: under the 400 ms that cancels."""
+BURST_S: Final = 0.25
+"""A cough-like burst: the VAD hears about 340 ms of it, under the 400 ms that cancels."""
 
 
 @pytest.fixture
@@ -70,6 +71,12 @@ def script(speech: npt.NDArray[np.int16]) -> Microphone:
     return Microphone(np.concatenate([lead, speech, tail]).astype(np.int16))
 
 
+def barge_ins(client: TestClient, outcome: str) -> float:
+    """``vms_barge_ins_total{outcome}`` as ``GET /metrics`` would show it."""
+    registry = client.app[MEDIA_KEY].metrics.registry
+    return registry.get_sample_value("vms_barge_ins_total", {"outcome": outcome}) or 0.0
+
+
 async def call(
     client: TestClient, http: aiohttp.ClientSession, signer: TokenSigner, mic: Microphone
 ) -> Listener:
@@ -96,6 +103,7 @@ async def test_a_caller_talking_over_the_room_pauses_then_cancels_it(
     caller = await call(client, http, signer, script(caller_sentence))
 
     paused = await bot_event(bot, "speech.paused")
+    assert client.app[MEDIA_KEY].load().callers_speaking == 1  # vms_callers_speaking
     cancelled = await bot_event(bot, "speech.cancelled")  # it spoke for over 400 ms
     assert paused["id"] == cancelled["id"] == "long"
     assert cancelled["played_ms"] == paused["played_ms"]
@@ -117,6 +125,10 @@ async def test_a_caller_talking_over_the_room_pauses_then_cancels_it(
     after = listener.room_frames(stop + 2 * FRAME_SAMPLES, stop + 40 * FRAME_SAMPLES)
     assert len(after) >= 30 and max(after.values()) < SILENT_RMS
     assert room(client).barge_in.stats()["cancels"] == 1
+    assert barge_ins(client, "cancelled") == 1 and barge_ins(client, "resumed") == 0
+    async with asyncio.timeout(10):  # the caller's sentence ends: its VAD stops
+        while client.app[MEDIA_KEY].load().callers_speaking:
+            await asyncio.sleep(0.05)
     await caller.close(http)
     await listener.close(http)
 
@@ -129,17 +141,17 @@ async def test_a_short_burst_from_the_caller_resumes_the_reply(
     caller_sentence: npt.NDArray[np.int16],
 ) -> None:
     listener = await join(client, http, signer, "hall", "guest")
-    # the loudest 300 ms of the caller's sentence: a cough-like burst of voice
+    # the loudest 250 ms of the caller's sentence: a cough-like burst of voice
     window = int(BURST_S * MIC_RATE_HZ)
     energy = np.convolve(caller_sentence.astype(np.float64) ** 2, np.ones(window), "valid")
     at = int(np.argmax(energy))
     burst = caller_sentence[at : at + window]
-    await bot.send_json({"type": "say", "text": SENTENCE, "id": "reply"})
+    await bot.send_json({"type": "say", "text": LONG, "id": "reply"})
     await bot_event(bot, "speech.started")
     caller = await call(client, http, signer, script(burst))
 
     paused = await bot_event(bot, "speech.paused")
-    events = await events_until(bot, "speech.done")
+    events = await events_until(bot, "speech.done")  # events_until waits 20 s: LONG is ~10 s
     kinds = [e["type"] for e in events]
     assert "speech.cancelled" not in kinds and kinds.count("speech.resumed") == 1, kinds
     resumed = next(e for e in events if e["type"] == "speech.resumed")
@@ -149,5 +161,6 @@ async def test_a_short_burst_from_the_caller_resumes_the_reply(
     assert abs(done["duration_ms"] - made_ms) <= FRAME_MS + 1  # the whole reply played
     await wait_until_heard([listener], done["end_ts"])
     assert room(client).barge_in.stats()["short_bursts"] == 1
+    assert barge_ins(client, "resumed") == 1 and barge_ins(client, "cancelled") == 0
     await caller.close(http)
     await listener.close(http)
