@@ -82,7 +82,6 @@ class PacedSpeech:
         kind: SpeechKind = SpeechKind.SESSION,
     ) -> None:
         self._synthesis = synthesis
-        self._on_event = on_event
         self._engine = synthesis.engine
         self._encoder = encoder
         self._encode_executor = encode_executor
@@ -194,7 +193,7 @@ class PacedSpeech:
         paused = self._paused = self.queue.head
         if paused is not None:
             self._log(paused, "paused")
-            self._on_event(
+            self.queue.emit(
                 SpeechPaused(
                     paused.utterance_id,
                     paused.played_ms,
@@ -214,7 +213,7 @@ class PacedSpeech:
         paused, self._paused, self._pausing = self._paused, None, False
         if paused is not None and not paused.cancelled and paused is self.queue.head:
             self._log(paused, "resumed")
-            self._on_event(SpeechResumed(paused.utterance_id, paused.played_ms, paused.owner))
+            self.queue.emit(SpeechResumed(paused.utterance_id, paused.played_ms, paused.owner))
 
     def _log(self, utterance: Utterance, what: str) -> None:
         logger.debug(

@@ -347,6 +347,10 @@ class UtteranceQueue:
         self._wakeup.set()
         return cancelled
 
+    def emit(self, event: Event) -> None:
+        """Tell the stream's owner (nobody once closed)."""
+        self._on_event(event)
+
     def close(self) -> None:
         """Drop everything silently: a closed stream tells nobody (and holds no owner)."""
         self._on_event = _drop_event
