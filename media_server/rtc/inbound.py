@@ -11,6 +11,8 @@ from typing import Any, Final
 import av
 import numpy as np
 import numpy.typing as npt
+from aiortc import RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 logger = logging.getLogger(__name__)
@@ -18,6 +20,27 @@ logger = logging.getLogger(__name__)
 Pcm = npt.NDArray[np.int16]
 
 _S16: Final = frozenset({"s16", "s16p"})
+
+CALLER_PREFETCH_FRAMES: Final = 1
+"""Frames aiortc's receiver holds before decoding a caller's audio. Its default (4)
+holds 80 ms, most of a caller frame's trip to a bot (``bench.barge_in``); with 1 a frame
+is released as soon as the next one's packet arrives (20 ms). A packet arriving after
+its successor is then dropped instead of reordered: a 20 ms gap the positions show."""
+_JITTER_BUFFER: Final = "_RTCRtpReceiver__jitter_buffer"
+"""aiortc 1.16's name for the receiver's jitter buffer (fenced by a test)."""
+_JITTER_CAPACITY: Final = 16
+
+
+def shorten_jitter_buffer(receiver: RTCRtpReceiver) -> bool:
+    """Give an audio receiver a jitter buffer that holds :data:`CALLER_PREFETCH_FRAMES`;
+    False (and the default kept) where aiortc no longer has the attribute. Call it
+    before the first packet arrives (right after the answer)."""
+    current = getattr(receiver, _JITTER_BUFFER, None)
+    if not isinstance(current, JitterBuffer):
+        logger.warning("aiortc's receiver has no %s: caller audio keeps its delay", _JITTER_BUFFER)
+        return False
+    setattr(receiver, _JITTER_BUFFER, JitterBuffer(_JITTER_CAPACITY, CALLER_PREFETCH_FRAMES))
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,7 @@ from media_server.rtc.ice_restart import (
     RestartRefused,
     RestartUnsupported,
 )
-from media_server.rtc.inbound import InboundAudio
+from media_server.rtc.inbound import InboundAudio, shorten_jitter_buffer
 from media_server.rtc.offer import MAX_MEDIA_SECTIONS, check_offer
 from media_server.rtc.red import answer_with_red, offered_red
 from media_server.rtc.rtp_writer import RtpWriter
@@ -231,6 +231,7 @@ class PeerSession:
                 "as RTCPeerConnection.createOffer() does",
             ) from exc
         if receive and audio[0].currentDirection == "sendrecv":
+            shorten_jitter_buffer(audio[0].receiver)
             self.inbound = InboundAudio(audio[0].receiver.track)
         ufrag = re.search(r"^a=ice-ufrag:(\S+)", offer_sdp, re.MULTILINE)
         self._remote_ufrag = ufrag.group(1) if ufrag else None

@@ -174,6 +174,8 @@ async def test_a_callers_voice_reaches_the_rooms_sinks(
     assert (announced["identity"], announced["member"]) == ("caller", participant)
     sessions = {s.identity: s for s in room.listeners.values()}
     assert sessions["guest"].peer.inbound is None and sessions["guest"].caller is None
+    receiver = sessions["caller"].peer.pc.getTransceivers()[0].receiver
+    assert receiver._RTCRtpReceiver__jitter_buffer._prefetch == 1  # a caller's frames go on at once
 
     # the whole script plays, then the frames that carry its end arrive
     script_end = (lead.size + sentence.size + tail.size) // 3
