@@ -10,27 +10,14 @@ import pytest
 from media_server.listening.caller_audio import (
     INPUT_FRAME_SAMPLES,
     INPUT_RATE_HZ,
-    CallerFrame,
-    VoiceActivity,
 )
 from media_server.listening.caller_stream import CallerStream
 from media_server.listening.vad import VoiceActivityDetector
 from media_server.rtc.inbound import mono_s16
+from tests.media_server.listening.test_callers import Sink
 
 RATE_48K = 48_000
 CHUNK_48K = 960  # 20 ms, as Opus packets decode
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.frames: list[CallerFrame] = []
-        self.activity: list[VoiceActivity] = []
-
-    def caller_frame(self, frame: CallerFrame) -> None:
-        self.frames.append(frame)
-
-    def voice_activity(self, activity: VoiceActivity) -> None:
-        self.activity.append(activity)
 
 
 class LoudIsSpeech:
@@ -40,8 +27,8 @@ class LoudIsSpeech:
         return 0.9 if np.abs(window.astype(np.int32)).mean() > 1000 else 0.1
 
 
-def stream() -> tuple[CallerStream, Recorder]:
-    sink = Recorder()
+def stream() -> tuple[CallerStream, Sink]:
+    sink = Sink()
     detector = VoiceActivityDetector("m1", LoudIsSpeech(), min_speech_ms=60, min_silence_ms=200)
     return CallerStream("m1", sink, detector), sink
 
